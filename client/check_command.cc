@@ -1,0 +1,286 @@
+#include "client/check_command.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "service/engine/config.h"
+
+namespace preflight::client {
+namespace {
+
+absl::Status Bad(const std::string& flag, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", why));
+}
+
+absl::StatusOr<double> ParseDouble(const std::string& flag, const std::string& v) {
+  double d = 0;
+  if (!absl::SimpleAtod(v, &d) || !std::isfinite(d)) return Bad(flag, "expected a number, got '" + v + "'");
+  return d;
+}
+
+absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v) {
+  int64_t i = 0;
+  if (!absl::SimpleAtoi(v, &i)) return Bad(flag, "expected an integer, got '" + v + "'");
+  return i;
+}
+
+// Maps a config validation error ("lr: ...") back to the CLI flag name.
+absl::Status ToFlagError(const absl::Status& s) {
+  static const std::map<std::string, std::string> kFlagOf = {
+      {"max_steps", "steps"}, {"intra_op_threads", "threads"},
+      {"weight_decay", "weight-decay"}, {"target_ratio", "target-ratio"},
+      {"target_loss", "target-loss"}, {"determinism_steps", "determinism-steps"},
+      {"timeout_seconds", "timeout"}};
+  std::string msg(s.message());
+  const size_t colon = msg.find(':');
+  if (colon == std::string::npos) return s;
+  std::string field = msg.substr(0, colon);
+  auto it = kFlagOf.find(field);
+  const std::string flag = it != kFlagOf.end() ? it->second : field;
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, msg.substr(colon)));
+}
+
+}  // namespace
+
+std::string CheckUsage() {
+  return R"(Usage: preflight check --model MODEL.pt --batch BATCH.pt [options]
+
+Trains the model on one fixed batch in an isolated child process and reports
+whether it can fit it, with NaN/Inf, gradient-flow, init and determinism checks.
+
+Required:
+  --model PATH          TorchScript file (torch.jit.script/trace + torch.jit.save)
+  --batch PATH          torch.save'd {"inputs": ..., "targets": ...} or (inputs, targets)
+
+Training:
+  --loss NAME           cross_entropy (default), nll, mse, l1, smooth_l1,
+                        bce_with_logits, bce. A model method loss(output, target)
+                        overrides it.
+  --optimizer NAME      adam (default), adamw, sgd
+  --lr X                learning rate (default 0.001)
+  --weight-decay W      weight decay (default 0)
+  --momentum M          SGD momentum (default 0)
+  --steps N             maximum overfit steps (default 500)
+  --target-ratio R      converged when |loss| <= R * initial loss (default 0.01)
+  --target-loss L       converged when |loss| <= L (overrides --target-ratio)
+  --eval-mode           train in eval mode (dropout off, running BN stats)
+
+Run:
+  --seed S              seed of every generator (default 0)
+  --device D            auto (default), cpu, cuda, cuda:N
+  --threads N           intra-op threads (default 1; results are pinned per value)
+  --timeout SEC         wall-clock limit of the whole check (default 300)
+  --determinism-steps N steps replayed for the bitwise determinism check
+                        (default 20, 0 disables)
+  --no-diagnose         skip the follow-up experiments on a failing curve
+  --json                print the report as JSON (protobuf canonical mapping)
+  -h, --help            this text
+
+Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR.
+)";
+}
+
+absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args) {
+  CheckCommand cmd;
+  v1::CheckConfig& c = cmd.config;
+  static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose",
+                                                      "help"};
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (arg == "-h") arg = "--help";
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name = arg.substr(2), value;
+    bool has_value = false;
+    if (const size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    const bool is_bool =
+        std::find(kBoolFlags.begin(), kBoolFlags.end(), name) != kBoolFlags.end();
+    if (is_bool) {
+      if (has_value) return Bad(name, "takes no value");
+      if (name == "json") cmd.json = true;
+      if (name == "eval-mode") c.set_train_mode(false);
+      if (name == "no-diagnose") c.set_diagnose(false);
+      if (name == "help") cmd.help = true;
+      continue;
+    }
+    static const std::vector<std::string> kValueFlags = {
+        "model", "batch", "loss", "optimizer", "device", "lr", "weight-decay", "momentum",
+        "timeout", "target-ratio", "target-loss", "steps", "seed", "threads",
+        "determinism-steps"};
+    if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) return Bad(name, "needs a value");
+      value = args[++i];
+    }
+    if (name == "model") {
+      cmd.model_path = value;
+    } else if (name == "batch") {
+      cmd.batch_path = value;
+    } else if (name == "loss") {
+      c.set_loss(value);
+    } else if (name == "optimizer") {
+      c.set_optimizer(value);
+    } else if (name == "device") {
+      c.set_device(value);
+    } else if (name == "lr" || name == "weight-decay" || name == "momentum" ||
+               name == "timeout" || name == "target-ratio" || name == "target-loss") {
+      auto d = ParseDouble(name, value);
+      if (!d.ok()) return d.status();
+      if (name == "lr") {
+        if (*d <= 0) return Bad(name, "must be > 0");
+        c.set_lr(*d);
+      } else if (name == "weight-decay") {
+        c.set_weight_decay(*d);
+      } else if (name == "momentum") {
+        c.set_momentum(*d);
+      } else if (name == "timeout") {
+        if (*d <= 0) return Bad(name, "must be > 0");
+        c.set_timeout_seconds(*d);
+      } else if (name == "target-ratio") {
+        if (*d <= 0) return Bad(name, "must be > 0");
+        c.set_target_ratio(*d);
+      } else {
+        c.set_target_loss(*d);
+      }
+    } else if (name == "steps" || name == "seed" || name == "threads" ||
+               name == "determinism-steps") {
+      auto n = ParseInt(name, value);
+      if (!n.ok()) return n.status();
+      if (name == "seed") {
+        if (*n < 0) return Bad(name, "must be >= 0");
+        c.set_seed(static_cast<uint64_t>(*n));
+      } else if (*n < 0 || *n > engine::kMaxSteps) {
+        return Bad(name, absl::StrCat("must be in [0, ", engine::kMaxSteps, "]"));
+      } else if (name == "steps") {
+        if (*n == 0) return Bad(name, "must be >= 1");
+        c.set_max_steps(static_cast<int>(*n));
+      } else if (name == "threads") {
+        if (*n == 0) return Bad(name, "must be >= 1");
+        c.set_intra_op_threads(static_cast<int>(*n));
+      } else {
+        c.set_determinism_steps(static_cast<int>(*n));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name,
+                                                     " (see preflight check --help)"));
+    }
+  }
+  if (cmd.help) return cmd;
+  if (cmd.model_path.empty()) return Bad("model", "is required");
+  if (cmd.batch_path.empty()) return Bad("batch", "is required");
+  engine::ApplyDefaults(&c);
+  if (absl::Status s = engine::ValidateConfig(c); !s.ok()) return ToFlagError(s);
+  return cmd;
+}
+
+int ExitCodeFor(v1::Verdict verdict) {
+  switch (verdict) {
+    case v1::PASS:
+    case v1::WARN: return kExitPass;
+    case v1::FAIL: return kExitFail;
+    default: return kExitError;
+  }
+}
+
+std::string ReportToJson(const v1::Report& report) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(report, &out, options).ok()) {
+    return "{}";
+  }
+  return out;
+}
+
+std::string Sparkline(const std::vector<double>& values, int width) {
+  static const char* kBars[] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+  std::vector<double> v;
+  for (double x : values) {
+    if (std::isfinite(x)) v.push_back(x);
+  }
+  if (v.empty() || width <= 0) return "";
+  bool positive = true;
+  double lo = v[0], hi = v[0];
+  for (double x : v) {
+    positive &= x > 0;
+    lo = std::min(lo, x);
+    hi = std::max(hi, x);
+  }
+  const bool log_scale = positive && hi / lo > 10;
+  auto tr = [&](double x) { return log_scale ? std::log10(x) : x; };
+  const double tlo = tr(lo), thi = tr(hi);
+  const size_t cells = std::min<size_t>(v.size(), static_cast<size_t>(width));
+  std::string out;
+  for (size_t c = 0; c < cells; ++c) {
+    const size_t b = c * v.size() / cells, e = std::max(b + 1, (c + 1) * v.size() / cells);
+    double sum = 0;
+    for (size_t i = b; i < e; ++i) sum += tr(v[i]);
+    const double m = sum / static_cast<double>(e - b);
+    int level = thi > tlo ? static_cast<int>(std::lround(7 * (m - tlo) / (thi - tlo))) : 0;
+    out += kBars[std::clamp(level, 0, 7)];
+  }
+  return out;
+}
+
+std::string RenderReport(const v1::Report& r, const std::string& model_path,
+                         const std::string& batch_path) {
+  std::string out;
+  const auto& c = r.config();
+  absl::StrAppendFormat(&out, "Preflight %s  %s + %s\n", v1::Verdict_Name(r.verdict()),
+                        model_path, batch_path);
+  absl::StrAppendFormat(&out, "  loss %s, %s lr %g, wd %g, max %d steps, seed %d, %s\n",
+                        c.loss().empty() ? "-" : c.loss(), c.optimizer(), c.lr(),
+                        c.weight_decay(), c.max_steps(), c.seed(),
+                        r.environment().device().empty() ? c.device()
+                                                         : r.environment().device());
+  if (r.loss_curve_size() > 0) {
+    std::vector<double> curve(r.loss_curve().begin(), r.loss_curve().end());
+    absl::StrAppendFormat(&out, "  curve %.4g %s %.4g  (%d steps%s)\n", curve.front(),
+                          Sparkline(curve), curve.back(), r.steps_run(),
+                          r.converged() ? ", converged" : "");
+  }
+  out += "\n";
+  for (const auto& f : r.findings()) {
+    absl::StrAppendFormat(&out, "  %-5s %-32s %s\n", v1::Finding::Severity_Name(f.severity()),
+                          v1::FindingCode_Name(f.code()), f.message());
+    if (!f.hint().empty() && f.code() != v1::OVERFIT_CONVERGED) {
+      absl::StrAppendFormat(&out, "        hint: %s\n", f.hint());
+    }
+  }
+  if (r.experiments_size() > 0) {
+    out += "\n  experiments:\n";
+    for (const auto& e : r.experiments()) {
+      absl::StrAppendFormat(&out, "    %-15s %-9s %-17s loss %.4g -> %.4g in %d steps\n",
+                            e.name(), v1::Experiment::Outcome_Name(e.outcome()),
+                            v1::FindingCode_Name(e.curve()), e.initial_loss(), e.final_loss(),
+                            e.steps_run());
+    }
+  }
+  const auto& t = r.timing();
+  absl::StrAppendFormat(&out,
+                        "\n  time %.2fs (load %.2f, init %.2f, overfit %.2f, diagnosis %.2f, "
+                        "determinism %.2f; worker %.2f)\n",
+                        t.total_seconds(), t.load_seconds(), t.init_checks_seconds(),
+                        t.overfit_seconds(), t.diagnosis_seconds(), t.determinism_seconds(),
+                        t.worker_seconds());
+  return out;
+}
+
+}  // namespace preflight::client

@@ -1,0 +1,52 @@
+// The `preflight check` command line: parsing into a validated request, and
+// rendering a report for people (table + sparkline) or machines (JSON).
+//
+//   auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch", "b.pt"});
+//   if (!cmd.ok()) { std::cerr << cmd.status().message(); return kExitUsage; }
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "preflight/v1/report.pb.h"
+
+namespace preflight::client {
+
+// Exit codes of `preflight check` (documented in --help and the README).
+inline constexpr int kExitPass = 0;   // PASS or WARN.
+inline constexpr int kExitFail = 1;   // FAIL.
+inline constexpr int kExitUsage = 2;  // Bad flags or unreadable input files.
+inline constexpr int kExitError = 3;  // ERROR: the check could not run.
+
+struct CheckCommand {
+  std::string model_path;
+  std::string batch_path;
+  v1::CheckConfig config;  // Defaults applied and validated.
+  bool json = false;
+  bool help = false;
+};
+
+// Parses the arguments after `check`. INVALID_ARGUMENT naming the flag on
+// any problem. Accepts --flag value and --flag=value.
+absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args);
+
+// The --help text of `preflight check`.
+std::string CheckUsage();
+
+// Exit code for a verdict.
+int ExitCodeFor(v1::Verdict verdict);
+
+// Canonical protobuf JSON of the report (stable field order, all fields).
+std::string ReportToJson(const v1::Report& report);
+
+// A short human summary: verdict, loss sparkline, findings with hints,
+// experiments and timing.
+std::string RenderReport(const v1::Report& report, const std::string& model_path,
+                         const std::string& batch_path);
+
+// Unicode sparkline of a curve in at most `width` cells (log scale when the
+// curve is positive and spans more than a decade).
+std::string Sparkline(const std::vector<double>& values, int width = 48);
+
+}  // namespace preflight::client

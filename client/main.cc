@@ -1,0 +1,99 @@
+// preflight: the command-line client. Thin: parse -> read inputs -> run the
+// engine in a child process -> print -> exit code.
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "client/check_command.h"
+#include "service/engine/engine.h"
+#include "service/worker/child_process.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(Usage: preflight <command> [options]
+
+Commands:
+  check     check that a TorchScript model can fit one batch (see: preflight check --help)
+  version   print the engine and LibTorch versions
+)";
+
+bool ReadFile(const std::string& path, std::string* out, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = absl::StrCat("cannot open '", path, "'");
+    return false;
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) {
+    *error = absl::StrCat("cannot read '", path, "'");
+    return false;
+  }
+  *out = std::move(ss).str();
+  return true;
+}
+
+int RunCheckCommand(const std::vector<std::string>& args) {
+  namespace client = preflight::client;
+  auto cmd = client::ParseCheckArgs(args);
+  if (!cmd.ok()) {
+    std::cerr << "preflight check: " << cmd.status().message() << "\n";
+    return client::kExitUsage;
+  }
+  if (cmd->help) {
+    std::cout << client::CheckUsage();
+    return 0;
+  }
+  preflight::engine::CheckInput input;
+  std::string error;
+  if (!ReadFile(cmd->model_path, &input.model_bytes, &error) ||
+      !ReadFile(cmd->batch_path, &input.batch_bytes, &error)) {
+    std::cerr << "preflight check: " << error << "\n";
+    return client::kExitUsage;
+  }
+  if (!cmd->json && isatty(STDERR_FILENO)) {
+    std::cerr << "preflight: checking " << cmd->model_path << " (up to "
+              << cmd->config.max_steps() << " steps, timeout " << cmd->config.timeout_seconds()
+              << " s)...\n";
+  }
+  // The engine pins process-global LibTorch state and may start CUDA: it
+  // runs in a child so that a hang or crash in the model cannot take the
+  // client with it, and the parent always prints a report.
+  const auto outcome = preflight::worker::RunInChild(
+      [&] { return preflight::engine::RunCheck(cmd->config, input).SerializeAsString(); },
+      absl::Seconds(cmd->config.timeout_seconds()));
+  const preflight::v1::Report report =
+      preflight::worker::ReportFromOutcome(outcome, cmd->config);
+  if (cmd->json) {
+    std::cout << client::ReportToJson(report) << "\n";
+  } else {
+    std::cout << client::RenderReport(report, cmd->model_path, cmd->batch_path);
+  }
+  return client::ExitCodeFor(report.verdict());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+    std::cout << kUsage;
+    return args.empty() ? preflight::client::kExitUsage : 0;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "check") return RunCheckCommand(args);
+  if (command == "version") {
+    std::cout << "preflight engine " << preflight::engine::EngineVersion() << ", LibTorch "
+              << preflight::engine::TorchVersion() << "\n";
+    return 0;
+  }
+  std::cerr << "preflight: unknown command '" << command << "'\n" << kUsage;
+  return preflight::client::kExitUsage;
+}

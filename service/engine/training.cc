@@ -1,0 +1,292 @@
+// The overfit-one-batch training loop with numerics and gradient-flow
+// tracking. Everything per step is reduced to one small tensor of norms so
+// that tracking stays a small fraction of the forward/backward cost.
+#include <cmath>
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "service/engine/report_util.h"
+#include "service/engine/torch_internal.h"
+
+namespace preflight::engine::internal {
+namespace {
+
+// Update/weight ratios are sampled every this many steps (plus step 0): they
+// need a copy of every parameter, and their trend is slow.
+constexpr int kUpdateRatioEvery = 10;
+
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const RunOptions& o,
+                                                       std::vector<torch::Tensor> params) {
+  if (o.optimizer == "sgd") {
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  }
+  if (o.optimizer == "adamw") {
+    return std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  }
+  return std::make_unique<torch::optim::Adam>(
+      params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+}
+
+// Pairs "<layer>.weight" with "<layer>.bias" whose rows are the layer's
+// output units (Linear, Conv, norm layers). Embedding tables have no bias
+// and are skipped: their unused rows legitimately get no gradient.
+struct UnitPair {
+  std::string layer;
+  size_t weight = 0;
+  size_t bias = 0;
+};
+
+std::vector<UnitPair> FindUnitPairs(const std::vector<NamedParam>& params) {
+  std::vector<UnitPair> pairs;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string& n = params[i].name;
+    if (!absl::EndsWith(n, "weight")) continue;
+    const std::string layer = n.substr(0, n.size() - 6);
+    for (size_t j = 0; j < params.size(); ++j) {
+      if (params[j].name != layer + "bias") continue;
+      const auto& w = params[i].tensor;
+      const auto& b = params[j].tensor;
+      if (b.dim() == 1 && w.dim() >= 1 && w.size(0) == b.size(0) && b.size(0) > 1) {
+        pairs.push_back({layer.empty() ? std::string("(root)")
+                                       : layer.substr(0, layer.size() - 1),
+                         i, j});
+      }
+    }
+  }
+  return pairs;
+}
+
+// Rows whose weight and bias gradients are exactly zero.
+torch::Tensor ZeroGradRows(const NamedParam& w, const NamedParam& b) {
+  const auto& gw = w.tensor.grad();
+  const auto& gb = b.tensor.grad();
+  if (!gw.defined() || !gb.defined()) return torch::ones({w.tensor.size(0)}, torch::kBool);
+  auto row_mass = gw.detach().reshape({gw.size(0), -1}).abs().sum(1);
+  return ((row_mass == 0) & (gb.detach() == 0)).cpu();
+}
+
+double NormInDouble(const torch::Tensor& t) {
+  return t.detach().to(torch::kFloat64).norm().item<double>();
+}
+
+}  // namespace
+
+torch::jit::Module FreshCopy(const torch::jit::Module& base) {
+  torch::jit::Module copy;
+  {
+    // Cloned under grad mode, parameters would become non-leaf tensors.
+    torch::NoGradGuard no_grad;
+    copy = base.clone();
+  }
+  auto src = base.named_parameters(true);
+  auto dst = copy.named_parameters(true);
+  auto it = src.begin();
+  for (auto p : dst) {
+    p.value.requires_grad_((*it).value.requires_grad());
+    ++it;
+  }
+  return copy;
+}
+
+RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOptions& o) {
+  RunTrace trace;
+  // Seeds the CPU generator and, when CUDA is up, every CUDA generator.
+  torch::manual_seed(o.seed);
+
+  torch::jit::Module module = FreshCopy(base);
+  module.train(o.train_mode);
+  std::vector<NamedParam> params = TrainableParams(module);
+  std::vector<torch::Tensor> tensors;
+  for (const auto& p : params) tensors.push_back(p.tensor);
+  auto optimizer = MakeOptimizer(o, tensors);
+
+  if (o.collect_stats) {
+    for (const auto& p : params) {
+      ParamTrack t;
+      t.name = p.name;
+      t.shape = p.tensor.sizes().vec();
+      t.numel = p.tensor.numel();
+      trace.params.push_back(std::move(t));
+    }
+  }
+  const std::vector<UnitPair> unit_pairs = o.collect_stats ? FindUnitPairs(params)
+                                                           : std::vector<UnitPair>{};
+  std::vector<torch::Tensor> dead_first(unit_pairs.size());
+  std::vector<torch::Tensor> dead_last(unit_pairs.size());
+
+  auto fail = [&](v1::FindingCode code, int step, std::string tensor, std::string message) {
+    trace.failure = code;
+    trace.failure_step = step;
+    trace.failure_tensor = std::move(tensor);
+    trace.failure_message = std::move(message);
+  };
+  auto take_snapshot = [&] {
+    torch::NoGradGuard no_grad;
+    trace.snapshot.clear();
+    for (const auto& t : tensors) trace.snapshot.push_back(t.detach().clone());
+    trace.snapshot_updates = trace.updates;
+  };
+
+  for (int step = 0; step < o.max_steps; ++step) {
+    if (step == o.snapshot_after_updates) take_snapshot();
+    optimizer->zero_grad();
+    // Anomaly mode costs ~85x per step: only ever for the one replayed step.
+    std::optional<torch::autograd::DetectAnomalyGuard> anomaly;
+    if (step == o.anomaly_step) anomaly.emplace();
+
+    torch::jit::IValue output;
+    try {
+      output = module.forward(batch.inputs);
+    } catch (const std::exception& e) {
+      fail(v1::FORWARD_ERROR, step, "", TrimTorchMessage(e.what()));
+      break;
+    }
+    auto loss_or = ComputeLoss(module, o.loss, output, batch.targets);
+    if (!loss_or.ok()) {
+      fail(v1::LOSS_ERROR, step, "", std::string(loss_or.status().message()));
+      break;
+    }
+    torch::Tensor loss = o.negate_loss ? -*loss_or : *loss_or;
+    const double value = loss.item<double>();
+    trace.losses.push_back(value);
+
+    if (!std::isfinite(value)) {
+      if (output.isTensor() && CountNonFinite(output.toTensor()) > 0) {
+        const int64_t bad = CountNonFinite(output.toTensor());
+        fail(v1::OUTPUT_NON_FINITE, step, "output",
+             absl::StrCat(bad, " of ", output.toTensor().numel(),
+                          " output elements are NaN/Inf"));
+      } else {
+        fail(v1::LOSS_NON_FINITE, step, "loss",
+             absl::StrCat("loss is ", value, " while the model output is finite"));
+      }
+      if (step == o.anomaly_step && loss.requires_grad()) {
+        try {
+          loss.backward();
+        } catch (const std::exception& e) {
+          trace.anomaly_message = TrimTorchMessage(e.what());
+        }
+      }
+      break;
+    }
+    if (std::fabs(value) <= o.target) {
+      trace.converged = true;
+      break;
+    }
+
+    // A loss with no autograd history means no gradient reaches any
+    // parameter: nothing to update, and the curve will be flat.
+    if (loss.requires_grad()) {
+      try {
+        loss.backward();
+      } catch (const std::exception& e) {
+        if (step == o.anomaly_step) {
+          trace.anomaly_message = TrimTorchMessage(e.what());
+          fail(v1::GRAD_NON_FINITE, step, "", trace.anomaly_message);
+        } else {
+          fail(v1::BACKWARD_ERROR, step, "", TrimTorchMessage(e.what()));
+        }
+        break;
+      }
+    }
+
+    // One reduction for every gradient: a NaN/Inf anywhere makes its norm
+    // non-finite, so this doubles as the gradient numerics check.
+    std::vector<torch::Tensor> norms;
+    norms.reserve(tensors.size());
+    for (const auto& t : tensors) {
+      const auto& g = t.grad();
+      norms.push_back(g.defined() ? g.detach().norm().to(torch::kFloat64)
+                                  : torch::full({}, -1.0, torch::kFloat64).to(t.device()));
+    }
+    std::vector<double> grad_norms;
+    if (!norms.empty()) {
+      auto stacked = torch::stack(norms).cpu();
+      grad_norms.assign(stacked.data_ptr<double>(), stacked.data_ptr<double>() + stacked.numel());
+    }
+    for (size_t i = 0; i < grad_norms.size(); ++i) {
+      if (std::isfinite(grad_norms[i])) continue;
+      const int64_t bad = CountNonFinite(tensors[i].grad());
+      if (bad == 0) {
+        // Finite values whose float32 norm overflowed.
+        grad_norms[i] = NormInDouble(tensors[i].grad());
+        continue;
+      }
+      fail(v1::GRAD_NON_FINITE, step, params[i].name,
+           absl::StrCat("gradient of ", params[i].name, " has ", bad, " NaN/Inf elements"));
+      break;
+    }
+    if (trace.failure != v1::FINDING_CODE_UNSPECIFIED) break;
+    double total_sq = 0;
+    for (double n : grad_norms) total_sq += n > 0 ? n * n : 0;
+    trace.grad_norm_total.push_back(std::sqrt(total_sq));
+    if (o.collect_stats) {
+      for (size_t i = 0; i < grad_norms.size(); ++i) {
+        ParamTrack& t = trace.params[i];
+        if (step == 0) t.grad_norm_first = grad_norms[i];
+        t.grad_norm_last = grad_norms[i];
+        t.received_grad |= grad_norms[i] > 0;
+      }
+      for (size_t k = 0; k < unit_pairs.size(); ++k) {
+        auto rows = ZeroGradRows(params[unit_pairs[k].weight], params[unit_pairs[k].bias]);
+        if (step == 0) dead_first[k] = rows;
+        dead_last[k] = rows;
+      }
+    }
+
+    const bool sample_ratio = o.collect_stats && step % kUpdateRatioEvery == 0;
+    std::vector<torch::Tensor> before;
+    if (sample_ratio) {
+      torch::NoGradGuard no_grad;
+      for (const auto& t : tensors) before.push_back(t.detach().clone());
+    }
+    try {
+      optimizer->step();
+    } catch (const std::exception& e) {
+      fail(v1::BACKWARD_ERROR, step, "", absl::StrCat("optimizer step failed: ",
+                                                      TrimTorchMessage(e.what())));
+      break;
+    }
+    ++trace.updates;
+
+    {
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> pnorms;
+      pnorms.reserve(tensors.size());
+      for (const auto& t : tensors) pnorms.push_back(t.detach().norm().to(torch::kFloat64));
+      if (!pnorms.empty()) {
+        auto stacked = torch::stack(pnorms).cpu();
+        const double* pn = stacked.data_ptr<double>();
+        for (size_t i = 0; i < tensors.size(); ++i) {
+          if (!std::isfinite(pn[i]) && CountNonFinite(tensors[i]) > 0) {
+            fail(v1::PARAM_NON_FINITE, step, params[i].name,
+                 absl::StrCat(params[i].name, " has ", CountNonFinite(tensors[i]),
+                              " NaN/Inf elements after the update of step ", step));
+            break;
+          }
+          if (sample_ratio && pn[i] > 0) {
+            const double delta = (tensors[i].detach() - before[i]).norm().item<double>();
+            trace.params[i].max_update_ratio =
+                std::max(trace.params[i].max_update_ratio, delta / pn[i]);
+          }
+        }
+      }
+    }
+    if (trace.failure != v1::FINDING_CODE_UNSPECIFIED) break;
+  }
+  if (o.snapshot_after_updates >= 0 && trace.snapshot_updates < 0) take_snapshot();
+
+  for (size_t k = 0; k < unit_pairs.size(); ++k) {
+    if (!dead_first[k].defined()) continue;
+    const int64_t dead = (dead_first[k] & dead_last[k]).sum().item<int64_t>();
+    trace.dead_layers.push_back({unit_pairs[k].layer, dead, dead_first[k].numel()});
+  }
+  return trace;
+}
+
+}  // namespace preflight::engine::internal

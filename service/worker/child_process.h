@@ -1,0 +1,52 @@
+// Runs one function in a forked child process under a wall-clock deadline.
+//
+// The child gets its own process group (so the parent can kill everything it
+// spawns), dies with its parent (PR_SET_PDEATHSIG), and sends its result
+// back as one length-prefixed message over a pipe. The parent never blocks
+// past the deadline: a hung child is killed with SIGKILL.
+//
+// Fork safety: the caller must not have run any OpenMP-parallel LibTorch op
+// nor initialised CUDA before calling this (both break in a forked child).
+// The CLI calls it before touching LibTorch; the service's zygote will too.
+//
+//   ChildOutcome o = RunInChild([&] { return Serialize(RunCheck(...)); },
+//                               absl::Seconds(300));
+//   if (o.status == ChildStatus::kOk) Parse(o.payload);
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/time/time.h"
+#include "preflight/v1/report.pb.h"
+
+namespace preflight::worker {
+
+enum class ChildStatus {
+  kOk,          // The child returned a payload and exited 0.
+  kTimeout,     // Killed at the deadline.
+  kSignaled,    // Died from a signal it did not get from us.
+  kExited,      // Exited without a complete payload (exit code in exit_code).
+  kSpawnFailed, // fork/pipe failed (message in error).
+};
+
+struct ChildOutcome {
+  ChildStatus status = ChildStatus::kSpawnFailed;
+  std::string payload;
+  int signal = 0;
+  int exit_code = 0;
+  double seconds = 0;  // Wall time from fork to reaping.
+  // kSpawnFailed: why; kExited: the exception message the child reported.
+  std::string error;
+};
+
+// Forks, runs `fn` in the child and returns its result. `fn` runs in the
+// child only; exceptions escaping it end the child with exit code 70.
+ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration deadline);
+
+// Turns a child outcome into a report: the child's own report when it
+// produced one, else an ERROR report with WORKER_TIMEOUT / WORKER_CRASHED /
+// INTERNAL_ERROR describing what happened. `config` is recorded in it.
+v1::Report ReportFromOutcome(const ChildOutcome& outcome, const v1::CheckConfig& config);
+
+}  // namespace preflight::worker

@@ -1,0 +1,95 @@
+#include "client/check_command.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace preflight::client {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ParseCheckArgs, DefaultsAndOverrides) {
+  auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch=b.pt", "--lr", "0.01", "--steps",
+                             "100", "--optimizer", "sgd", "--momentum", "0.9", "--json",
+                             "--eval-mode", "--seed", "7", "--device", "cpu"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->model_path, "m.pt");
+  EXPECT_EQ(cmd->batch_path, "b.pt");
+  EXPECT_TRUE(cmd->json);
+  EXPECT_DOUBLE_EQ(cmd->config.lr(), 0.01);
+  EXPECT_EQ(cmd->config.max_steps(), 100);
+  EXPECT_EQ(cmd->config.optimizer(), "sgd");
+  EXPECT_DOUBLE_EQ(cmd->config.momentum(), 0.9);
+  EXPECT_FALSE(cmd->config.train_mode());
+  EXPECT_EQ(cmd->config.seed(), 7u);
+  EXPECT_EQ(cmd->config.determinism_steps(), 20);
+}
+
+TEST(ParseCheckArgs, ErrorsNameTheFlag) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string want;
+  } cases[] = {
+      {{"--batch", "b"}, "--model: is required"},
+      {{"--model", "m"}, "--batch: is required"},
+      {{"--model", "m", "--batch", "b", "--lr", "-1"}, "--lr: must be > 0"},
+      {{"--model", "m", "--batch", "b", "--lr", "fast"}, "--lr: expected a number"},
+      {{"--model", "m", "--batch", "b", "--loss", "hinge"}, "--loss: unknown loss 'hinge'"},
+      {{"--model", "m", "--batch", "b", "--optimizer", "lbfgs"}, "--optimizer: unknown"},
+      {{"--model", "m", "--batch", "b", "--steps", "0"}, "--steps: must be >= 1"},
+      {{"--model", "m", "--batch", "b", "--device", "tpu"}, "--device: expected auto"},
+      {{"--model", "m", "--batch", "b", "--momentum", "0.9"}, "--momentum: only applies"},
+      {{"--model", "m", "--batch", "b", "--frobnicate"}, "unknown flag --frobnicate"},
+      {{"--model", "m", "--batch", "b", "--json=1"}, "--json: takes no value"},
+      {{"--model"}, "--model: needs a value"},
+      {{"stray"}, "unexpected argument 'stray'"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.want);
+    auto cmd = ParseCheckArgs(tc.args);
+    ASSERT_FALSE(cmd.ok());
+    EXPECT_EQ(cmd.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(cmd.status().message()), HasSubstr(tc.want));
+  }
+}
+
+TEST(ParseCheckArgs, HelpNeedsNothingElse) {
+  auto cmd = ParseCheckArgs({"--help"});
+  ASSERT_TRUE(cmd.ok());
+  EXPECT_TRUE(cmd->help);
+  EXPECT_THAT(CheckUsage(), HasSubstr("Exit codes"));
+}
+
+TEST(ExitCodeFor, MapsVerdicts) {
+  EXPECT_EQ(ExitCodeFor(v1::PASS), 0);
+  EXPECT_EQ(ExitCodeFor(v1::WARN), 0);
+  EXPECT_EQ(ExitCodeFor(v1::FAIL), 1);
+  EXPECT_EQ(ExitCodeFor(v1::ERROR), 3);
+  EXPECT_EQ(ExitCodeFor(v1::VERDICT_UNSPECIFIED), 3);
+}
+
+TEST(Sparkline, ShapesAndBounds) {
+  EXPECT_EQ(Sparkline({}), "");
+  EXPECT_EQ(Sparkline({1, 1, 1}), "▁▁▁");
+  EXPECT_EQ(Sparkline({0, 7}), "▁█");
+  const std::string s = Sparkline(std::vector<double>(1000, 2.0), 10);
+  EXPECT_EQ(s, "▁▁▁▁▁▁▁▁▁▁");
+  // Log scale for positive curves spanning decades: the midpoint decade
+  // sits mid-height, not on the floor.
+  EXPECT_EQ(Sparkline({100, 10, 1}), "█▅▁");
+}
+
+TEST(ReportToJson, CanonicalNamesAndDefaults) {
+  v1::Report r;
+  r.set_verdict(v1::FAIL);
+  auto* f = r.add_findings();
+  f->set_code(v1::LOSS_PLATEAU);
+  f->set_severity(v1::Finding::FAIL);
+  const std::string j = ReportToJson(r);
+  EXPECT_THAT(j, HasSubstr("\"verdict\": \"FAIL\""));
+  EXPECT_THAT(j, HasSubstr("\"code\": \"LOSS_PLATEAU\""));
+  EXPECT_THAT(j, HasSubstr("\"stepsRun\": 0"));
+}
+
+}  // namespace
+}  // namespace preflight::client

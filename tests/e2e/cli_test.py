@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""End-to-end: the CLI's usage paths and exit codes (no model needed)."""
+import subprocess
+import sys
+import tempfile
+
+BIN = sys.argv[1]
+
+
+def run(*args):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120)
+
+
+def main():
+    failures = []
+
+    def expect(name, cond, detail=""):
+        print(f"{'ok  ' if cond else 'FAIL'} {name}")
+        if not cond:
+            failures.append(f"{name}: {detail}")
+
+    p = run()
+    expect("no command exits 2 with usage", p.returncode == 2 and "Usage" in p.stdout, p)
+    p = run("check", "--help")
+    expect("check --help exits 0", p.returncode == 0 and "Exit codes" in p.stdout, p)
+    p = run("check", "--model", "/nonexistent/m.pt", "--batch", "/nonexistent/b.pt")
+    expect("missing file exits 2 naming it",
+           p.returncode == 2 and "cannot open '/nonexistent/m.pt'" in p.stderr, p)
+    p = run("check", "--model", "m", "--batch", "b", "--lr", "-3")
+    expect("bad flag exits 2 naming it", p.returncode == 2 and "--lr" in p.stderr, p)
+    p = run("frobnicate")
+    expect("unknown command exits 2", p.returncode == 2 and "unknown command" in p.stderr, p)
+    p = run("version")
+    expect("version prints LibTorch", p.returncode == 0 and "LibTorch" in p.stdout, p)
+    with tempfile.NamedTemporaryFile(suffix=".pt") as empty:
+        p = run("check", "--model", empty.name, "--batch", empty.name, "--json")
+        expect("empty model file is ERROR/ARTIFACT_INVALID, exit 3",
+               p.returncode == 3 and '"ARTIFACT_INVALID"' in p.stdout, p)
+    print(f"{7 - len(failures)} passed, {len(failures)} failed")
+    for f in failures:
+        print(f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

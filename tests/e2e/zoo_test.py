@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""End-to-end: every zoo case through the real `preflight check` CLI.
+
+Asserts, per case, the exact verdict, that every expected finding code is
+present, the exit code that goes with the verdict, and for healthy cases that
+nothing beyond INFO was found. Also checks that two runs of the same case give
+byte-identical JSON apart from timing fields.
+
+Usage: zoo_test.py PREFLIGHT_BINARY ZOO_DIR [--only NAME ...] [--jobs N]
+"""
+import argparse
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+EXIT_FOR = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
+
+
+def run(binary, case, extra=()):
+    cmd = [binary, "check", "--model", case["model"], "--batch", case["batch"], "--json",
+           *case["flags"], *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        report = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        report = None
+    return p, report
+
+
+def check_case(binary, case):
+    problems = []
+    p, report = run(binary, case)
+    if report is None:
+        return [f"no JSON report (exit {p.returncode}): {p.stderr.strip()[:300]}"], None
+    verdict = report.get("verdict")
+    codes = [f["code"] for f in report.get("findings", [])]
+    if verdict != case["verdict"]:
+        problems.append(f"verdict {verdict}, expected {case['verdict']}")
+    for code in case["codes"]:
+        if code not in codes:
+            problems.append(f"missing {code}")
+    if p.returncode != EXIT_FOR[case["verdict"]]:
+        problems.append(f"exit code {p.returncode}, expected {EXIT_FOR[case['verdict']]}")
+    if case["verdict"] == "PASS":
+        loud = [f["code"] for f in report["findings"] if f["severity"] != "INFO"]
+        if loud:
+            problems.append(f"healthy model has non-INFO findings {loud}")
+    for f in report.get("findings", []):
+        if not f.get("message") or not f.get("hint"):
+            problems.append(f"{f['code']} lacks a message or hint")
+    return problems, report
+
+
+def strip_timing(report):
+    report = dict(report)
+    report.pop("timing", None)
+    return json.dumps(report, sort_keys=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("zoo")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--determinism-cases", nargs="*", default=["mlp", "transformer", "loss_plateau_low_lr"])
+    args = ap.parse_args()
+    with open(f"{args.zoo}/manifest.json") as f:
+        cases = json.load(f)
+    if args.only:
+        cases = [c for c in cases if c["name"] in args.only]
+
+    failures = 0
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda c: (c, *check_case(args.binary, c)), cases))
+    for case, problems, report in results:
+        codes = ",".join(f["code"] for f in report["findings"]) if report else "-"
+        status = "ok  " if not problems else "FAIL"
+        verdict = report["verdict"] if report else "-"
+        secs = report.get("timing", {}).get("workerSeconds", 0) if report else 0
+        print(f"{status} {case['name']:<28} {verdict:<6} {secs:6.2f}s {codes}")
+        for p in problems:
+            print(f"       - {p}")
+        failures += bool(problems)
+
+    # Determinism of whole reports: same inputs, same bytes (timing aside).
+    for name in args.determinism_cases:
+        case = next((c for c in cases if c["name"] == name), None)
+        if case is None:
+            continue
+        _, a = run(args.binary, case)
+        _, b = run(args.binary, case)
+        same = a is not None and b is not None and strip_timing(a) == strip_timing(b)
+        print(f"{'ok  ' if same else 'FAIL'} reproducible report: {name}")
+        failures += not same
+
+    total = len(cases) + len([n for n in args.determinism_cases
+                              if any(c["name"] == n for c in cases)])
+    print(f"{total - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+#include "service/engine/config.h"
+
+#include <functional>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace preflight::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::CheckConfig Defaults() {
+  v1::CheckConfig c;
+  ApplyDefaults(&c);
+  return c;
+}
+
+TEST(ApplyDefaults, DocumentedDefaults) {
+  const v1::CheckConfig c = Defaults();
+  EXPECT_EQ(c.optimizer(), "adam");
+  EXPECT_DOUBLE_EQ(c.lr(), 1e-3);
+  EXPECT_EQ(c.max_steps(), 500);
+  EXPECT_EQ(c.seed(), 0u);
+  EXPECT_EQ(c.device(), "auto");
+  EXPECT_EQ(c.intra_op_threads(), 1);
+  EXPECT_TRUE(c.train_mode());
+  EXPECT_TRUE(c.diagnose());
+  EXPECT_EQ(c.determinism_steps(), 20);
+  EXPECT_DOUBLE_EQ(c.target_ratio(), 0.01);
+  EXPECT_TRUE(c.loss().empty());  // Resolved by the engine (model.loss or cross_entropy).
+  EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+TEST(ApplyDefaults, KeepsExplicitZeroes) {
+  v1::CheckConfig c;
+  c.set_determinism_steps(0);
+  c.set_train_mode(false);
+  ApplyDefaults(&c);
+  EXPECT_EQ(c.determinism_steps(), 0);
+  EXPECT_FALSE(c.train_mode());
+}
+
+TEST(ValidateConfig, RejectsEachBadFieldByName) {
+  struct Case {
+    std::string field;
+    std::function<void(v1::CheckConfig*)> mutate;
+  };
+  const Case cases[] = {
+      {"loss:", [](auto* c) { c->set_loss("hinge"); }},
+      {"optimizer:", [](auto* c) { c->set_optimizer("lbfgs"); }},
+      {"lr:", [](auto* c) { c->set_lr(-0.1); }},
+      {"lr:", [](auto* c) { c->set_lr(std::nan("")); }},
+      {"weight_decay:", [](auto* c) { c->set_weight_decay(-1); }},
+      {"momentum:", [](auto* c) { c->set_momentum(0.9); }},  // adam
+      {"max_steps:", [](auto* c) { c->set_max_steps(-5); }},
+      {"max_steps:", [](auto* c) { c->set_max_steps(kMaxSteps + 1); }},
+      {"device:", [](auto* c) { c->set_device("tpu"); }},
+      {"device:", [](auto* c) { c->set_device("cuda:x"); }},
+      {"intra_op_threads:", [](auto* c) { c->set_intra_op_threads(0); }},
+      {"target_ratio:", [](auto* c) { c->set_target_ratio(1.5); }},
+      {"determinism_steps:", [](auto* c) { c->set_determinism_steps(501); }},
+      {"timeout_seconds:", [](auto* c) { c->set_timeout_seconds(-1); }},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.field);
+    v1::CheckConfig c = Defaults();
+    tc.mutate(&c);
+    const absl::Status s = ValidateConfig(c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.message()), HasSubstr(tc.field));
+  }
+}
+
+TEST(ValidateConfig, AcceptsEveryBuiltinLossAndDevice) {
+  for (const char* loss : {"cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits",
+                           "bce", "model.loss"}) {
+    v1::CheckConfig c = Defaults();
+    c.set_loss(loss);
+    EXPECT_TRUE(ValidateConfig(c).ok()) << loss;
+  }
+  for (const char* dev : {"auto", "cpu", "cuda", "cuda:3"}) {
+    v1::CheckConfig c = Defaults();
+    c.set_device(dev);
+    EXPECT_TRUE(ValidateConfig(c).ok()) << dev;
+  }
+  v1::CheckConfig sgd = Defaults();
+  sgd.set_optimizer("sgd");
+  sgd.set_momentum(0.9);
+  EXPECT_TRUE(ValidateConfig(sgd).ok());
+}
+
+}  // namespace
+}  // namespace preflight::engine

@@ -1,0 +1,383 @@
+// Engine tests on hand-made modules (compiled from TorchScript source in C++)
+// and hand-made tensors: every bad-input path and each check's trigger.
+#include "service/engine/engine.h"
+
+#include <sstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "service/engine/config.h"
+#include "service/engine/report_util.h"
+#include "service/engine/torch_internal.h"
+
+namespace preflight::engine {
+namespace {
+
+using ::testing::HasSubstr;
+using internal::CheckLossInputs;
+using internal::LoadBatch;
+using internal::LoadModel;
+
+torch::Tensor Trainable(const torch::Tensor& t) { return t.detach().requires_grad_(true); }
+
+std::string Save(torch::jit::Module& m) {
+  std::ostringstream os;
+  m.save(os);
+  return os.str();
+}
+
+std::string Pickle(const torch::jit::IValue& v) {
+  const std::vector<char> data = torch::pickle_save(v);
+  return std::string(data.begin(), data.end());
+}
+
+std::string DictBatch(const torch::Tensor& inputs, const torch::Tensor& targets) {
+  c10::Dict<std::string, torch::Tensor> d;
+  d.insert("inputs", inputs);
+  d.insert("targets", targets);
+  return Pickle(d);
+}
+
+// A 2-layer MLP written in TorchScript: forward(x) = relu(x W1 + b1) W2 + b2.
+torch::jit::Module Mlp(int in, int hidden, int out, const std::string& extra_body = "",
+                       float w1_scale = 1.0f) {
+  torch::manual_seed(0);
+  torch::jit::Module m("Mlp");
+  m.register_parameter("w1", Trainable(torch::randn({in, hidden}) * (w1_scale / std::sqrt(in))), false);
+  m.register_parameter("b1", Trainable(torch::zeros({hidden})), false);
+  m.register_parameter("w2", Trainable(torch::randn({hidden, out}) / std::sqrt(hidden)), false);
+  m.register_parameter("b2", Trainable(torch::zeros({out})), false);
+  m.define("def forward(self, x):\n" + extra_body +
+           "  h = torch.relu(x.matmul(self.w1) + self.b1)\n"
+           "  return h.matmul(self.w2) + self.b2\n");
+  return m;
+}
+
+std::string ClassBatch(int n, int in, int classes) {
+  torch::manual_seed(1);
+  return DictBatch(torch::randn({n, in}), torch::randint(0, classes, {n}));
+}
+
+v1::CheckConfig Config() {
+  v1::CheckConfig c;
+  c.set_device("cpu");
+  ApplyDefaults(&c);
+  return c;
+}
+
+std::vector<v1::FindingCode> Codes(const v1::Report& r) {
+  std::vector<v1::FindingCode> out;
+  for (const auto& f : r.findings()) out.push_back(f.code());
+  return out;
+}
+
+const v1::Finding* Find(const v1::Report& r, v1::FindingCode code) {
+  for (const auto& f : r.findings()) {
+    if (f.code() == code) return &f;
+  }
+  return nullptr;
+}
+
+// --- Bad inputs ---------------------------------------------------------------
+
+TEST(LoadModel, RejectsEmptyTruncatedAndGarbage) {
+  auto m = Mlp(4, 8, 3);
+  const std::string good = Save(m);
+  struct Case {
+    std::string name, bytes, want;
+  } cases[] = {
+      {"empty", "", "model file is empty"},
+      {"truncated", good.substr(0, good.size() / 2), "not a loadable TorchScript archive"},
+      {"garbage", std::string(1000, '\x7f'), "not a loadable TorchScript archive"},
+      {"a batch instead", ClassBatch(4, 4, 3), "not a loadable TorchScript archive"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    auto s = LoadModel(tc.bytes, torch::kCPU);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(tc.want));
+    // Never a native backtrace as the message.
+    EXPECT_THAT(std::string(s.status().message()), ::testing::Not(HasSubstr("frame #")));
+  }
+  EXPECT_TRUE(LoadModel(good, torch::kCPU).ok());
+}
+
+TEST(LoadBatch, RejectsMalformedBatches) {
+  c10::Dict<std::string, torch::Tensor> wrong_keys;
+  wrong_keys.insert("x", torch::ones({2, 3}));
+  wrong_keys.insert("y", torch::zeros({2}));
+  c10::impl::GenericDict non_tensor(c10::StringType::get(), c10::AnyType::get());
+  non_tensor.insert("inputs", torch::jit::IValue(std::string("image.png")));
+  non_tensor.insert("targets", torch::zeros({2}));
+  // 10^12 declared elements backed by one stored value (stride 0).
+  const auto huge = torch::zeros({1}).expand({1000000, 1000000});
+
+  struct Case {
+    std::string name, bytes, want;
+  } cases[] = {
+      {"empty", "", "batch file is empty"},
+      {"garbage", std::string(300, 'z'), "not a torch.save file"},
+      {"wrong keys", Pickle(wrong_keys), "found keys: x, y"},
+      {"non-tensor inputs", Pickle(non_tensor), "inputs must be a tensor"},
+      {"bare tensor", Pickle(torch::ones({3})), "must be a dict"},
+      {"3-tuple", Pickle(c10::ivalue::Tuple::create({torch::ones({2}), torch::ones({2}),
+                                                     torch::ones({2})})),
+       "must be a dict"},
+      {"batch size mismatch", DictBatch(torch::ones({4, 3}), torch::zeros({5})),
+       "targets have batch size 5 but inputs have 4"},
+      {"scalar input", DictBatch(torch::ones({}), torch::zeros({1})), "batch dimension"},
+      {"huge shape", DictBatch(huge, torch::zeros({1000000})), "elements"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    auto b = LoadBatch(tc.bytes, torch::kCPU);
+    ASSERT_FALSE(b.ok());
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(b.status().message()), HasSubstr(tc.want));
+  }
+}
+
+TEST(LoadBatch, AcceptsDictTupleAndMultiInput) {
+  auto tuple = Pickle(c10::ivalue::Tuple::create({torch::ones({2, 3}), torch::zeros({2})}));
+  auto b = LoadBatch(tuple, torch::kCPU);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->batch_size, 2);
+
+  c10::impl::GenericDict multi(c10::StringType::get(), c10::AnyType::get());
+  multi.insert("inputs", c10::ivalue::Tuple::create({torch::ones({2, 3}), torch::ones({2, 5})}));
+  multi.insert("targets", torch::zeros({2}));
+  auto m = LoadBatch(Pickle(multi), torch::kCPU);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->inputs.size(), 2u);
+  EXPECT_EQ(m->input_names[1], "inputs[1]");
+}
+
+TEST(CheckLossInputs, FlagsEachMismatch) {
+  const auto logits = torch::zeros({4, 10});
+  struct Case {
+    std::string name, loss;
+    torch::Tensor out, target;
+    v1::FindingCode code;
+    std::string want;
+  } cases[] = {
+      {"class out of range", "cross_entropy", logits, torch::tensor({0, 1, 12, 3}),
+       v1::DATA_INVALID, "class index 12 but the model outputs 10 classes"},
+      {"negative class", "nll", logits, torch::tensor({0, -3, 1, 3}), v1::DATA_INVALID,
+       "class index -3"},
+      {"target shape", "cross_entropy", logits, torch::zeros({4, 2}, torch::kLong),
+       v1::DATA_INVALID, "needs targets of shape [4]"},
+      {"1-d output", "cross_entropy", torch::zeros({4}), torch::zeros({4}, torch::kLong),
+       v1::DATA_INVALID, "needs output [N, C, ...]"},
+      {"broadcast", "mse", torch::zeros({8, 1}), torch::zeros({8}), v1::LOSS_SHAPE_BROADCAST,
+       "broadcast to [8, 8]"},
+      {"incompatible", "l1", torch::zeros({8, 3}), torch::zeros({8, 2}), v1::DATA_INVALID,
+       "cannot be compared element-wise"},
+      {"int targets for mse", "mse", torch::zeros({8}), torch::zeros({8}, torch::kLong),
+       v1::DATA_INVALID, "needs floating targets"},
+      {"bce target range", "bce_with_logits", torch::zeros({8}), torch::full({8}, 2.0),
+       v1::DATA_INVALID, "targets in [0, 1]"},
+      {"bce needs probabilities", "bce", torch::full({8}, 3.0), torch::zeros({8}),
+       v1::DATA_INVALID, "probabilities in [0, 1]"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    const auto problems = CheckLossInputs(tc.loss, tc.out, tc.target);
+    ASSERT_EQ(problems.size(), 1u);
+    EXPECT_EQ(problems[0].code, tc.code);
+    EXPECT_THAT(problems[0].message, HasSubstr(tc.want));
+  }
+  EXPECT_TRUE(CheckLossInputs("cross_entropy", logits, torch::tensor({0, 1, 9, -100})).empty());
+  EXPECT_TRUE(CheckLossInputs("mse", torch::zeros({8, 1}), torch::zeros({8, 1})).empty());
+}
+
+TEST(RunCheck, BadArtifactsAreErrorsWithSpecificFindings) {
+  auto m = Mlp(4, 8, 3);
+  const std::string model = Save(m);
+  const std::string batch = ClassBatch(6, 4, 3);
+  struct Case {
+    std::string name;
+    CheckInput input;
+    v1::FindingCode code;
+  } cases[] = {
+      {"empty model", {"", batch}, v1::ARTIFACT_INVALID},
+      {"truncated model", {model.substr(0, 100), batch}, v1::ARTIFACT_INVALID},
+      {"empty batch", {model, ""}, v1::DATA_INVALID},
+      {"wrong class count", {model, ClassBatch(6, 4, 7)}, v1::DATA_INVALID},
+  };
+  for (auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    const v1::Report r = RunCheck(Config(), tc.input);
+    EXPECT_EQ(r.verdict(), v1::ERROR);
+    ASSERT_NE(Find(r, tc.code), nullptr) << r.DebugString();
+    EXPECT_FALSE(Find(r, tc.code)->message().empty());
+  }
+}
+
+// --- Checks on real (small) training runs -------------------------------------
+
+TEST(RunCheck, HealthyMlpPassesAndRecordsEnvironment) {
+  auto m = Mlp(32, 64, 5);
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(16, 32, 5)});
+  EXPECT_EQ(r.verdict(), v1::PASS) << r.DebugString();
+  EXPECT_THAT(Codes(r), ::testing::ElementsAre(v1::OVERFIT_CONVERGED));
+  EXPECT_TRUE(r.converged());
+  EXPECT_EQ(r.config().loss(), "cross_entropy");
+  EXPECT_EQ(r.environment().device(), "cpu");
+  EXPECT_EQ(r.environment().intra_op_threads(), 1);
+  EXPECT_TRUE(r.environment().deterministic_algorithms());
+  EXPECT_EQ(r.environment().cublas_workspace_config(), ":4096:8");
+  EXPECT_FALSE(r.environment().torch_version().empty());
+  EXPECT_EQ(r.parameters_size(), 4);
+  EXPECT_NEAR(r.loss_curve(0), std::log(5.0), 0.5);
+}
+
+TEST(RunCheck, SameInputsGiveIdenticalReportsApartFromTiming) {
+  auto m = Mlp(16, 32, 4);
+  const CheckInput in{Save(m), ClassBatch(8, 16, 4)};
+  v1::Report a = RunCheck(Config(), in);
+  v1::Report b = RunCheck(Config(), in);
+  a.clear_timing();
+  b.clear_timing();
+  EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString());
+}
+
+TEST(RunCheck, UnusedParameterIsParamNoGrad) {
+  auto m = Mlp(16, 32, 4);
+  m.register_parameter("unused", Trainable(torch::ones({7})), false);
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::PARAM_NO_GRAD);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_EQ(f->severity(), v1::Finding::WARN);
+  EXPECT_THAT(f->message(), HasSubstr("unused"));
+  EXPECT_EQ(r.verdict(), v1::WARN);
+}
+
+TEST(RunCheck, NanFromForwardIsFirstNonFiniteOutput) {
+  auto m = Mlp(16, 32, 4, "  x = torch.log(x)\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  const v1::Finding* f = Find(r, v1::OUTPUT_NON_FINITE);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("step 0"));
+  EXPECT_NE(Find(r, v1::LOSS_DIVERGED), nullptr);
+}
+
+TEST(RunCheck, InfiniteGradientNamesParameterAndBackwardOp) {
+  torch::manual_seed(0);
+  torch::jit::Module m("DistNet");
+  m.register_parameter("w1", Trainable(torch::randn({16, 8}) / 4), false);
+  m.register_parameter("w2", Trainable(torch::randn({9, 4}) / 3), false);
+  // Pairwise distances: sqrt(0) on the diagonal, NaN in backward.
+  m.define(
+      "def forward(self, x):\n"
+      "  h = x.matmul(self.w1)\n"
+      "  d = torch.sqrt(((h.unsqueeze(1) - h.unsqueeze(0)) ** 2).sum(-1))\n"
+      "  return torch.cat([h, d.mean(1, keepdim=True)], 1).matmul(self.w2)\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::GRAD_NON_FINITE);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("w1"));
+  std::string anomaly;
+  for (const auto& e : f->evidence()) {
+    if (e.name() == "anomaly_mode") anomaly = e.text();
+  }
+  // sqrt'(0) = inf meets d(h^2)/dh = 0 in PowBackward: inf * 0 = NaN.
+  EXPECT_THAT(anomaly, HasSubstr("PowBackward0"));
+  EXPECT_THAT(anomaly, HasSubstr("returned nan values"));
+}
+
+TEST(RunCheck, LargeInitLogitsAreSuspicious) {
+  auto m = Mlp(32, 64, 10);
+  m.define("def scaled(self, x):\n  return self.forward(x) * 100.0\n");
+  torch::jit::Module wrapper("Wrapper");
+  wrapper.register_module("inner", m);
+  wrapper.define("def forward(self, x):\n  return self.inner.forward(x) * 100.0\n");
+  const v1::Report r = RunCheck(Config(), {Save(wrapper), ClassBatch(16, 32, 10)});
+  const v1::Finding* f = Find(r, v1::INIT_LOSS_SUSPICIOUS);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("ln C = ln 10"));
+}
+
+TEST(RunCheck, ConstantOutputIgnoresInput) {
+  auto m = Mlp(16, 32, 4, "  x = x * 0.0\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  EXPECT_NE(Find(r, v1::OUTPUT_IGNORES_INPUT), nullptr) << r.DebugString();
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+}
+
+TEST(RunCheck, ExplodingPerLayerGradientRatio) {
+  // The first layer's weights are tiny and the second's huge: the first
+  // layer's gradient RMS is ~1e6x the last's at step 0.
+  auto m = Mlp(16, 32, 4, "", /*w1_scale=*/1e-3f);
+  for (auto p : m.named_parameters()) {
+    if (p.name == "w2") p.value.data().mul_(1e3);
+  }
+  v1::CheckConfig c = Config();
+  c.set_max_steps(5);
+  c.set_diagnose(false);
+  const v1::Report r = RunCheck(c, {Save(m), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::EXPLODING_GRADIENT);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("first layer (w1"));
+}
+
+TEST(RunCheck, NegatedLossIsConfirmedForALogLikelihoodObjective) {
+  auto m = Mlp(16, 32, 4);
+  m.define(
+      "def loss(self, out, t):\n"
+      "  return torch.log_softmax(out, 1).gather(1, t.unsqueeze(1)).mean()\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  EXPECT_EQ(r.config().loss(), "model.loss");
+  const v1::Finding* f = Find(r, v1::LOSS_DIVERGED);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  ASSERT_GE(r.experiments_size(), 1);
+  EXPECT_EQ(r.experiments(0).name(), "negated_loss");
+  EXPECT_EQ(r.experiments(0).outcome(), v1::Experiment::CONFIRMED);
+  EXPECT_THAT(f->hint(), HasSubstr("Verified: negated_loss"));
+}
+
+TEST(RunCheck, InPlaceInputMutationIsNondeterministic) {
+  auto m = Mlp(16, 32, 4, "  x.add_(0.1)\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::NONDETERMINISTIC);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("modified inputs in place"));
+  EXPECT_THAT(f->message(), HasSubstr("step 0"));
+}
+
+TEST(RunCheck, FrozenModelHasNothingToTrain) {
+  auto m = Mlp(8, 8, 2);
+  for (auto p : m.parameters()) p.requires_grad_(false);
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(4, 8, 2)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  EXPECT_THAT(Codes(r), ::testing::ElementsAre(v1::NO_TRAINABLE_PARAMS));
+}
+
+TEST(RunCheck, DataNonFiniteNamesTensorAndCount) {
+  auto m = Mlp(8, 8, 2);
+  auto x = torch::randn({4, 8});
+  x[1][2] = NAN;
+  x[3][0] = INFINITY;
+  const v1::Report r = RunCheck(Config(), {Save(m), DictBatch(x, torch::zeros({4}, torch::kLong))});
+  const v1::Finding* f = Find(r, v1::DATA_NON_FINITE);
+  ASSERT_NE(f, nullptr);
+  EXPECT_THAT(f->message(), HasSubstr("inputs has 2 NaN/Inf values out of 32"));
+}
+
+TEST(RunCheck, UnavailableCudaDeviceIsAnError) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a GPU is present";
+  auto m = Mlp(8, 8, 2);
+  v1::CheckConfig c = Config();
+  c.set_device("cuda:0");
+  const v1::Report r = RunCheck(c, {Save(m), ClassBatch(4, 8, 2)});
+  EXPECT_EQ(r.verdict(), v1::ERROR);
+  ASSERT_NE(Find(r, v1::DEVICE_UNAVAILABLE), nullptr);
+}
+
+}  // namespace
+}  // namespace preflight::engine

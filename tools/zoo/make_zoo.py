@@ -1,0 +1,723 @@
+#!/usr/bin/env python3
+"""Builds the Preflight model zoo: real TorchScript artifacts and batches.
+
+Healthy architectures (MLP, CNN, ResNet-style, LSTM, Transformer, regression,
+multi-label, a model with its own loss) and at least one fault for every
+finding code. Writes OUT/<case>.model.pt, OUT/<case>.batch.pt and
+OUT/manifest.json, which lists for every case the CLI flags to use, the exact
+verdict expected and the finding codes that must appear.
+
+Usage: make_zoo.py OUT_DIR [--only NAME ...]
+"""
+import argparse
+import json
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore")  # TorchScript deprecation notices.
+
+CASES = []
+
+
+def case(name, verdict, codes, flags=None, doc=""):
+    def register(fn):
+        CASES.append(dict(name=name, verdict=verdict, codes=codes, flags=flags or [],
+                          doc=doc or (fn.__doc__ or "").strip(), build=fn))
+        return fn
+    return register
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def classification_batch(n, shape, classes, seed=1):
+    g = gen(seed)
+    return {"inputs": torch.randn(n, *shape, generator=g),
+            "targets": torch.randint(0, classes, (n,), generator=g)}
+
+
+def mlp(sizes, act=nn.ReLU):
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+# --- Healthy architectures ---------------------------------------------------
+
+@case("mlp", "PASS", ["OVERFIT_CONVERGED"],
+      doc="The seeds' reference case: MLP 784-256-10, batch 32.")
+def _():
+    torch.manual_seed(0)
+    return mlp([784, 256, 10]), classification_batch(32, (784,), 10)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+@case("cnn", "PASS", ["OVERFIT_CONVERGED"], doc="Two conv layers + pooling on 1x28x28.")
+def _():
+    torch.manual_seed(0)
+    return SmallCNN(), classification_batch(16, (1, 28, 28), 10)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.short(x))
+
+
+class ResNetStyle(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())
+        self.layers = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2),
+                                    BasicBlock(32, 64, 2))
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@case("resnet", "PASS", ["OVERFIT_CONVERGED"],
+      doc="ResNet-style net (3 residual stages with BatchNorm), 3x32x32, batch 8.")
+def _():
+    torch.manual_seed(0)
+    return ResNetStyle(), classification_batch(8, (3, 32, 32), 10)
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, vocab=50, emb=32, hidden=64, classes=5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, tokens):
+        out, _ = self.lstm(self.emb(tokens))
+        return self.fc(out[:, -1])
+
+
+def token_batch(n, length, vocab, classes, seed=1):
+    g = gen(seed)
+    return {"inputs": torch.randint(0, vocab, (n, length), generator=g),
+            "targets": torch.randint(0, classes, (n,), generator=g)}
+
+
+@case("lstm", "PASS", ["OVERFIT_CONVERGED"],
+      doc="Embedding + 2-layer LSTM sequence classifier.")
+def _():
+    torch.manual_seed(0)
+    return LSTMClassifier(), token_batch(16, 12, 50, 5)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, vocab=64, d=32, heads=4, layers=2, classes=4, length=16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(1, length, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=64, dropout=0.1,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, classes)
+
+    def forward(self, tokens):
+        h = self.encoder(self.emb(tokens) + self.pos)
+        return self.fc(self.norm(h.mean(1)))
+
+
+@case("transformer", "PASS", ["OVERFIT_CONVERGED"],
+      doc="2-layer Transformer encoder (dropout 0.1) over token sequences.")
+def _():
+    torch.manual_seed(0)
+    return TinyTransformer(), token_batch(16, 16, 64, 4)
+
+
+@case("regression", "PASS", ["OVERFIT_CONVERGED"], flags=["--loss", "mse"],
+      doc="MLP regression with mse on [N, 1] targets.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 8, generator=g)
+    y = (x[:, :1] * 2 - x[:, 1:2]) + 0.1 * torch.randn(32, 1, generator=g)
+    return mlp([8, 64, 64, 1]), {"inputs": x, "targets": y}
+
+
+@case("multilabel", "PASS", ["OVERFIT_CONVERGED"], flags=["--loss", "bce_with_logits"],
+      doc="Multi-label classifier: 6 independent labels, bce_with_logits.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 64, generator=g)
+    y = (torch.rand(32, 6, generator=g) > 0.5).float()
+    return mlp([64, 256, 6]), {"inputs": x, "targets": y}
+
+
+class OwnLoss(nn.Module):
+    """A model that exports its own loss(output, target)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([16, 64, 3])
+
+    def forward(self, x):
+        return self.net(x)
+
+    @torch.jit.export
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Temperature-scaled cross-entropy: still reaches zero on one batch.
+        return F.nll_loss(F.log_softmax(output / 0.5, dim=1), target)
+
+
+@case("own_loss", "PASS", ["OVERFIT_CONVERGED"],
+      doc="Exports loss(output, target); overrides --loss.")
+def _():
+    torch.manual_seed(0)
+    return OwnLoss(), classification_batch(24, (16,), 3)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(10, 32)
+        self.b = nn.Linear(6, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x, y):
+        return self.head(F.relu(self.a(x) + self.b(y)))
+
+
+@case("multi_input", "PASS", ["OVERFIT_CONVERGED"],
+      doc="forward(x, y) with a tuple of input tensors.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    return TwoInputs(), {"inputs": (torch.randn(16, 10, generator=g),
+                                    torch.randn(16, 6, generator=g)),
+                         "targets": torch.randint(0, 4, (16,), generator=g)}
+
+
+@case("tuple_batch", "PASS", ["OVERFIT_CONVERGED"],
+      doc="The batch as a plain (inputs, targets) tuple.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(16, (64,), 3)
+    return mlp([64, 128, 3]), (b["inputs"], b["targets"])
+
+
+@case("slow_converging", "WARN", ["LOSS_PLATEAU"], flags=["--loss", "bce_with_logits"],
+      doc="Healthy but small: with Adam at 1e-3 the loss is still falling steeply after "
+          "500 steps. A warning (with the verified lr hint), not a failure.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 20, generator=g)
+    y = (torch.rand(32, 6, generator=g) > 0.5).float()
+    return mlp([20, 64, 6]), {"inputs": x, "targets": y}
+
+
+# --- Faults: input and static ---------------------------------------------------
+
+@case("artifact_truncated", "ERROR", ["ARTIFACT_INVALID"],
+      doc="The model file cut in half (an interrupted upload).")
+def _():
+    torch.manual_seed(0)
+    return ("truncate", mlp([784, 256, 10])), classification_batch(32, (784,), 10)
+
+
+@case("artifact_not_torchscript", "ERROR", ["ARTIFACT_INVALID"],
+      doc="A state_dict saved with torch.save instead of a TorchScript module.")
+def _():
+    torch.manual_seed(0)
+    return ("state_dict", mlp([4, 3])), classification_batch(8, (4,), 3)
+
+
+@case("batch_wrong_keys", "ERROR", ["DATA_INVALID"],
+      doc="Batch dict with keys x/y instead of inputs/targets.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(8, (4,), 3)
+    return mlp([4, 3]), {"x": b["inputs"], "y": b["targets"]}
+
+
+@case("batch_not_tensors", "ERROR", ["DATA_INVALID"],
+      doc="Batch whose inputs are a string, not tensors.")
+def _():
+    torch.manual_seed(0)
+    return mlp([4, 3]), {"inputs": "image.png", "targets": torch.tensor([0, 1])}
+
+
+@case("class_out_of_range", "ERROR", ["DATA_INVALID"],
+      doc="Targets hold class 12 but the model has 10 outputs.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(16, (20,), 10)
+    b["targets"][3] = 12
+    return mlp([20, 32, 10]), b
+
+
+@case("no_trainable_params", "FAIL", ["NO_TRAINABLE_PARAMS"],
+      doc="Every parameter frozen.")
+def _():
+    torch.manual_seed(0)
+    m = mlp([20, 32, 10])
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m, classification_batch(16, (20,), 10)
+
+
+@case("param_frozen", "PASS", ["PARAM_FROZEN", "OVERFIT_CONVERGED"],
+      doc="First layer frozen (fine-tuning): informational only.")
+def _():
+    torch.manual_seed(0)
+    m = mlp([128, 256, 10])
+    for p in m[0].parameters():
+        p.requires_grad_(False)
+    return m, classification_batch(16, (128,), 10)
+
+
+@case("data_non_finite", "FAIL", ["DATA_NON_FINITE"],
+      doc="NaN in the inputs (a missing value in the pipeline).")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(16, (20,), 10)
+    b["inputs"][2, 5] = float("nan")
+    b["inputs"][7, 1] = float("inf")
+    return mlp([20, 32, 10]), b
+
+
+@case("forward_error", "FAIL", ["FORWARD_ERROR"],
+      doc="Model built for 100 features fed 784.")
+def _():
+    torch.manual_seed(0)
+    return mlp([100, 32, 10]), classification_batch(16, (784,), 10)
+
+
+class NonScalarLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([8, 16, 3])
+
+    def forward(self, x):
+        return self.net(x)
+
+    @torch.jit.export
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, reduction="none")
+
+
+@case("loss_error", "FAIL", ["LOSS_ERROR"],
+      doc="Own loss returns per-sample values (reduction='none'), not a scalar.")
+def _():
+    torch.manual_seed(0)
+    return NonScalarLoss(), classification_batch(8, (8,), 3)
+
+
+class InplaceAfterSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.fc1(x))
+        h.mul_(2.0)  # Overwrites the output sigmoid's backward needs.
+        return self.fc2(h)
+
+
+@case("backward_error", "FAIL", ["BACKWARD_ERROR"],
+      doc="In-place op on a tensor saved for backward.")
+def _():
+    torch.manual_seed(0)
+    return InplaceAfterSigmoid(), classification_batch(8, (8,), 3)
+
+
+# --- Faults: at init -------------------------------------------------------------
+
+class Scaled(nn.Module):
+    def __init__(self, net, scale: float):
+        super().__init__()
+        self.net = net
+        self.scale = scale
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+@case("init_loss_high", "WARN", ["INIT_LOSS_SUSPICIOUS", "OVERFIT_CONVERGED"],
+      doc="Output layer scaled x50: loss at init far above ln C, still trainable.")
+def _():
+    torch.manual_seed(0)
+    return Scaled(mlp([784, 256, 10]), 50.0), classification_batch(32, (784,), 10)
+
+
+class SoftmaxHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 10])
+
+    def forward(self, x):
+        return torch.softmax(self.net(x), dim=1)
+
+
+@case("softmax_before_ce", "FAIL", ["OUTPUTS_LOOK_LIKE_PROBABILITIES", "LOSS_PLATEAU"],
+      doc="softmax applied before cross_entropy: loss cannot go below ~1.46.")
+def _():
+    torch.manual_seed(0)
+    return SoftmaxHead(), classification_batch(16, (20,), 10)
+
+
+@case("broadcast_mse", "FAIL", ["LOSS_SHAPE_BROADCAST"], flags=["--loss", "mse"],
+      doc="Output [N, 1] against targets [N]: mse broadcasts to [N, N].")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 8, generator=g)
+    return mlp([8, 32, 1]), {"inputs": x, "targets": x[:, 0] * 2}
+
+
+class IgnoresInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 32, 10])
+
+    def forward(self, x):
+        x = torch.zeros_like(x)  # A leftover debugging line.
+        return self.net(x)
+
+
+@case("ignores_input", "FAIL", ["OUTPUT_IGNORES_INPUT"],
+      doc="forward() overwrites its input with zeros.")
+def _():
+    torch.manual_seed(0)
+    return IgnoresInput(), classification_batch(16, (20,), 10)
+
+
+# --- Faults: numerics ------------------------------------------------------------
+
+class LogOfInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 32, 10])
+
+    def forward(self, x):
+        return self.net(torch.log(x))  # Negative inputs -> NaN.
+
+
+@case("output_non_finite", "FAIL", ["OUTPUT_NON_FINITE", "LOSS_DIVERGED"],
+      doc="log() of standardised (partly negative) inputs.")
+def _():
+    torch.manual_seed(0)
+    return LogOfInput(), classification_batch(16, (20,), 10)
+
+
+class NaiveLogSoftmaxLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 32, 10])
+
+    def forward(self, x):
+        return self.net(x) * 200.0
+
+    @torch.jit.export
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(output, dim=1)
+        return -torch.log(p.gather(1, target.unsqueeze(1))).mean()
+
+
+@case("loss_non_finite", "FAIL", ["LOSS_NON_FINITE"],
+      doc="log(softmax(x)) by hand on large logits: softmax underflows, log(0) = -inf.")
+def _():
+    torch.manual_seed(0)
+    return NaiveLogSoftmaxLoss(), classification_batch(16, (20,), 10)
+
+
+class PairwiseDistance(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 32)
+        self.fc2 = nn.Linear(33, 10)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        # Hand-written pairwise distance: sqrt of 0 on the diagonal has an
+        # infinite derivative, and inf * 0 = NaN in backward.
+        dist = torch.sqrt(((h.unsqueeze(1) - h.unsqueeze(0)) ** 2).sum(-1))
+        return self.fc2(torch.cat([h, dist.mean(1, keepdim=True)], 1))
+
+
+@case("grad_non_finite", "FAIL", ["GRAD_NON_FINITE"],
+      doc="Hand-written pairwise distance: finite forward, NaN gradient from sqrt(0).")
+def _():
+    torch.manual_seed(0)
+    return PairwiseDistance(), classification_batch(16, (20,), 10)
+
+
+@case("param_non_finite", "FAIL", ["PARAM_NON_FINITE"],
+      flags=["--optimizer", "sgd", "--lr", "1000"],
+      doc="Output scaled by 1e37 with plain SGD: one update overflows the weights.")
+def _():
+    torch.manual_seed(0)
+    return Scaled(mlp([20, 10]), 1e37), classification_batch(16, (20,), 10)
+
+
+# --- Faults: gradient flow -------------------------------------------------------
+
+class UnusedBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 10])
+        self.aux = nn.Linear(20, 10)  # Defined, never used.
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@case("param_no_grad", "WARN", ["PARAM_NO_GRAD", "OVERFIT_CONVERGED"],
+      doc="A layer that is never used in forward().")
+def _():
+    torch.manual_seed(0)
+    return UnusedBranch(), classification_batch(16, (20,), 10)
+
+
+@case("dead_units", "WARN", ["DEAD_UNITS", "OVERFIT_CONVERGED"],
+      doc="80% of the hidden ReLU units start with bias -10: dead for every sample.")
+def _():
+    torch.manual_seed(0)
+    m = mlp([784, 256, 10])
+    with torch.no_grad():
+        m[0].bias[: int(0.8 * 256)] = -10.0
+    return m, classification_batch(32, (784,), 10)
+
+
+@case("vanishing_gradient", "FAIL", ["VANISHING_GRADIENT"],
+      doc="12 sigmoid layers deep, no normalisation or skips.")
+def _():
+    torch.manual_seed(0)
+    return mlp([20] + [64] * 12 + [10], act=nn.Sigmoid), classification_batch(16, (20,), 10)
+
+
+@case("exploding_gradient", "FAIL", ["EXPLODING_GRADIENT", "LOSS_DIVERGED"],
+      flags=["--optimizer", "sgd", "--lr", "0.5", "--loss", "mse"],
+      doc="Plain SGD far above the stability limit: each update makes the next gradient "
+          "larger until it overflows.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 8, generator=g) * 2
+    return mlp([8, 32, 1]), {"inputs": x, "targets": x[:, :1] - x[:, 1:2]}
+
+
+# --- Faults: the overfit curve ---------------------------------------------------
+
+class GradientReversal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 10])
+
+    def forward(self, x):
+        y = self.net(x)
+        # Value y, gradient -dy: a domain-adaptation layer left in by mistake.
+        return 2 * y.detach() - y
+
+
+@case("loss_rising", "FAIL", ["LOSS_RISING"],
+      doc="A gradient-reversal layer on the output: every update increases the loss.")
+def _():
+    torch.manual_seed(0)
+    return GradientReversal(), classification_batch(16, (20,), 10)
+
+
+class LogLikelihoodLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 10])
+
+    def forward(self, x):
+        return self.net(x)
+
+    @torch.jit.export
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Minimises log p instead of -log p.
+        return F.log_softmax(output, dim=1).gather(1, target.unsqueeze(1)).mean()
+
+
+@case("loss_diverged", "FAIL", ["LOSS_DIVERGED"],
+      doc="Own loss minimises log-probability: falls without bound.")
+def _():
+    torch.manual_seed(0)
+    return LogLikelihoodLoss(), classification_batch(16, (20,), 10)
+
+
+@case("loss_oscillating", "FAIL", ["LOSS_OSCILLATING"],
+      flags=["--optimizer", "sgd", "--lr", "0.1", "--loss", "l1"],
+      doc="Plain SGD with a fixed step on an l1 regression: it keeps overshooting the "
+          "minimum.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 8, generator=g)
+    y = (x[:, :1] * 2 - x[:, 1:2]) + 0.1 * torch.randn(32, 1, generator=g)
+    return mlp([8, 64, 64, 1]), {"inputs": x, "targets": y}
+
+
+@case("loss_plateau_weight_decay", "FAIL", ["LOSS_PLATEAU"],
+      flags=["--weight-decay", "1.0"],
+      doc="L2 weight decay 1.0 with Adam: regularisation caps the fit.")
+def _():
+    torch.manual_seed(0)
+    return mlp([20, 64, 10]), classification_batch(16, (20,), 10)
+
+
+@case("loss_plateau_low_lr", "FAIL", ["LOSS_PLATEAU"], flags=["--lr", "1e-5"],
+      doc="Learning rate 100x too low: the loss creeps down.")
+def _():
+    torch.manual_seed(0)
+    return mlp([20, 64, 10]), classification_batch(16, (20,), 10)
+
+
+class Quantised(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 10])
+
+    def forward(self, x):
+        return torch.round(self.net(x) * 4) / 4  # round() has zero gradient.
+
+
+@case("loss_flat", "FAIL", ["LOSS_FLAT", "PARAM_NO_GRAD"],
+      doc="Outputs rounded (fake quantisation without a straight-through estimator).")
+def _():
+    torch.manual_seed(0)
+    return Quantised(), classification_batch(16, (20,), 10)
+
+
+class HeavyDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 128)
+        self.drop = nn.Dropout(0.6)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.fc2(self.drop(F.relu(self.fc1(x))))
+
+
+@case("loss_noisy", "FAIL", ["LOSS_NOISY"], flags=["--steps", "300"],
+      doc="Dropout 0.6 on a small net: the loss keeps jumping around its floor.")
+def _():
+    torch.manual_seed(0)
+    return HeavyDropout(), classification_batch(32, (20,), 10)
+
+
+class InPlaceAugment(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 32, 10])
+
+    def forward(self, x):
+        # In-place augmentation: mutates the caller's batch on every call.
+        x.add_(0.05 * torch.randn_like(x))
+        return self.net(x)
+
+
+@case("nondeterministic", "WARN", ["NONDETERMINISTIC"],
+      doc="forward() adds noise to its input in place: every run starts from a different "
+          "batch, so the same seed does not reproduce it.")
+def _():
+    torch.manual_seed(0)
+    return InPlaceAugment(), classification_batch(16, (20,), 10)
+
+
+class InfiniteLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        i = 0
+        while i >= 0:  # Never ends.
+            i += 1
+        return self.fc(x)
+
+
+@case("worker_timeout", "ERROR", ["WORKER_TIMEOUT"], flags=["--timeout", "5"],
+      doc="forward() never returns: the child is killed at the deadline.")
+def _():
+    torch.manual_seed(0)
+    return InfiniteLoop(), classification_batch(4, (4,), 3)
+
+
+def save_model(model, path):
+    kind = None
+    if isinstance(model, tuple):
+        kind, model = model
+    if kind == "state_dict":
+        torch.save(model.state_dict(), path)
+        return
+    scripted = torch.jit.script(model)
+    scripted.save(path)
+    if kind == "truncate":
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    manifest = []
+    for c in CASES:
+        if args.only and c["name"] not in args.only:
+            continue
+        model, batch = c["build"]()
+        mp = os.path.join(args.out, c["name"] + ".model.pt")
+        bp = os.path.join(args.out, c["name"] + ".batch.pt")
+        save_model(model, mp)
+        torch.save(batch, bp)
+        manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc")}
+                        | {"model": mp, "batch": bp})
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(f"wrote {len(manifest)} cases to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
