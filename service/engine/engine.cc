@@ -367,7 +367,7 @@ void ReportGradientFlow(Context& c, const RunTrace& t) {
     auto* f = AddFinding(
         c.report, v1::DEAD_UNITS, v1::Finding::WARN, "gradient_flow",
         absl::StrFormat("%d of %d units (%.0f%%) of %s had exactly zero gradient for the whole "
-                        "batch at the first and the last step",
+                        "batch at the first and the last sampled step",
                         d.dead, d.units, 100 * share, d.layer));
     AddText(f, "layer", d.layer);
     AddNumber(f, "dead_units", static_cast<double>(d.dead));

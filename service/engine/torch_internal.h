@@ -86,7 +86,7 @@ struct ParamTrack {
 };
 
 // A layer whose units (rows of weight + bias) had exactly zero gradient at
-// the first and the last step.
+// the first and the last sampled step (every 10th step from step 0).
 struct DeadLayer {
   std::string layer;
   int64_t dead = 0;

@@ -14,8 +14,9 @@
 namespace preflight::engine::internal {
 namespace {
 
-// Update/weight ratios are sampled every this many steps (plus step 0): they
-// need a copy of every parameter, and their trend is slow.
+// Update/weight ratios and dead units are sampled every this many steps
+// (from step 0): they need a copy of every parameter or a pass over every
+// gradient row, and both change slowly.
 constexpr int kUpdateRatioEvery = 10;
 
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const RunOptions& o,
@@ -68,6 +69,20 @@ torch::Tensor ZeroGradRows(const NamedParam& w, const NamedParam& b) {
   if (!gw.defined() || !gb.defined()) return torch::ones({w.tensor.size(0)}, torch::kBool);
   auto row_mass = gw.detach().reshape({gw.size(0), -1}).abs().sum(1);
   return ((row_mass == 0) & (gb.detach() == 0)).cpu();
+}
+
+// L2 norms of many tensors in one fused op and one device-to-host copy:
+// the per-step tracking must stay a small fraction of forward + backward.
+std::vector<double> Norms(const std::vector<torch::Tensor>& ts) {
+  if (ts.empty()) return {};
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> detached;
+  detached.reserve(ts.size());
+  for (const auto& t : ts) detached.push_back(t.detach());
+  const torch::Tensor stacked =
+      torch::stack(at::_foreach_norm(detached)).to(torch::kCPU, torch::kFloat64);
+  const double* p = stacked.data_ptr<double>();
+  return std::vector<double>(p, p + stacked.numel());
 }
 
 double NormInDouble(const torch::Tensor& t) {
@@ -197,17 +212,19 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
 
     // One reduction for every gradient: a NaN/Inf anywhere makes its norm
     // non-finite, so this doubles as the gradient numerics check.
-    std::vector<torch::Tensor> norms;
-    norms.reserve(tensors.size());
-    for (const auto& t : tensors) {
-      const auto& g = t.grad();
-      norms.push_back(g.defined() ? g.detach().norm().to(torch::kFloat64)
-                                  : torch::full({}, -1.0, torch::kFloat64).to(t.device()));
-    }
-    std::vector<double> grad_norms;
-    if (!norms.empty()) {
-      auto stacked = torch::stack(norms).cpu();
-      grad_norms.assign(stacked.data_ptr<double>(), stacked.data_ptr<double>() + stacked.numel());
+    // -1 marks a parameter without a gradient (None).
+    std::vector<double> grad_norms(tensors.size(), -1.0);
+    {
+      std::vector<torch::Tensor> grads;
+      std::vector<size_t> index;
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        if (tensors[i].grad().defined()) {
+          grads.push_back(tensors[i].grad());
+          index.push_back(i);
+        }
+      }
+      const std::vector<double> n = Norms(grads);
+      for (size_t k = 0; k < n.size(); ++k) grad_norms[index[k]] = n[k];
     }
     for (size_t i = 0; i < grad_norms.size(); ++i) {
       if (std::isfinite(grad_norms[i])) continue;
@@ -232,14 +249,15 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
         t.grad_norm_last = grad_norms[i];
         t.received_grad |= grad_norms[i] > 0;
       }
+    }
+    const bool sample_ratio = o.collect_stats && step % kUpdateRatioEvery == 0;
+    if (sample_ratio) {
       for (size_t k = 0; k < unit_pairs.size(); ++k) {
         auto rows = ZeroGradRows(params[unit_pairs[k].weight], params[unit_pairs[k].bias]);
         if (step == 0) dead_first[k] = rows;
         dead_last[k] = rows;
       }
     }
-
-    const bool sample_ratio = o.collect_stats && step % kUpdateRatioEvery == 0;
     std::vector<torch::Tensor> before;
     if (sample_ratio) {
       torch::NoGradGuard no_grad;
@@ -256,12 +274,8 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
 
     {
       torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> pnorms;
-      pnorms.reserve(tensors.size());
-      for (const auto& t : tensors) pnorms.push_back(t.detach().norm().to(torch::kFloat64));
-      if (!pnorms.empty()) {
-        auto stacked = torch::stack(pnorms).cpu();
-        const double* pn = stacked.data_ptr<double>();
+      const std::vector<double> pn = Norms(tensors);
+      if (!pn.empty()) {
         for (size_t i = 0; i < tensors.size(); ++i) {
           if (!std::isfinite(pn[i]) && CountNonFinite(tensors[i]) > 0) {
             fail(v1::PARAM_NON_FINITE, step, params[i].name,

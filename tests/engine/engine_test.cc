@@ -350,6 +350,80 @@ TEST(RunCheck, InPlaceInputMutationIsNondeterministic) {
   EXPECT_THAT(f->message(), HasSubstr("step 0"));
 }
 
+// A Linear layer as a submodule, so its parameters are "<name>.weight" and
+// "<name>.bias" like nn.Linear's.
+torch::jit::Module Linear(int in, int out) {
+  torch::jit::Module l("Linear");
+  l.register_parameter("weight", Trainable(torch::randn({out, in}) / std::sqrt(in)), false);
+  l.register_parameter("bias", Trainable(torch::zeros({out})), false);
+  l.define("def forward(self, x):\n  return x.matmul(self.weight.t()) + self.bias\n");
+  return l;
+}
+
+TEST(RunCheck, NegativeBiasKillsUnits) {
+  torch::manual_seed(0);
+  torch::jit::Module m("Net");
+  auto fc1 = Linear(32, 64);
+  for (auto p : fc1.named_parameters()) {
+    if (p.name == "bias") p.value.data().slice(0, 0, 48).fill_(-10.0);  // 75% of units.
+  }
+  m.register_module("fc1", fc1);
+  m.register_module("fc2", Linear(64, 5));
+  m.define("def forward(self, x):\n  return self.fc2.forward(torch.relu(self.fc1.forward(x)))\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(16, 32, 5)});
+  const v1::Finding* f = Find(r, v1::DEAD_UNITS);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("48 of 64 units (75%) of fc1"));
+  EXPECT_DOUBLE_EQ(r.gradient_flow().max_dead_unit_share(), 0.75);
+}
+
+TEST(RunCheck, SoftmaxOutputsLookLikeProbabilities) {
+  auto m = Mlp(16, 32, 4);
+  torch::jit::Module wrapper("Softmaxed");
+  wrapper.register_module("inner", m);
+  wrapper.define("def forward(self, x):\n  return torch.softmax(self.inner.forward(x), 1)\n");
+  const v1::Report r = RunCheck(Config(), {Save(wrapper), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::OUTPUTS_LOOK_LIKE_PROBABILITIES);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("sum to 1"));
+}
+
+TEST(RunCheck, BroadcastingRegressionShapesFail) {
+  torch::manual_seed(0);
+  torch::jit::Module m("Reg");
+  m.register_parameter("w", Trainable(torch::randn({8, 1}) / 3), false);
+  m.define("def forward(self, x):\n  return x.matmul(self.w)\n");
+  v1::CheckConfig c = Config();
+  c.set_loss("mse");
+  const auto x = torch::randn({16, 8});
+  const v1::Report r = RunCheck(c, {Save(m), DictBatch(x, x.select(1, 0))});
+  const v1::Finding* f = Find(r, v1::LOSS_SHAPE_BROADCAST);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_EQ(f->severity(), v1::Finding::FAIL);
+  EXPECT_THAT(f->message(), HasSubstr("broadcast to [16, 16]"));
+}
+
+TEST(RunCheck, DeepSigmoidStackVanishes) {
+  torch::manual_seed(0);
+  torch::jit::Module m("Deep");
+  std::string body = "def forward(self, x):\n  h = x\n";
+  for (int i = 0; i < 12; ++i) {
+    const std::string w = "w" + std::to_string(i);
+    m.register_parameter(w, Trainable(torch::randn({16, 16}) / 4), false);
+    body += "  h = torch.sigmoid(h.matmul(self." + w + "))\n";
+  }
+  m.register_parameter("head", Trainable(torch::randn({16, 4}) / 4), false);
+  body += "  return h.matmul(self.head)\n";
+  m.define(body);
+  v1::CheckConfig c = Config();
+  c.set_max_steps(3);
+  c.set_diagnose(false);
+  const v1::Report r = RunCheck(c, {Save(m), ClassBatch(8, 16, 4)});
+  const v1::Finding* f = Find(r, v1::VANISHING_GRADIENT);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_LT(r.gradient_flow().first_last_grad_rms_ratio(), 1e-4);
+}
+
 TEST(RunCheck, FrozenModelHasNothingToTrain) {
   auto m = Mlp(8, 8, 2);
   for (auto p : m.parameters()) p.requires_grad_(false);
