@@ -81,11 +81,86 @@ Run:
   --determinism-steps N steps replayed for the bitwise determinism check
                         (default 20, 0 disables)
   --no-diagnose         skip the follow-up experiments on a failing curve
-  --json                print the report as JSON (protobuf canonical mapping)
+  --json                print the report as JSON (protobuf canonical mapping);
+                        with --server, the whole CheckResponse (report,
+                        requestDigest, cached)
   -h, --help            this text
 
-Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR.
+Service:
+  --server HOST:PORT    run the check on a Preflight server (files over 4 MiB
+                        are streamed through Upload); the verdict is stored
+  --job-id ID           the training job this check gates, for `preflight verdict`
+
+Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR,
+5 the server could not answer.
 )";
+}
+
+std::string VerdictUsage() {
+  return R"(Usage: preflight verdict --server HOST:PORT (--job-id ID | --digest SHA256)
+                         [--timeout SEC] [--json]
+
+Prints the stored verdict of an earlier check; never runs a check. Meant as a
+scheduler gate: exit 0 PASS or WARN, 1 FAIL, 3 ERROR, 4 no verdict stored,
+5 the server could not answer (default --timeout 10), 2 usage error.
+)";
+}
+
+absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& args) {
+  VerdictCommand cmd;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i] == "-h" ? "--help" : args[i];
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name = arg.substr(2), value;
+    bool has_value = false;
+    if (const size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (name == "json" || name == "help") {
+      if (has_value) return Bad(name, "takes no value");
+      (name == "json" ? cmd.json : cmd.help) = true;
+      continue;
+    }
+    if (name != "server" && name != "job-id" && name != "digest" && name != "timeout") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (see preflight verdict --help)"));
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) return Bad(name, "needs a value");
+      value = args[++i];
+    }
+    if (name == "server") cmd.server = value;
+    if (name == "job-id") cmd.job_id = value;
+    if (name == "digest") cmd.digest = value;
+    if (name == "timeout") {
+      auto d = ParseDouble(name, value);
+      if (!d.ok()) return d.status();
+      if (*d <= 0) return Bad(name, "must be > 0");
+      cmd.timeout_seconds = *d;
+    }
+  }
+  if (cmd.help) return cmd;
+  if (cmd.server.empty()) return Bad("server", "is required");
+  if (cmd.job_id.empty() == cmd.digest.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --job-id and --digest");
+  }
+  return cmd;
+}
+
+int ExitCodeForRpcError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+      return kExitUsage;
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    default:
+      return kExitUnavailable;
+  }
 }
 
 absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args) {
@@ -119,7 +194,7 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
     static const std::vector<std::string> kValueFlags = {
         "model", "batch", "loss", "optimizer", "device", "lr", "weight-decay", "momentum",
         "timeout", "target-ratio", "target-loss", "steps", "seed", "threads",
-        "determinism-steps"};
+        "determinism-steps", "server", "job-id"};
     if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
@@ -128,7 +203,11 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       if (i + 1 >= args.size()) return Bad(name, "needs a value");
       value = args[++i];
     }
-    if (name == "model") {
+    if (name == "server") {
+      cmd.server = value;
+    } else if (name == "job-id") {
+      cmd.job_id = value;
+    } else if (name == "model") {
       cmd.model_path = value;
     } else if (name == "batch") {
       cmd.batch_path = value;
@@ -184,6 +263,7 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
   if (cmd.help) return cmd;
   if (cmd.model_path.empty()) return Bad("model", "is required");
   if (cmd.batch_path.empty()) return Bad("batch", "is required");
+  if (!cmd.job_id.empty() && cmd.server.empty()) return Bad("job-id", "needs --server");
   engine::ApplyDefaults(&c);
   if (absl::Status s = engine::ValidateConfig(c); !s.ok()) return ToFlagError(s);
   return cmd;

@@ -18,6 +18,8 @@ inline constexpr int kExitPass = 0;   // PASS or WARN.
 inline constexpr int kExitFail = 1;   // FAIL.
 inline constexpr int kExitUsage = 2;  // Bad flags or unreadable input files.
 inline constexpr int kExitError = 3;  // ERROR: the check could not run.
+inline constexpr int kExitNotFound = 4;     // `verdict`: no stored verdict.
+inline constexpr int kExitUnavailable = 5;  // The service could not answer.
 
 struct CheckCommand {
   std::string model_path;
@@ -25,7 +27,26 @@ struct CheckCommand {
   v1::CheckConfig config;  // Defaults applied and validated.
   bool json = false;
   bool help = false;
+  std::string server;  // HOST:PORT: run on a Preflight server instead of locally.
+  std::string job_id;  // With --server: the training job this check gates.
 };
+
+struct VerdictCommand {
+  std::string server;
+  std::string job_id;
+  std::string digest;
+  double timeout_seconds = 10;
+  bool json = false;
+  bool help = false;
+};
+
+// Parses the arguments after `verdict`.
+absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& args);
+std::string VerdictUsage();
+
+// Exit code for a failed RPC: 2 for a request the server rejected as
+// invalid, 4 for NOT_FOUND, 5 when the service could not answer.
+int ExitCodeForRpcError(const absl::Status& status);
 
 // Parses the arguments after `check`. INVALID_ARGUMENT naming the flag on
 // any problem. Accepts --flag value and --flag=value.

@@ -1,5 +1,6 @@
 #include "service/engine/report_util.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/str_split.h"
@@ -149,6 +150,19 @@ std::string CanonicalHint(v1::FindingCode code) {
   }
 }
 
+namespace {
+
+bool LooksLikeErrorLine(absl::string_view line) {
+  // "RuntimeError: ...", "c10::Error: ...", "std::bad_alloc", ...
+  const size_t colon = line.find(':');
+  const absl::string_view head = line.substr(0, colon);
+  return !head.empty() && head.find(' ') == absl::string_view::npos &&
+         (absl::StrContains(head, "Error") || absl::StrContains(head, "Exception") ||
+          absl::StrContains(head, "bad_alloc"));
+}
+
+}  // namespace
+
 std::string TrimTorchMessage(absl::string_view what, size_t max_chars) {
   std::vector<std::string> kept;
   for (absl::string_view line : absl::StrSplit(what, '\n')) {
@@ -161,7 +175,30 @@ std::string TrimTorchMessage(absl::string_view what, size_t max_chars) {
     }
     kept.emplace_back(line);
   }
-  std::string out = absl::StrJoin(kept, " | ");
+  std::string out;
+  // TorchScript interpreter errors put two code tracebacks before the one
+  // line that matters: lead with that line, then where in the model.
+  const bool traceback = std::any_of(kept.begin(), kept.end(), [](const std::string& l) {
+    return absl::StartsWith(l, "Traceback of TorchScript");
+  });
+  if (traceback) {
+    std::string error, location, code;
+    bool in_original = false;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      const std::string& l = kept[i];
+      if (absl::StartsWith(l, "Traceback of TorchScript, original code")) in_original = true;
+      if (absl::StartsWith(l, "File \"") && (in_original || location.empty())) {
+        location = l;
+        code = i + 1 < kept.size() ? kept[i + 1] : "";
+      }
+      if (LooksLikeErrorLine(l)) error = l;
+    }
+    if (error.empty()) error = kept.back();
+    out = error;
+    if (!location.empty()) absl::StrAppend(&out, " [", location, ": ", code, "]");
+  } else {
+    out = absl::StrJoin(kept, " | ");
+  }
   if (out.size() > max_chars) out = out.substr(0, max_chars - 3) + "...";
   return out;
 }

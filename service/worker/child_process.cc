@@ -35,11 +35,9 @@ bool WriteAll(int fd, const char* data, size_t size) {
   return true;
 }
 
-[[noreturn]] void ChildMain(int write_fd, pid_t parent, const std::function<std::string()>& fn) {
-  setpgid(0, 0);
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  // The parent may have died between fork and prctl.
-  if (getppid() != parent) _exit(kChildExceptionExit);
+}  // namespace
+
+[[noreturn]] void RunChildBody(int write_fd, const std::function<std::string()>& fn) {
   std::string payload;
   bool failed = false;
   try {
@@ -63,6 +61,16 @@ bool WriteAll(int fd, const char* data, size_t size) {
   if (failed) _exit(kChildExceptionExit);
   // _exit: no atexit handlers or static destructors of a forked image.
   _exit(0);
+}
+
+namespace {
+
+[[noreturn]] void ChildMain(int write_fd, pid_t parent, const std::function<std::string()>& fn) {
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // The parent may have died between fork and prctl.
+  if (getppid() != parent) _exit(kChildExceptionExit);
+  RunChildBody(write_fd, fn);
 }
 
 }  // namespace
@@ -126,8 +134,14 @@ ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration d
   }
   // Anything the model spawned dies with its group.
   kill(-pid, SIGKILL);
-  out.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return OutcomeFromChild(data, wstatus, timed_out,
+                          absl::ToDoubleSeconds(absl::Now() - start));
+}
 
+ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_out,
+                              double seconds) {
+  ChildOutcome out;
+  out.seconds = seconds;
   if (timed_out) {
     out.status = ChildStatus::kTimeout;
     return out;
@@ -173,6 +187,17 @@ v1::Report ReportFromOutcome(const ChildOutcome& o, const v1::CheckConfig& confi
         absl::StrFormat("the check did not finish within %.0f s and was killed",
                         config.timeout_seconds()));
     engine::AddNumber(f, "timeout_seconds", config.timeout_seconds());
+  } else if (o.status == ChildStatus::kSignaled && o.signal == SIGSYS) {
+    auto* f = engine::AddFinding(
+        &report, v1::SANDBOX_VIOLATION, v1::Finding::ERROR, "worker",
+        "the model made a system call the sandbox forbids (network, exec, new process, "
+        "ptrace, ...) and was killed (SIGSYS)");
+    engine::AddNumber(f, "signal", o.signal);
+  } else if (o.status == ChildStatus::kSignaled && o.signal == SIGXCPU) {
+    auto* f = engine::AddFinding(
+        &report, v1::WORKER_TIMEOUT, v1::Finding::ERROR, "worker",
+        "the check used up its CPU-time limit and was killed (SIGXCPU)");
+    engine::AddNumber(f, "signal", o.signal);
   } else if (o.status == ChildStatus::kSignaled) {
     const char* name = sigabbrev_np(o.signal);
     auto* f = engine::AddFinding(

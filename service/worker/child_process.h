@@ -44,9 +44,18 @@ struct ChildOutcome {
 // child only; exceptions escaping it end the child with exit code 70.
 ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration deadline);
 
+// The child side, for callers that fork themselves (the zygote): runs `fn`
+// and sends its result (or the exception message) on `write_fd`, then _exits.
+[[noreturn]] void RunChildBody(int write_fd, const std::function<std::string()>& fn);
+
+// The parent side: decodes what the child sent (`data`) and how it ended.
+ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_out,
+                              double seconds);
+
 // Turns a child outcome into a report: the child's own report when it
-// produced one, else an ERROR report with WORKER_TIMEOUT / WORKER_CRASHED /
-// INTERNAL_ERROR describing what happened. `config` is recorded in it.
+// produced one, else an ERROR report with WORKER_TIMEOUT (deadline or
+// SIGXCPU), SANDBOX_VIOLATION (SIGSYS from seccomp), WORKER_CRASHED (other
+// signals, exits without a report) or INTERNAL_ERROR. `config` is recorded in it.
 v1::Report ReportFromOutcome(const ChildOutcome& outcome, const v1::CheckConfig& config);
 
 }  // namespace preflight::worker

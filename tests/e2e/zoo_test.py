@@ -6,7 +6,10 @@ present, the exit code that goes with the verdict, and for healthy cases that
 nothing beyond INFO was found. Also checks that two runs of the same case give
 byte-identical JSON apart from timing fields.
 
-Usage: zoo_test.py PREFLIGHT_BINARY ZOO_DIR [--only NAME ...] [--jobs N]
+With --server, every case (including the hostile, service-only ones) goes
+through a running Preflight server and must give the same verdict and codes.
+
+Usage: zoo_test.py PREFLIGHT_BINARY ZOO_DIR [--only NAME ...] [--jobs N] [--server ADDR]
 """
 import argparse
 import concurrent.futures
@@ -17,14 +20,21 @@ import sys
 EXIT_FOR = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
 
 
+SERVER = None  # HOST:PORT when the cases go through a Preflight server.
+
+
 def run(binary, case, extra=()):
     cmd = [binary, "check", "--model", case["model"], "--batch", case["batch"], "--json",
            *case["flags"], *extra]
+    if SERVER:
+        cmd += ["--server", SERVER]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     try:
         report = json.loads(p.stdout)
     except json.JSONDecodeError:
         report = None
+    if SERVER and report is not None:
+        report = report.get("report")
     return p, report
 
 
@@ -65,11 +75,17 @@ def main():
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--determinism-cases", nargs="*", default=["mlp", "transformer", "loss_plateau_low_lr"])
+    ap.add_argument("--server", help="run every case through this Preflight server")
     args = ap.parse_args()
+    global SERVER
+    SERVER = args.server
     with open(f"{args.zoo}/manifest.json") as f:
         cases = json.load(f)
     if args.only:
         cases = [c for c in cases if c["name"] in args.only]
+    # Hostile models are only contained by the service's sandbox.
+    if not args.server:
+        cases = [c for c in cases if not c.get("service_only")]
 
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+
 namespace preflight::engine {
 namespace {
 
@@ -59,6 +61,24 @@ TEST(TrimTorchMessage, DropsNativeBacktrace) {
   EXPECT_THAT(t, HasSubstr("must match the size"));
   EXPECT_THAT(t, Not(HasSubstr("frame #0")));
   EXPECT_THAT(t, Not(HasSubstr("Exception raised")));
+}
+
+TEST(TrimTorchMessage, LeadsWithTheErrorOfATorchScriptTraceback) {
+  const std::string what =
+      "The following operation failed in the TorchScript interpreter.\n"
+      "Traceback of TorchScript, serialized code (most recent call last):\n"
+      "  File \"code/__torch__.py\", line 9, in forward\n"
+      "    big = torch.ones([137438953472])\n"
+      "          ~~~~~~~~~~ <--- HERE\n"
+      "Traceback of TorchScript, original code (most recent call last):\n"
+      "  File \"/src/model.py\", line 42, in forward\n"
+      "    big = torch.ones(512 * 1024 ** 3 // 4)\n"
+      "RuntimeError: [enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't "
+      "allocate memory: you tried to allocate 549755813888 bytes.\n";
+  const std::string t = TrimTorchMessage(what);
+  EXPECT_TRUE(absl::StartsWith(t, "RuntimeError: [enforce fail")) << t;
+  EXPECT_THAT(t, HasSubstr("can't allocate memory"));
+  EXPECT_THAT(t, HasSubstr("[File \"/src/model.py\", line 42, in forward: big = torch.ones"));
 }
 
 TEST(TrimTorchMessage, CapsLength) {

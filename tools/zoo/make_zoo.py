@@ -24,10 +24,12 @@ warnings.filterwarnings("ignore")  # TorchScript deprecation notices.
 CASES = []
 
 
-def case(name, verdict, codes, flags=None, doc=""):
+def case(name, verdict, codes, flags=None, doc="", service_only=False):
+    """service_only: hostile models that only the sandboxed service contains."""
     def register(fn):
         CASES.append(dict(name=name, verdict=verdict, codes=codes, flags=flags or [],
-                          doc=doc or (fn.__doc__ or "").strip(), build=fn))
+                          doc=doc or (fn.__doc__ or "").strip(), build=fn,
+                          service_only=service_only))
         return fn
     return register
 
@@ -681,6 +683,69 @@ def _():
     return InfiniteLoop(), classification_batch(4, (4,), 3)
 
 
+# --- Hostile models: contained only by the service's sandbox ------------------
+
+class ReadsPasswd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        leak = torch.from_file("/etc/passwd", shared=False, size=16, dtype=torch.uint8)
+        return self.fc(x) + leak.float().sum() * 0
+
+
+@case("hostile_read_file", "ERROR", ["SANDBOX_VIOLATION"], service_only=True,
+      doc="Reads /etc/passwd with torch.from_file: Landlock refuses the open.")
+def _():
+    torch.manual_seed(0)
+    return ReadsPasswd(), classification_batch(4, (4,), 3)
+
+
+class WritesFile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        # shared=True creates and maps the file read-write: a file write.
+        out = torch.from_file("/tmp/preflight-hostile-write", shared=True, size=4096,
+                              dtype=torch.uint8)
+        out.fill_(65)
+        return self.fc(x) + out[0].float() * 0
+
+
+@case("hostile_write_file", "ERROR", ["SANDBOX_VIOLATION"], service_only=True,
+      doc="Creates and writes /tmp/preflight-hostile-write via a shared mapping.")
+def _():
+    torch.manual_seed(0)
+    return WritesFile(), classification_batch(4, (4,), 3)
+
+
+class HugeAllocation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        big = torch.ones(512 * 1024 * 1024 * 1024 // 4)  # 512 GiB of float32.
+        return self.fc(x) + big[0]
+
+
+@case("hostile_allocation", "ERROR", ["WORKER_OOM"], service_only=True,
+      doc="Allocates 512 GiB: refused by the job's address-space limit.")
+def _():
+    torch.manual_seed(0)
+    return HugeAllocation(), classification_batch(4, (4,), 3)
+
+
+@case("hostile_infinite_loop", "ERROR", ["WORKER_TIMEOUT"], flags=["--timeout", "3"],
+      service_only=True, doc="forward() never returns: killed at the deadline.")
+def _():
+    torch.manual_seed(0)
+    return InfiniteLoop(), classification_batch(4, (4,), 3)
+
+
 def save_model(model, path):
     kind = None
     if isinstance(model, tuple):
@@ -712,7 +777,8 @@ def main():
         bp = os.path.join(args.out, c["name"] + ".batch.pt")
         save_model(model, mp)
         torch.save(batch, bp)
-        manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc")}
+        manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc",
+                                           "service_only")}
                         | {"model": mp, "batch": bp})
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)

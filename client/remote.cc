@@ -1,0 +1,138 @@
+#include "client/remote.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "preflight/v1/preflight.grpc.pb.h"
+
+namespace preflight::client {
+namespace {
+
+constexpr size_t kChunkBytes = 1 << 20;
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& server) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
+}
+
+void SetDeadline(grpc::ClientContext* ctx, double seconds) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+}
+
+absl::StatusOr<int64_t> FileSize(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  return static_cast<int64_t>(st.st_size);
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return std::move(ss).str();
+}
+
+absl::StatusOr<std::string> UploadWith(v1::Preflight::Stub* stub, const std::string& path) {
+  auto size = FileSize(path);
+  if (!size.ok()) return size.status();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 600);
+  v1::UploadResponse resp;
+  auto writer = stub->Upload(&ctx, &resp);
+  std::string buf(kChunkBytes, '\0');
+  bool first = true;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto n = in.gcount();
+    if (n <= 0) break;
+    v1::UploadRequest req;
+    req.set_chunk(buf.data(), static_cast<size_t>(n));
+    if (first) req.set_expected_size(*size);
+    first = false;
+    if (!writer->Write(req)) break;  // The server ended the stream; Finish says why.
+  }
+  writer->WritesDone();
+  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("upload of ", path, ": ", s.message()));
+  }
+  return resp.sha256();
+}
+
+absl::Status ArtifactFrom(v1::Preflight::Stub* stub, const std::string& path, v1::Artifact* a) {
+  auto size = FileSize(path);
+  if (!size.ok()) return size.status();
+  if (*size > kInlineThresholdBytes) {
+    auto sha = UploadWith(stub, path);
+    if (!sha.ok()) return sha.status();
+    a->set_sha256(*sha);
+    return absl::OkStatus();
+  }
+  auto bytes = ReadFile(path);
+  if (!bytes.ok()) return bytes.status();
+  a->set_inline_(*std::move(bytes));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
+                                              const std::string& model_path,
+                                              const std::string& batch_path,
+                                              const v1::CheckConfig& config,
+                                              const std::string& job_id) {
+  auto stub = v1::Preflight::NewStub(Channel(server));
+  v1::CheckRequest req;
+  if (absl::Status s = ArtifactFrom(stub.get(), model_path, req.mutable_model()); !s.ok()) return s;
+  if (absl::Status s = ArtifactFrom(stub.get(), batch_path, req.mutable_batch()); !s.ok()) return s;
+  *req.mutable_config() = config;
+  req.set_job_id(job_id);
+  grpc::ClientContext ctx;
+  // The check's own budget plus time to wait for a job slot.
+  SetDeadline(&ctx, config.timeout_seconds() + 300);
+  v1::CheckResponse resp;
+  if (absl::Status s = FromGrpc(stub->Check(&ctx, req, &resp)); !s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
+                                                     const std::string& job_id,
+                                                     const std::string& digest,
+                                                     double timeout_seconds) {
+  auto stub = v1::Preflight::NewStub(Channel(server));
+  v1::GetVerdictRequest req;
+  if (!job_id.empty()) {
+    req.set_job_id(job_id);
+  } else {
+    req.set_request_digest(digest);
+  }
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, timeout_seconds);
+  v1::GetVerdictResponse resp;
+  if (absl::Status s = FromGrpc(stub->GetVerdict(&ctx, req, &resp)); !s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<std::string> UploadFile(const std::string& server, const std::string& path) {
+  auto stub = v1::Preflight::NewStub(Channel(server));
+  return UploadWith(stub.get(), path);
+}
+
+}  // namespace preflight::client

@@ -1,0 +1,219 @@
+#include "service/server/core.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "service/engine/config.h"
+#include "service/store/sha256.h"
+
+namespace preflight::server {
+namespace {
+
+// A stored verdict whose check never finished (timeout, crash, dead zygote)
+// says nothing stable about the model: it answers GetVerdict but a new Check
+// runs again.
+bool Reusable(const v1::Report& report) {
+  for (const auto& f : report.findings()) {
+    if (f.check() == "worker" && f.code() != v1::SANDBOX_VIOLATION) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool ValidJobId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
+  });
+}
+
+PreflightCore::PreflightCore(CoreConfig config, store::BlobStore* blobs,
+                             store::VerdictStore* verdicts, worker::JobRunner* runner)
+    : config_(config), blobs_(blobs), verdicts_(verdicts), runner_(runner) {}
+
+absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a,
+                                                           const char* field) {
+  switch (a.source_case()) {
+    case v1::Artifact::kInline: {
+      if (a.inline_().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".inline: is empty"));
+      }
+      if (static_cast<int64_t>(a.inline_().size()) > config_.max_inline_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            field, ".inline: ", a.inline_().size(), " bytes is over the inline limit of ",
+            config_.max_inline_bytes, "; send it with Upload and pass its sha256"));
+      }
+      auto info = blobs_->Put(a.inline_());
+      if (!info.ok()) return info.status();
+      return info->sha256;
+    }
+    case v1::Artifact::kSha256: {
+      if (!store::IsSha256Hex(a.sha256())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".sha256: expected 64 lowercase hex characters, got '",
+                         a.sha256().substr(0, 80), "'"));
+      }
+      if (!blobs_->Has(a.sha256())) {
+        return absl::NotFoundError(absl::StrCat(field, ".sha256: no uploaded artifact ",
+                                                a.sha256(), "; Upload it first"));
+      }
+      return a.sha256();
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": is required (inline bytes or the sha256 of an upload)"));
+  }
+}
+
+absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& request,
+                                                       absl::Time deadline) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  }
+  if (!request.job_id().empty() && !ValidJobId(request.job_id())) {
+    return absl::InvalidArgumentError(
+        "job_id: must be 1..128 characters of letters, digits and ._:/-");
+  }
+  v1::CheckConfig config = request.config();
+  engine::ApplyDefaults(&config);
+  if (absl::Status s = engine::ValidateConfig(config); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.", s.message()));
+  }
+  if (config.timeout_seconds() > config_.max_job_timeout_seconds) {
+    return absl::InvalidArgumentError(absl::StrCat("config.timeout_seconds: at most ",
+                                                   config_.max_job_timeout_seconds,
+                                                   " on this server"));
+  }
+  auto model = ResolveArtifact(request.model(), "model");
+  if (!model.ok()) return model.status();
+  auto batch = ResolveArtifact(request.batch(), "batch");
+  if (!batch.ok()) return batch.status();
+
+  // The cache key: everything that determines the report.
+  std::string normalized;
+  config.SerializeToString(&normalized);  // Deterministic for this message (no maps).
+  store::Sha256 key;
+  key.Update(absl::StrCat("preflight-request-v1\n", *model, "\n", *batch, "\n",
+                          runner_->engine_version(), "\n"));
+  key.Update(normalized);
+  const std::string digest = key.HexDigest();
+
+  v1::CheckResponse response;
+  response.set_request_digest(digest);
+  auto stored = verdicts_->GetByDigest(digest);
+  if (stored.ok() && Reusable(stored->report)) {
+    *response.mutable_report() = stored->report;
+    response.set_cached(true);
+    if (!request.job_id().empty() && stored->job_id != request.job_id()) {
+      store::StoredVerdict v = *stored;
+      v.job_id = request.job_id();
+      v.created_unix_seconds = 0;
+      if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+    }
+    return response;
+  }
+  if (!stored.ok() && stored.status().code() != absl::StatusCode::kNotFound) {
+    return stored.status();
+  }
+
+  if (absl::Status s = AcquireSlot(deadline); !s.ok()) return s;
+  v1::WorkerJob job;
+  *job.mutable_config() = config;
+  job.set_model_path(blobs_->PathOf(*model));
+  job.set_batch_path(blobs_->PathOf(*batch));
+  job.set_memory_limit_bytes(config_.job_memory_bytes);
+  job.set_wall_timeout_seconds(config.timeout_seconds());
+  v1::WorkerResult result = runner_->Run(job);
+  ReleaseSlot();
+
+  store::StoredVerdict v;
+  v.request_digest = digest;
+  v.job_id = request.job_id();
+  v.report = result.report();
+  if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+  *response.mutable_report() = std::move(*result.mutable_report());
+  return response;
+}
+
+absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
+    const v1::GetVerdictRequest& request) {
+  absl::StatusOr<store::StoredVerdict> v;
+  switch (request.key_case()) {
+    case v1::GetVerdictRequest::kJobId:
+      if (!ValidJobId(request.job_id())) {
+        return absl::InvalidArgumentError(
+            "job_id: must be 1..128 characters of letters, digits and ._:/-");
+      }
+      v = verdicts_->GetByJobId(request.job_id());
+      break;
+    case v1::GetVerdictRequest::kRequestDigest:
+      if (!store::IsSha256Hex(request.request_digest())) {
+        return absl::InvalidArgumentError(
+            "request_digest: expected 64 lowercase hex characters");
+      }
+      v = verdicts_->GetByDigest(request.request_digest());
+      break;
+    default:
+      return absl::InvalidArgumentError("key: set job_id or request_digest");
+  }
+  if (!v.ok()) return v.status();
+  v1::GetVerdictResponse r;
+  *r.mutable_report() = v->report;
+  r.set_request_digest(v->request_digest);
+  r.set_job_id(v->job_id);
+  r.set_created_unix_seconds(v->created_unix_seconds);
+  return r;
+}
+
+absl::Status PreflightCore::AcquireSlot(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (running_ < config_.job_slots) {
+    ++running_;
+    return absl::OkStatus();
+  }
+  if (queued_ >= config_.queue_size) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "all ", config_.job_slots, " job slots are busy and the queue of ", config_.queue_size,
+        " is full; retry in a few seconds"));
+  }
+  ++queued_;
+  while (running_ >= config_.job_slots && !draining_) {
+    if (slot_freed_.wait_until(lock, absl::ToChronoTime(deadline)) == std::cv_status::timeout &&
+        running_ >= config_.job_slots) {
+      --queued_;
+      return absl::DeadlineExceededError("the request's deadline passed while it was queued");
+    }
+  }
+  --queued_;
+  if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
+  ++running_;
+  return absl::OkStatus();
+}
+
+void PreflightCore::ReleaseSlot() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --running_;
+  slot_freed_.notify_one();
+}
+
+void PreflightCore::StartDraining() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  slot_freed_.notify_all();
+}
+
+int PreflightCore::running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_;
+}
+
+int PreflightCore::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_;
+}
+
+}  // namespace preflight::server

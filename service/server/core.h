@@ -1,0 +1,72 @@
+// The service's logic, free of gRPC types: request validation, artifact
+// resolution, the verdict cache, admission control and job execution. The
+// gRPC adapter (server.h) only translates.
+//
+//   PreflightCore core(config, blobs, verdicts, runner);
+//   absl::StatusOr<v1::CheckResponse> r = core.Check(request, deadline);
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "preflight/v1/preflight.pb.h"
+#include "service/store/blob_store.h"
+#include "service/store/verdict_store.h"
+#include "service/worker/worker_pool.h"
+
+namespace preflight::server {
+
+struct CoreConfig {
+  int job_slots = 2;            // Checks running at once.
+  int queue_size = 16;          // Checks waiting for a slot; beyond: RESOURCE_EXHAUSTED.
+  int64_t max_inline_bytes = 16 << 20;  // Per inline artifact.
+  int64_t job_memory_bytes = int64_t{8} << 30;  // RLIMIT_AS of each job.
+  double max_job_timeout_seconds = 1800;        // Cap on a request's timeout.
+};
+
+class PreflightCore {
+ public:
+  PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
+                worker::JobRunner* runner);
+
+  // Runs or serves from cache. INVALID_ARGUMENT naming the field for bad
+  // requests; NOT_FOUND for an unknown digest; RESOURCE_EXHAUSTED when slots
+  // and queue are full; DEADLINE_EXCEEDED if `deadline` passes while queued;
+  // UNAVAILABLE while draining.
+  absl::StatusOr<v1::CheckResponse> Check(const v1::CheckRequest& request, absl::Time deadline);
+  absl::StatusOr<v1::GetVerdictResponse> GetVerdict(const v1::GetVerdictRequest& request);
+
+  // New Checks get UNAVAILABLE; running ones finish.
+  void StartDraining();
+
+  store::BlobStore* blobs() { return blobs_; }
+
+  // For metrics and tests.
+  int running() const;
+  int queued() const;
+
+ private:
+  absl::StatusOr<std::string> ResolveArtifact(const v1::Artifact& a, const char* field);
+  absl::Status AcquireSlot(absl::Time deadline);
+  void ReleaseSlot();
+
+  CoreConfig config_;
+  store::BlobStore* blobs_;
+  store::VerdictStore* verdicts_;
+  worker::JobRunner* runner_;
+
+  mutable std::mutex mu_;
+  std::condition_variable slot_freed_;
+  int running_ = 0;
+  int queued_ = 0;
+  bool draining_ = false;
+};
+
+// True for 1..128 chars of [A-Za-z0-9._:/-].
+bool ValidJobId(const std::string& id);
+
+}  // namespace preflight::server

@@ -1,0 +1,47 @@
+// preflight-server: the gRPC adapter over PreflightCore, plus lifecycle
+// (stores, the zygote worker, health, reflection, draining).
+//
+//   auto server = Server::Start(config);   // binds, starts the zygote
+//   std::cout << (*server)->port();
+//   ... SIGTERM: (*server)->Shutdown(absl::Seconds(30));
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "service/server/core.h"
+
+namespace preflight::server {
+
+struct ServerConfig {
+  std::string address = "127.0.0.1:50051";  // HOST:PORT; port 0 picks one.
+  std::string store_dir = "preflight-store";  // verdicts.db and blobs/ live here.
+  std::string worker_binary;                  // preflight-worker; empty: next to this binary.
+  int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
+  CoreConfig core;
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config);
+  ~Server();
+
+  int port() const;
+  // Stops taking new checks (UNAVAILABLE, health NOT_SERVING), lets running
+  // ones finish for up to `grace`, then stops.
+  void Shutdown(absl::Duration grace);
+  void Wait();
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace preflight::server

@@ -1,0 +1,114 @@
+#include "service/store/blob_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "service/store/sha256.h"
+
+namespace preflight::store {
+namespace {
+
+std::atomic<uint64_t> g_temp_counter{0};
+
+class FileBlobWriter : public BlobWriter {
+ public:
+  FileBlobWriter(const BlobStore* store, std::string dir)
+      : store_(store), dir_(std::move(dir)) {
+    temp_ = absl::StrCat(dir_, "/.tmp-", getpid(), "-", g_temp_counter.fetch_add(1));
+    fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  }
+  ~FileBlobWriter() override {
+    if (fd_ >= 0) close(fd_);
+    if (!committed_) unlink(temp_.c_str());
+  }
+
+  absl::Status Append(absl::string_view data) override {
+    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    if (size_ + static_cast<int64_t>(data.size()) > store_->max_blob_bytes()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "artifact exceeds the server's limit of ", store_->max_blob_bytes(), " bytes"));
+    }
+    hash_.Update(data);
+    size_ += static_cast<int64_t>(data.size());
+    while (!data.empty()) {
+      const ssize_t n = write(fd_, data.data(), data.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return absl::InternalError(absl::StrCat("blob store: write: ", std::strerror(errno)));
+      }
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<BlobInfo> Commit() override {
+    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    if (fsync(fd_) != 0 || close(fd_) != 0) {
+      fd_ = -1;
+      return absl::InternalError(absl::StrCat("blob store: sync: ", std::strerror(errno)));
+    }
+    fd_ = -1;
+    BlobInfo info;
+    info.sha256 = hash_.HexDigest();
+    info.size = size_;
+    const std::string final_path = store_->PathOf(info.sha256);
+    info.already_present = store_->Has(info.sha256);
+    if (info.already_present) return info;  // Destructor removes the temp file.
+    if (rename(temp_.c_str(), final_path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("blob store: rename: ", std::strerror(errno)));
+    }
+    committed_ = true;
+    return info;
+  }
+
+ private:
+  const BlobStore* store_;
+  std::string dir_;
+  std::string temp_;
+  int fd_ = -1;
+  int64_t size_ = 0;
+  bool committed_ = false;
+  Sha256 hash_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir,
+                                                           int64_t max_blob_bytes) {
+  if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("blob store: cannot create ", dir, ": ", std::strerror(errno)));
+  }
+  if (access(dir.c_str(), W_OK | X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("blob store: ", dir, " is not a writable directory"));
+  }
+  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+}
+
+std::unique_ptr<BlobWriter> BlobStore::NewWriter() {
+  return std::make_unique<FileBlobWriter>(this, dir_);
+}
+
+absl::StatusOr<BlobInfo> BlobStore::Put(absl::string_view bytes) {
+  auto w = NewWriter();
+  if (absl::Status s = w->Append(bytes); !s.ok()) return s;
+  return w->Commit();
+}
+
+bool BlobStore::Has(const std::string& sha256) const {
+  struct stat st;
+  return IsSha256Hex(sha256) && stat(PathOf(sha256).c_str(), &st) == 0;
+}
+
+std::string BlobStore::PathOf(const std::string& sha256) const {
+  return absl::StrCat(dir_, "/", sha256);
+}
+
+}  // namespace preflight::store

@@ -1,0 +1,57 @@
+// Content-addressed artifact storage on the local filesystem.
+//
+// Blobs live at DIR/<sha256>; a blob is written to a temporary file and
+// renamed into place only once complete, so a crash never leaves a partial
+// blob under a valid name. Thread-safe.
+//
+//   auto store = BlobStore::Open("/var/lib/preflight/blobs");
+//   auto w = (*store)->NewWriter();
+//   w->Append(chunk); ...
+//   auto digest = w->Commit();  // {sha256, size, already_present}
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace preflight::store {
+
+struct BlobInfo {
+  std::string sha256;
+  int64_t size = 0;
+  bool already_present = false;
+};
+
+class BlobWriter {
+ public:
+  virtual ~BlobWriter() = default;
+  // RESOURCE_EXHAUSTED once the blob would exceed the store's max size.
+  virtual absl::Status Append(absl::string_view data) = 0;
+  virtual absl::StatusOr<BlobInfo> Commit() = 0;
+};
+
+class BlobStore {
+ public:
+  // Creates DIR if needed; FAILED_PRECONDITION if it is not a writable
+  // directory.
+  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir,
+                                                         int64_t max_blob_bytes);
+
+  std::unique_ptr<BlobWriter> NewWriter();
+  absl::StatusOr<BlobInfo> Put(absl::string_view bytes);
+  bool Has(const std::string& sha256) const;
+  // Path of a stored blob (whether or not it exists).
+  std::string PathOf(const std::string& sha256) const;
+  int64_t max_blob_bytes() const { return max_blob_bytes_; }
+
+ private:
+  BlobStore(std::string dir, int64_t max_blob_bytes)
+      : dir_(std::move(dir)), max_blob_bytes_(max_blob_bytes) {}
+  std::string dir_;
+  int64_t max_blob_bytes_;
+};
+
+}  // namespace preflight::store

@@ -1,0 +1,184 @@
+#include "service/worker/sandbox.h"
+
+#include <fcntl.h>
+#include <link.h>
+#include <linux/landlock.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+#ifndef LANDLOCK_ACCESS_FS_TRUNCATE
+#define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)
+#endif
+
+namespace preflight::worker {
+namespace {
+
+absl::Status Errno(const std::string& what) {
+  return absl::InternalError(absl::StrCat("sandbox: ", what, ": ", std::strerror(errno)));
+}
+
+absl::Status SetLimit(int resource, int64_t value, const char* name) {
+  rlimit rl{static_cast<rlim_t>(value), static_cast<rlim_t>(value)};
+  if (setrlimit(resource, &rl) != 0) return Errno(absl::StrCat("setrlimit ", name));
+  return absl::OkStatus();
+}
+
+absl::Status CloseInheritedFds(int keep_fd) {
+  const int lo = 3;
+  auto close_range_sys = [](unsigned a, unsigned b) {
+    return static_cast<int>(syscall(SYS_close_range, a, b, 0));
+  };
+  if (keep_fd < lo) return close_range_sys(lo, ~0U) == 0 ? absl::OkStatus() : Errno("close_range");
+  if (keep_fd > lo && close_range_sys(lo, keep_fd - 1) != 0) return Errno("close_range");
+  if (close_range_sys(keep_fd + 1, ~0U) != 0) return Errno("close_range");
+  return absl::OkStatus();
+}
+
+int LandlockAbi() {
+  const long abi = syscall(SYS_landlock_create_ruleset, nullptr, 0,
+                           LANDLOCK_CREATE_RULESET_VERSION);
+  return abi < 0 ? 0 : static_cast<int>(abi);
+}
+
+absl::Status AddPathRule(int ruleset, const std::string& path, uint64_t access) {
+  const int fd = open(path.c_str(), O_PATH | O_CLOEXEC);
+  if (fd < 0) return absl::OkStatus();  // Absent paths need no rule.
+  landlock_path_beneath_attr attr{};
+  attr.parent_fd = fd;
+  attr.allowed_access = access;
+  const long rc = syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0);
+  const int err = errno;
+  close(fd);
+  if (rc != 0) {
+    errno = err;
+    return Errno(absl::StrCat("landlock rule for ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
+  uint64_t handled = (1ULL << 13) - 1;  // ABI 1: every filesystem right.
+  if (abi >= 2) handled |= LANDLOCK_ACCESS_FS_REFER;
+  if (abi >= 3) handled |= LANDLOCK_ACCESS_FS_TRUNCATE;
+  landlock_ruleset_attr attr{};
+  attr.handled_access_fs = handled;
+  const int ruleset =
+      static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0));
+  if (ruleset < 0) return Errno("landlock_create_ruleset");
+  const uint64_t read_file = LANDLOCK_ACCESS_FS_READ_FILE;
+  const uint64_t read_dir = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR |
+                            LANDLOCK_ACCESS_FS_EXECUTE;
+  absl::Status s;
+  for (const auto& f : p.readable_files) {
+    if (s.ok()) s = AddPathRule(ruleset, f, read_file);
+  }
+  for (const auto& d : p.readable_dirs) {
+    if (s.ok()) s = AddPathRule(ruleset, d, read_dir);
+  }
+  if (s.ok() && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
+    s = Errno("landlock_restrict_self");
+  }
+  close(ruleset);
+  return s;
+}
+
+absl::Status ApplySeccomp() {
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+  if (ctx == nullptr) return absl::InternalError("sandbox: seccomp_init failed");
+  const uint32_t kill = SCMP_ACT_KILL_PROCESS;
+  int rc = 0;
+  auto deny = [&](int nr) {
+    if (rc == 0) rc = seccomp_rule_add(ctx, kill, nr, 0);
+  };
+  for (int nr : {SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace),
+                 SCMP_SYS(process_vm_readv), SCMP_SYS(process_vm_writev), SCMP_SYS(fork),
+                 SCMP_SYS(vfork), SCMP_SYS(connect), SCMP_SYS(bind), SCMP_SYS(listen),
+                 SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(mount), SCMP_SYS(umount2),
+                 SCMP_SYS(setns), SCMP_SYS(unshare), SCMP_SYS(bpf), SCMP_SYS(keyctl),
+                 SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(chroot),
+                 SCMP_SYS(pivot_root), SCMP_SYS(init_module), SCMP_SYS(finit_module),
+                 SCMP_SYS(kexec_load)}) {
+    deny(nr);
+  }
+  // Sockets: only AF_UNIX (LibTorch never needs more; nothing needs it here).
+  if (rc == 0) {
+    rc = seccomp_rule_add(ctx, kill, SCMP_SYS(socket), 1,
+                          SCMP_A0(SCMP_CMP_NE, static_cast<scmp_datum_t>(AF_UNIX)));
+  }
+  // New processes: clone without CLONE_THREAD (threads stay allowed).
+  if (rc == 0) {
+    rc = seccomp_rule_add(ctx, kill, SCMP_SYS(clone), 1,
+                          SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0));
+  }
+  // clone3 passes its flags in memory seccomp cannot read: make glibc fall
+  // back to clone, which the rule above inspects.
+  if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+  if (rc == 0) rc = seccomp_load(ctx);
+  seccomp_release(ctx);
+  if (rc != 0) return absl::InternalError(absl::StrCat("sandbox: seccomp: ", std::strerror(-rc)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EnterSandbox(const SandboxPolicy& p, int* landlock_abi) {
+  if (absl::Status s = CloseInheritedFds(p.keep_fd); !s.ok()) return s;
+  // stdio to /dev/null: the server's log may be a regular file, which
+  // RLIMIT_FSIZE=0 would turn into SIGXFSZ on the first warning, and a model
+  // must not write into the server's logs. Results and errors travel on the
+  // result pipe; LibTorch warnings are collected into the report.
+  const int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull >= 0) {
+    dup2(devnull, STDIN_FILENO);
+    dup2(devnull, STDOUT_FILENO);
+    dup2(devnull, STDERR_FILENO);
+    close(devnull);
+  }
+  if (p.address_space_bytes > 0) {
+    if (auto s = SetLimit(RLIMIT_AS, p.address_space_bytes, "AS"); !s.ok()) return s;
+  }
+  if (p.cpu_seconds > 0) {
+    if (auto s = SetLimit(RLIMIT_CPU, p.cpu_seconds, "CPU"); !s.ok()) return s;
+  }
+  if (auto s = SetLimit(RLIMIT_FSIZE, 0, "FSIZE"); !s.ok()) return s;
+  if (auto s = SetLimit(RLIMIT_NOFILE, p.open_files, "NOFILE"); !s.ok()) return s;
+  if (auto s = SetLimit(RLIMIT_CORE, 0, "CORE"); !s.ok()) return s;
+  // Root ignores RLIMIT_NPROC; seccomp's clone rule is what stops fork bombs.
+  if (auto s = SetLimit(RLIMIT_NPROC, 64, "NPROC"); !s.ok()) return s;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Errno("no_new_privs");
+  const int abi = LandlockAbi();
+  if (landlock_abi != nullptr) *landlock_abi = abi;
+  if (abi > 0) {
+    if (auto s = ApplyLandlock(p, abi); !s.ok()) return s;
+  }
+  return ApplySeccomp();
+}
+
+std::vector<std::string> LoadedLibraryDirs() {
+  std::set<std::string> dirs;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        std::string path = info->dlpi_name != nullptr ? info->dlpi_name : "";
+        const size_t slash = path.rfind('/');
+        if (!path.empty() && path[0] == '/' && slash != std::string::npos && slash > 0) {
+          static_cast<std::set<std::string>*>(data)->insert(path.substr(0, slash));
+        }
+        return 0;
+      },
+      &dirs);
+  return std::vector<std::string>(dirs.begin(), dirs.end());
+}
+
+}  // namespace preflight::worker

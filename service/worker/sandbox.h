@@ -1,0 +1,43 @@
+// The sandbox a job child enters after fork and before it reads the model.
+//
+// A TorchScript file is someone else's program. Layers, outermost first
+// (README "Sandbox" says what each blocks and what none of them cover):
+//   1. process: own process group, dies with its parent, every inherited fd
+//      closed except the result pipe, stdio redirected to /dev/null;
+//   2. rlimits: address space, CPU seconds, file size 0, open files, core 0;
+//   3. PR_SET_NO_NEW_PRIVS;
+//   4. Landlock: read-only access to the job's two input files and the
+//      directories of already-loaded libraries; nothing writable;
+//   5. seccomp: network sockets, exec, ptrace, new processes (fork, vfork,
+//      clone without CLONE_THREAD), namespaces, mounts, bpf kill the child
+//      with SIGSYS, reported as SANDBOX_VIOLATION.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace preflight::worker {
+
+struct SandboxPolicy {
+  std::vector<std::string> readable_files;  // The job's inputs.
+  std::vector<std::string> readable_dirs;   // Libraries (read + execute).
+  int keep_fd = -1;                         // The result pipe.
+  int64_t address_space_bytes = 0;          // RLIMIT_AS; 0 = unlimited.
+  int64_t cpu_seconds = 0;                  // RLIMIT_CPU; 0 = unlimited.
+  int64_t open_files = 64;                  // RLIMIT_NOFILE.
+};
+
+// Applies every layer, in order. Call in the child only: it is
+// irreversible. An error means a layer could not be applied (the child must
+// not run the model then); Landlock missing from the kernel is not an error
+// but is reported in `landlock_abi` (0).
+absl::Status EnterSandbox(const SandboxPolicy& policy, int* landlock_abi);
+
+// Directories of every shared object loaded in this process, for
+// SandboxPolicy::readable_dirs (lazy dlopen of a sibling library must work).
+std::vector<std::string> LoadedLibraryDirs();
+
+}  // namespace preflight::worker

@@ -1,0 +1,206 @@
+#include "service/worker/worker_pool.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "service/engine/report_util.h"
+#include "service/worker/framing.h"
+
+namespace preflight::worker {
+namespace {
+
+// Slack on top of a job's own deadline before the server gives up on the
+// zygote answering at all (the zygote enforces the deadline itself).
+constexpr absl::Duration kBackstop = absl::Seconds(30);
+
+v1::WorkerResult ErrorResult(uint64_t id, const v1::CheckConfig& config, v1::FindingCode code,
+                             const std::string& message) {
+  v1::WorkerResult r;
+  r.set_id(id);
+  v1::Report* report = r.mutable_report();
+  *report->mutable_config() = config;
+  engine::AddFinding(report, code, v1::Finding::ERROR, "worker", message);
+  report->set_verdict(engine::ComputeVerdict(*report));
+  r.set_exit_reason("crash");
+  return r;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(const WorkerPoolConfig& config) {
+  if (access(config.worker_binary.c_str(), X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker binary '", config.worker_binary, "' is not executable"));
+  }
+  std::unique_ptr<WorkerPool> pool(new WorkerPool(config));
+  {
+    std::lock_guard<std::mutex> lock(pool->mu_);
+    if (absl::Status s = pool->Spawn(); !s.ok()) return s;
+  }
+  pool->reader_ = std::thread([p = pool.get()] { p->ReaderLoop(); });
+  return pool;
+}
+
+absl::Status WorkerPool::Spawn() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return absl::InternalError(absl::StrCat("socketpair: ", std::strerror(errno)));
+  }
+  const absl::Time start = absl::Now();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(sv[0]);
+    close(sv[1]);
+    return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: the server is multi-threaded.
+    dup2(sv[1], 3);  // dup2 clears FD_CLOEXEC on the copy.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const char* argv[] = {config_.worker_binary.c_str(), "--control-fd=3", nullptr};
+    execv(argv[0], const_cast<char* const*>(argv));
+    _exit(127);
+  }
+  close(sv[1]);
+  // The hello proves LibTorch loaded and the zygote is ready.
+  pollfd p{sv[0], POLLIN, 0};
+  const int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(config_.start_timeout)));
+  v1::WorkerHello hello;
+  absl::Status s = ready == 1 ? ReadFrame(sv[0], &hello)
+                              : absl::DeadlineExceededError("no hello from the worker");
+  if (!s.ok()) {
+    close(sv[0]);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return absl::UnavailableError(
+        absl::StrCat("worker '", config_.worker_binary, "' did not start: ", s.message()));
+  }
+  last_start_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
+  engine_version_ = hello.engine_version();
+  fd_ = sv[0];
+  pid_ = pid;
+  ++generation_;
+  return absl::OkStatus();
+}
+
+void WorkerPool::FailAllPending(const std::string& why) {
+  for (auto& [id, p] : pending_) {
+    if (p->done) continue;
+    p->result = ErrorResult(id, p->config, v1::WORKER_CRASHED, why);
+    p->done = true;
+  }
+  pending_.clear();
+  cv_.notify_all();
+}
+
+void WorkerPool::ReaderLoop() {
+  for (;;) {
+    int fd;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      fd = fd_;
+    }
+    v1::WorkerResult result;
+    absl::Status s = ReadFrame(fd, &result);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (s.ok()) {
+      auto it = pending_.find(result.id());
+      if (it != pending_.end()) {
+        it->second->result = std::move(result);
+        it->second->done = true;
+        pending_.erase(it);
+        cv_.notify_all();
+      }
+      continue;
+    }
+    if (stopping_) return;
+    // The zygote died (or spoke garbage): fail its jobs, then replace it.
+    close(fd_);
+    fd_ = -1;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    FailAllPending("the worker process (zygote) died while the check ran; it was restarted");
+    for (int attempt = 0; !stopping_; ++attempt) {
+      if (Spawn().ok()) break;
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5000, 100 << std::min(attempt, 6))));
+      lock.lock();
+    }
+    ++restarts_;
+  }
+}
+
+v1::WorkerResult WorkerPool::Run(v1::WorkerJob job) {
+  auto p = std::make_shared<Pending>();
+  p->config = job.config();
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t id = next_id_++;
+  job.set_id(id);
+  if (fd_ < 0) {
+    return ErrorResult(id, job.config(), v1::WORKER_CRASHED, "no worker process is running");
+  }
+  pending_[id] = p;
+  if (absl::Status s = WriteFrame(fd_, job); !s.ok()) {
+    // The reader sees the same broken socket and restarts the zygote.
+    pending_.erase(id);
+    return ErrorResult(id, job.config(), v1::WORKER_CRASHED,
+                       absl::StrCat("could not reach the worker process: ", s.message()));
+  }
+  const absl::Time deadline =
+      absl::Now() + absl::Seconds(job.wall_timeout_seconds()) + kBackstop;
+  while (!p->done) {
+    if (cv_.wait_for(lock, std::chrono::milliseconds(
+                               std::max<int64_t>(1, absl::ToInt64Milliseconds(
+                                                        deadline - absl::Now())))) ==
+            std::cv_status::timeout &&
+        !p->done && absl::Now() >= deadline) {
+      pending_.erase(id);
+      return ErrorResult(id, job.config(), v1::INTERNAL_ERROR,
+                         "the worker process did not answer within the job's deadline");
+    }
+  }
+  return p->result;
+}
+
+std::string WorkerPool::engine_version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return engine_version_;
+}
+
+int WorkerPool::zygote_pid() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pid_;
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+    FailAllPending("the server is shutting down");
+  }
+  if (reader_.joinable()) reader_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (fd_ >= 0) close(fd_);
+  if (pid_ > 0) {
+    // The zygote exits on EOF; SIGKILL only if it does not.
+    for (int i = 0; i < 50; ++i) {
+      if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+}  // namespace preflight::worker

@@ -1,0 +1,84 @@
+// The server's handle on its zygote worker process (server side: no
+// LibTorch). Starts the zygote binary, sends jobs, matches results, and
+// restarts a zygote that died: jobs in flight then get an ERROR report
+// (WORKER_CRASHED), never a hang.
+//
+//   auto pool = WorkerPool::Start({"/usr/bin/preflight-worker"});
+//   v1::WorkerResult r = (*pool)->Run(job);  // blocks until the result
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "preflight/v1/worker.pb.h"
+
+namespace preflight::worker {
+
+// What the server needs from whatever runs jobs (a fake in tests).
+class JobRunner {
+ public:
+  virtual ~JobRunner() = default;
+  // Blocks until the job's result; never throws. Worker failures are ERROR
+  // reports, not errors.
+  virtual v1::WorkerResult Run(v1::WorkerJob job) = 0;
+  // The engine version of the worker (part of every cache key).
+  virtual std::string engine_version() const = 0;
+};
+
+struct WorkerPoolConfig {
+  std::string worker_binary;  // Path of preflight-worker.
+  // How long Start waits for the zygote's hello (LibTorch load ~1 s).
+  absl::Duration start_timeout = absl::Seconds(60);
+};
+
+class WorkerPool : public JobRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<WorkerPool>> Start(const WorkerPoolConfig& config);
+  ~WorkerPool();
+
+  // Sends the job and blocks until its result. The zygote enforces the job's
+  // deadline; a dead zygote completes the job with an ERROR report.
+  v1::WorkerResult Run(v1::WorkerJob job) override;
+  std::string engine_version() const override;
+
+  int zygote_restarts() const { return restarts_.load(); }
+  int zygote_pid() const;
+  // Wall time of the last zygote start until its hello (LibTorch load).
+  double last_start_seconds() const { return last_start_seconds_.load(); }
+
+ private:
+  explicit WorkerPool(WorkerPoolConfig config) : config_(std::move(config)) {}
+  absl::Status Spawn();  // Requires mu_.
+  void ReaderLoop();
+  void FailAllPending(const std::string& why);  // Requires mu_.
+
+  struct Pending {
+    bool done = false;
+    v1::WorkerResult result;
+    v1::CheckConfig config;
+  };
+
+  WorkerPoolConfig config_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int fd_ = -1;
+  int pid_ = -1;
+  uint64_t next_id_ = 1;
+  uint64_t generation_ = 0;
+  std::map<uint64_t, std::shared_ptr<Pending>> pending_;
+  bool stopping_ = false;
+  std::thread reader_;
+  std::atomic<int> restarts_{0};
+  std::atomic<double> last_start_seconds_{0};
+  std::string engine_version_;  // From the zygote's hello; guarded by mu_.
+};
+
+}  // namespace preflight::worker

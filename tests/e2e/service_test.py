@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""End-to-end: the real preflight-server (with its sandboxed zygote) driven by
+the real `preflight` CLI on loopback.
+
+  1. the whole zoo, hostile models included, through the server: the same
+     verdicts and codes as locally, and the server stays up throughout;
+  2. nothing is written outside the store (the hostile write target is absent);
+  3. a repeated request is a cache hit; `preflight verdict` serves it by job
+     id and by digest with the gate exit codes (0/1/4);
+  4. large artifacts go through Upload;
+  5. SIGTERM drains and exits 0; a restart on the same store keeps every
+     verdict; kill -9 during a burst of checks loses no committed verdict.
+
+Usage: service_test.py BUILD_DIR ZOO_DIR
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD, ZOO = sys.argv[1], sys.argv[2]
+CLI = os.path.join(BUILD, "client/preflight")
+SERVER = os.path.join(BUILD, "service/preflight-server")
+HERE = os.path.dirname(os.path.abspath(__file__))
+failures = []
+
+
+def expect(name, cond, detail=""):
+    print(f"{'ok  ' if cond else 'FAIL'} {name}")
+    if not cond:
+        failures.append(f"{name}: {str(detail)[:500]}")
+
+
+def start_server(store, *extra):
+    p = subprocess.Popen([SERVER, "--address", "127.0.0.1:0", "--store", store, *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()  # "preflight-server listening on port N"
+    if "port" not in line:
+        p.kill()
+        raise SystemExit(f"server did not start: {line} {p.stderr.read()}")
+    return p, f"127.0.0.1:{line.split()[-1]}"
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def case(name):
+    with open(f"{ZOO}/manifest.json") as f:
+        return next(c for c in json.load(f) if c["name"] == name)
+
+
+def check(addr, c, *extra):
+    p = cli("check", "--model", c["model"], "--batch", c["batch"], "--json", *c["flags"],
+            "--server", addr, *extra)
+    try:
+        return p, json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return p, None
+
+
+def main():
+    store = tempfile.mkdtemp(prefix="preflight-store-")
+    server, addr = start_server(store)
+    try:
+        # 1-2. The zoo through the server.
+        hostile_target = "/tmp/preflight-hostile-write"
+        if os.path.exists(hostile_target):
+            os.unlink(hostile_target)
+        p = subprocess.run([sys.executable, os.path.join(HERE, "zoo_test.py"), CLI, ZOO,
+                            "--server", addr, "--determinism-cases"],
+                           capture_output=True, text=True, timeout=1800)
+        print(p.stdout)
+        expect("zoo through the server: same verdicts and codes", p.returncode == 0, p.stdout[-2000:])
+        expect("server survived every hostile model", server.poll() is None)
+        expect("hostile write left no file", not os.path.exists(hostile_target))
+
+        # 3. Cache and the verdict gate.
+        mlp, bad = case("mlp"), case("loss_flat")
+        p1, r1 = check(addr, mlp, "--job-id", "train/mlp-1")
+        p2, r2 = check(addr, mlp, "--job-id", "train/mlp-2")
+        expect("first check PASS", r1 and r1["report"]["verdict"] == "PASS", p1.stderr)
+        expect("repeat is a cache hit with the same digest",
+               r2 and r2["cached"] and r2["requestDigest"] == r1["requestDigest"], r2)
+        _, rb = check(addr, bad, "--job-id", "train/flat-1")
+        v = cli("verdict", "--server", addr, "--job-id", "train/mlp-2")
+        expect("verdict by job id: PASS exits 0", v.returncode == 0 and "PASS" in v.stdout, v)
+        v = cli("verdict", "--server", addr, "--job-id", "train/flat-1")
+        expect("verdict by job id: FAIL exits 1 with findings",
+               v.returncode == 1 and "LOSS_FLAT" in v.stdout, v)
+        v = cli("verdict", "--server", addr, "--digest", r1["requestDigest"], "--json")
+        expect("verdict by digest", v.returncode == 0 and json.loads(v.stdout)["report"]["verdict"] == "PASS", v)
+        v = cli("verdict", "--server", addr, "--job-id", "never-submitted")
+        expect("unknown job id exits 4", v.returncode == 4 and "NOT_FOUND" in v.stderr, v)
+        v = cli("verdict", "--server", addr, "--digest", "0" * 64)
+        expect("unknown digest exits 4", v.returncode == 4, v)
+        v = cli("verdict", "--server", addr, "--digest", "xyz")
+        expect("malformed digest is INVALID_ARGUMENT naming the field, exit 2",
+               v.returncode == 2 and "request_digest" in v.stderr, v)
+
+        # 4. Upload path: a model over the 4 MiB inline threshold.
+        with tempfile.TemporaryDirectory() as d:
+            import torch  # noqa: PLC0415  (only this step needs it)
+            big = torch.nn.Sequential(torch.nn.Linear(784, 2048), torch.nn.ReLU(),
+                                      torch.nn.Linear(2048, 10))
+            torch.manual_seed(0)
+            torch.jit.script(big).save(f"{d}/big.pt")
+            size = os.path.getsize(f"{d}/big.pt")
+            p, r = check(addr, {"model": f"{d}/big.pt", "batch": mlp["batch"], "flags": []})
+            expect(f"{size >> 20} MiB model via Upload checks PASS",
+                   r is not None and r["report"]["verdict"] == "PASS", p.stderr)
+
+        # 5a. SIGTERM: drain, exit 0; restart keeps verdicts.
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(timeout=60)
+        expect("SIGTERM exits 0", rc == 0, server.stderr.read())
+        server, addr = start_server(store)
+        v = cli("verdict", "--server", addr, "--job-id", "train/flat-1")
+        expect("restart keeps verdicts", v.returncode == 1 and "LOSS_FLAT" in v.stdout, v)
+
+        # 5b. kill -9 during a burst: every verdict a client saw stays stored.
+        procs = []
+        for i in range(12):
+            c = case(["mlp", "cnn", "lstm", "regression"][i % 4])
+            procs.append((f"burst-{i}", subprocess.Popen(
+                [CLI, "check", "--model", c["model"], "--batch", c["batch"], "--json",
+                 *c["flags"], "--server", addr, "--job-id", f"burst-{i}", "--seed", str(i)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        # Kill once some checks were answered and others are still running.
+        deadline = time.time() + 120
+        while sum(p.poll() is not None for _, p in procs) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        in_flight = sum(p.poll() is None for _, p in procs)
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        answered = [job for job, p in procs if p.wait(timeout=120) == 0]
+        expect(f"kill -9 hit with {in_flight} checks in flight and {len(answered)} answered",
+               in_flight > 0 and len(answered) >= 4, (in_flight, answered))
+        server, addr = start_server(store)
+        lost = [j for j in answered
+                if cli("verdict", "--server", addr, "--job-id", j).returncode != 0]
+        expect(f"kill -9: {len(answered)} answered checks all still stored", not lost, lost)
+        p, r = check(addr, mlp)
+        expect("store usable after kill -9", r is not None and r["report"]["verdict"] == "PASS", p)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+
+    print(f"{17 - len(failures)} passed, {len(failures)} failed")
+    for f in failures:
+        print(" -", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+// PreflightCore with a fake job runner: request validation (the status code
+// and the field named), caching, and admission control.
+#include "service/server/core.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/time/clock.h"
+
+namespace preflight::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class FakeRunner : public worker::JobRunner {
+ public:
+  v1::WorkerResult Run(v1::WorkerJob job) override {
+    ++runs;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return !hold; });
+    }
+    v1::WorkerResult r;
+    r.set_id(job.id());
+    r.mutable_report()->set_verdict(v1::PASS);
+    return r;
+  }
+  std::string engine_version() const override { return "test"; }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu);
+    hold = false;
+    cv.notify_all();
+  }
+  std::atomic<int> runs{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = false;
+};
+
+class CoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/preflight-core-test-XXXXXX";
+    const std::string dir = mkdtemp(tmpl);
+    blobs_ = *store::BlobStore::Open(dir + "/blobs", 1 << 20);
+    verdicts_ = *store::SqliteVerdictStore::Open(dir + "/v.db");
+    CoreConfig c;
+    c.job_slots = 1;
+    c.queue_size = 1;
+    c.max_inline_bytes = 1024;
+    core_ = std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_);
+  }
+  v1::CheckRequest Valid() {
+    v1::CheckRequest r;
+    r.mutable_model()->set_inline_("model-bytes");
+    r.mutable_batch()->set_inline_("batch-bytes");
+    return r;
+  }
+  absl::Time Deadline() { return absl::Now() + absl::Seconds(30); }
+
+  FakeRunner runner_;
+  std::unique_ptr<store::BlobStore> blobs_;
+  std::unique_ptr<store::SqliteVerdictStore> verdicts_;
+  std::unique_ptr<PreflightCore> core_;
+};
+
+TEST_F(CoreTest, MalformedRequestsNameTheField) {
+  struct Case {
+    std::string name;
+    std::function<void(v1::CheckRequest*)> mutate;
+    absl::StatusCode code;
+    std::string field;
+  } cases[] = {
+      {"missing model", [](auto* r) { r->clear_model(); }, absl::StatusCode::kInvalidArgument,
+       "model: is required"},
+      {"missing batch", [](auto* r) { r->clear_batch(); }, absl::StatusCode::kInvalidArgument,
+       "batch: is required"},
+      {"empty inline", [](auto* r) { r->mutable_model()->set_inline_(""); },
+       absl::StatusCode::kInvalidArgument, "model.inline: is empty"},
+      {"unknown loss", [](auto* r) { r->mutable_config()->set_loss("hinge"); },
+       absl::StatusCode::kInvalidArgument, "config.loss"},
+      {"negative lr", [](auto* r) { r->mutable_config()->set_lr(-1); },
+       absl::StatusCode::kInvalidArgument, "config.lr"},
+      {"garbage digest", [](auto* r) { r->mutable_batch()->set_sha256("zz"); },
+       absl::StatusCode::kInvalidArgument, "batch.sha256"},
+      {"unknown digest", [](auto* r) { r->mutable_model()->set_sha256(std::string(64, 'e')); },
+       absl::StatusCode::kNotFound, "model.sha256"},
+      {"inline too large", [](auto* r) { r->mutable_model()->set_inline_(std::string(2000, 'x')); },
+       absl::StatusCode::kResourceExhausted, "model.inline"},
+      {"bad job id", [](auto* r) { r->set_job_id("has space"); },
+       absl::StatusCode::kInvalidArgument, "job_id"},
+      {"timeout over cap", [](auto* r) { r->mutable_config()->set_timeout_seconds(99999); },
+       absl::StatusCode::kInvalidArgument, "config.timeout_seconds"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    v1::CheckRequest r = Valid();
+    tc.mutate(&r);
+    auto resp = core_->Check(r, Deadline());
+    ASSERT_FALSE(resp.ok());
+    EXPECT_EQ(resp.status().code(), tc.code);
+    EXPECT_THAT(std::string(resp.status().message()), HasSubstr(tc.field));
+  }
+  EXPECT_EQ(runner_.runs.load(), 0);
+}
+
+TEST_F(CoreTest, RepeatIsCacheHitAndJobIdPointsAtIt) {
+  v1::CheckRequest r = Valid();
+  r.set_job_id("a");
+  auto first = core_->Check(r, Deadline());
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->cached());
+  r.set_job_id("b");
+  auto second = core_->Check(r, Deadline());
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->cached());
+  EXPECT_EQ(second->request_digest(), first->request_digest());
+  EXPECT_EQ(runner_.runs.load(), 1);
+  v1::GetVerdictRequest g;
+  g.set_job_id("b");
+  auto v = core_->GetVerdict(g);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->request_digest(), first->request_digest());
+  // A different config is a different request.
+  r.mutable_config()->set_seed(7);
+  auto third = core_->Check(r, Deadline());
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(third->request_digest(), first->request_digest());
+}
+
+TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
+  runner_.hold = true;
+  auto make = [&](uint64_t seed) {
+    v1::CheckRequest r = Valid();
+    r.mutable_config()->set_seed(seed);
+    return r;
+  };
+  std::thread running([&] { (void)core_->Check(make(1), Deadline()); });
+  while (core_->running() < 1) std::this_thread::yield();
+  std::thread queued([&] { (void)core_->Check(make(2), Deadline()); });
+  while (core_->queued() < 1) std::this_thread::yield();
+  const absl::Time start = absl::Now();
+  auto third = core_->Check(make(3), Deadline());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(third.status().message()), HasSubstr("retry"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // Immediate, not after a slot frees.
+  runner_.Release();
+  running.join();
+  queued.join();
+  EXPECT_EQ(runner_.runs.load(), 2);
+}
+
+TEST_F(CoreTest, DrainingRefusesNewChecks) {
+  core_->StartDraining();
+  auto r = core_->Check(Valid(), Deadline());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(CoreTest, GetVerdictValidatesKeys) {
+  v1::GetVerdictRequest g;
+  EXPECT_EQ(core_->GetVerdict(g).status().code(), absl::StatusCode::kInvalidArgument);
+  g.set_request_digest("nothex");
+  EXPECT_THAT(std::string(core_->GetVerdict(g).status().message()), HasSubstr("request_digest"));
+  g.set_request_digest(std::string(64, '0'));
+  EXPECT_EQ(core_->GetVerdict(g).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace preflight::server

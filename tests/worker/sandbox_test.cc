@@ -1,0 +1,90 @@
+// Each sandbox layer against a real attempt to do what it forbids, in a
+// forked child (the sandbox is irreversible).
+#include "service/worker/sandbox.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+
+#include <gtest/gtest.h>
+
+namespace preflight::worker {
+namespace {
+
+// Runs `attempt` in a sandboxed child; returns the wait status.
+int InSandbox(const std::function<int()>& attempt, SandboxPolicy policy = {}) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (!EnterSandbox(policy, nullptr).ok()) _exit(99);
+    _exit(attempt());
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+bool KilledBySeccomp(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS; }
+
+TEST(Sandbox, AllowsOrdinaryWork) {
+  const int s = InSandbox([] {
+    void* p = malloc(1 << 20);
+    return p != nullptr ? 0 : 1;
+  });
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0);
+}
+
+TEST(Sandbox, SeccompKillsNetworkSockets) {
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return socket(AF_INET, SOCK_STREAM, 0) >= 0 ? 0 : 1; })));
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return socket(AF_INET6, SOCK_DGRAM, 0) >= 0 ? 0 : 1; })));
+}
+
+TEST(Sandbox, SeccompKillsExecAndFork) {
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
+    const char* argv[] = {"/bin/true", nullptr};
+    execv(argv[0], const_cast<char* const*>(argv));
+    return 1;
+  })));
+  // glibc's fork() is clone(SIGCHLD): no CLONE_THREAD, so it is a new process.
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return fork() >= 0 ? 0 : 1; })));
+}
+
+TEST(Sandbox, LandlockRefusesFilesOutsideThePolicy) {
+  char path[] = "/tmp/preflight-sandbox-test-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  (void)write(fd, "ok", 2);
+  close(fd);
+  SandboxPolicy policy;
+  policy.readable_files = {path};
+  const std::string allowed = path;
+  int s = InSandbox([&] { return open(allowed.c_str(), O_RDONLY) >= 0 ? 0 : 1; }, policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "the job's own input must stay readable";
+  s = InSandbox([] { return open("/etc/passwd", O_RDONLY) < 0 && errno == EACCES ? 0 : 1; },
+                policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "reading outside the inputs must be refused";
+  s = InSandbox([] {
+    return open("/tmp/preflight-sandbox-new", O_WRONLY | O_CREAT, 0600) < 0 ? 0 : 1;
+  }, policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "creating files must be refused";
+  unlink(path);
+}
+
+TEST(Sandbox, AddressSpaceLimitRefusesHugeAllocations) {
+  SandboxPolicy policy;
+  policy.address_space_bytes = int64_t{1} << 30;
+  const int s = InSandbox([] { return malloc(size_t{4} << 30) == nullptr ? 0 : 1; }, policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0);
+}
+
+}  // namespace
+}  // namespace preflight::worker
