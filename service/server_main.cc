@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   }
   std::printf("preflight-server listening on port %d\n", (*server)->port());
   std::fflush(stdout);
+  std::fprintf(stderr, "preflight-server: zygote worker pid %d ready in %.2f s (LibTorch load)\n",
+               (*server)->worker_pid(), (*server)->worker_start_seconds());
 
   int sig = 0;
   sigwait(&stop, &sig);

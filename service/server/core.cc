@@ -120,7 +120,46 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     return stored.status();
   }
 
-  if (absl::Status s = AcquireSlot(deadline); !s.ok()) return s;
+  // Coalesce with an identical request already running.
+  std::shared_ptr<InFlight> flight;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = in_flight_.find(digest);
+    if (it != in_flight_.end()) {
+      std::shared_ptr<InFlight> other = it->second;
+      if (!in_flight_done_.wait_until(lock, absl::ToChronoTime(deadline),
+                                      [&] { return other->done; })) {
+        return absl::DeadlineExceededError(
+            "the request's deadline passed while an identical check was running");
+      }
+      if (!other->report.ok()) return other->report.status();
+      lock.unlock();
+      *response.mutable_report() = *other->report;
+      response.set_cached(true);
+      if (!request.job_id().empty()) {
+        store::StoredVerdict v;
+        v.request_digest = digest;
+        v.job_id = request.job_id();
+        v.report = *other->report;
+        if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+      }
+      return response;
+    }
+    flight = std::make_shared<InFlight>();
+    in_flight_[digest] = flight;
+  }
+  auto finish_flight = [&](absl::StatusOr<v1::Report> r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    flight->report = std::move(r);
+    flight->done = true;
+    in_flight_.erase(digest);
+    in_flight_done_.notify_all();
+  };
+
+  if (absl::Status s = AcquireSlot(deadline); !s.ok()) {
+    finish_flight(s);
+    return s;
+  }
   v1::WorkerJob job;
   *job.mutable_config() = config;
   job.set_model_path(blobs_->PathOf(*model));
@@ -134,7 +173,11 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   v.request_digest = digest;
   v.job_id = request.job_id();
   v.report = result.report();
-  if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+  if (absl::Status s = verdicts_->Put(v); !s.ok()) {
+    finish_flight(s);
+    return s;
+  }
+  finish_flight(result.report());
   *response.mutable_report() = std::move(*result.mutable_report());
   return response;
 }

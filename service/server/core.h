@@ -8,6 +8,8 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -58,6 +60,14 @@ class PreflightCore {
   store::BlobStore* blobs_;
   store::VerdictStore* verdicts_;
   worker::JobRunner* runner_;
+
+  // Identical requests in flight run once; later arrivals wait for the first.
+  struct InFlight {
+    bool done = false;
+    absl::StatusOr<v1::Report> report = absl::UnknownError("pending");
+  };
+  std::map<std::string, std::shared_ptr<InFlight>> in_flight_;  // Guarded by mu_.
+  std::condition_variable in_flight_done_;
 
   mutable std::mutex mu_;
   std::condition_variable slot_freed_;

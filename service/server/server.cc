@@ -177,6 +177,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
 }
 
 int Server::port() const { return impl_->port; }
+double Server::worker_start_seconds() const { return impl_->pool->last_start_seconds(); }
+int Server::worker_pid() const { return impl_->pool->zygote_pid(); }
 
 void Server::Shutdown(absl::Duration grace) {
   if (!impl_->grpc_server) return;

@@ -32,6 +32,9 @@ class Server {
   ~Server();
 
   int port() const;
+  // Seconds the zygote took to start (exec + LibTorch load), and its pid.
+  double worker_start_seconds() const;
+  int worker_pid() const;
   // Stops taking new checks (UNAVAILABLE, health NOT_SERVING), lets running
   // ones finish for up to `grace`, then stops.
   void Shutdown(absl::Duration grace);

@@ -245,6 +245,7 @@ int RunZygote(int control_fd) {
       MapSandboxRefusals(res.mutable_report(), it->job.memory_limit_bytes());
       res.set_exit_reason(ExitReason(res.report()));
       res.set_fork_seconds(it->fork_seconds);
+      res.mutable_report()->mutable_timing()->set_fork_seconds(it->fork_seconds);
       if (!WriteFrame(control_fd, res).ok()) return 1;
       it = running.erase(it);
     }

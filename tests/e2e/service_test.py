@@ -113,6 +113,29 @@ def main():
             expect(f"{size >> 20} MiB model via Upload checks PASS",
                    r is not None and r["report"]["verdict"] == "PASS", p.stderr)
 
+        # 4b. A dead zygote: the in-flight check gets an ERROR report, not a
+        # hang, and the next check runs on a restarted zygote.
+        zygote = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "preflight-worker"],
+                                capture_output=True, text=True).stdout.split()
+        expect("zygote is a child of the server", len(zygote) == 1, zygote)
+        loop = case("hostile_infinite_loop")
+        hung = subprocess.Popen([CLI, "check", "--model", loop["model"], "--batch", loop["batch"],
+                                 "--json", "--timeout", "60", "--server", addr, "--seed", "99"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        if zygote:
+            os.kill(int(zygote[0]), signal.SIGKILL)
+        out, _ = hung.communicate(timeout=60)
+        try:
+            codes = [f["code"] for f in json.loads(out)["report"]["findings"]]
+        except (json.JSONDecodeError, KeyError):
+            codes = []
+        expect("in-flight check on a killed zygote is ERROR/WORKER_CRASHED",
+               hung.returncode == 3 and "WORKER_CRASHED" in codes, out[-500:])
+        p, r = check(addr, case("cnn"))
+        expect("next check runs on the restarted zygote",
+               r is not None and r["report"]["verdict"] == "PASS", p.stderr)
+
         # 5a. SIGTERM: drain, exit 0; restart keeps verdicts.
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=60)
@@ -150,7 +173,7 @@ def main():
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
 
-    print(f"{17 - len(failures)} passed, {len(failures)} failed")
+    print(f"{20 - len(failures)} passed, {len(failures)} failed")
     for f in failures:
         print(" -", f)
     return 1 if failures else 0

@@ -155,6 +155,23 @@ TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
   EXPECT_EQ(runner_.runs.load(), 2);
 }
 
+TEST_F(CoreTest, IdenticalConcurrentRequestsRunOnce) {
+  runner_.hold = true;
+  v1::CheckRequest r = Valid();
+  absl::StatusOr<v1::CheckResponse> a, b;
+  std::thread first([&] { a = core_->Check(r, Deadline()); });
+  while (core_->running() < 1) std::this_thread::yield();
+  std::thread second([&] { b = core_->Check(r, Deadline()); });
+  absl::SleepFor(absl::Milliseconds(50));  // Let the second one reach the wait.
+  runner_.Release();
+  first.join();
+  second.join();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(runner_.runs.load(), 1);
+  EXPECT_EQ(a->request_digest(), b->request_digest());
+  EXPECT_NE(a->cached(), b->cached());
+}
+
 TEST_F(CoreTest, DrainingRefusesNewChecks) {
   core_->StartDraining();
   auto r = core_->Check(Valid(), Deadline());
