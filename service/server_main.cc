@@ -8,10 +8,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
 #include "service/server/server.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50051",
           "HOST:PORT to serve gRPC on; port 0 picks a free port (printed at start)");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
+          "HOST:PORT serving Prometheus metrics at /metrics; port 0 picks a free port "
+          "(printed at start); empty disables");
 ABSL_FLAG(std::string, store, "preflight-store",
           "directory of the verdict database (verdicts.db) and uploaded artifacts (blobs/)");
 ABSL_FLAG(std::string, worker, "", "path of preflight-worker (default: next to this binary)");
@@ -47,11 +53,29 @@ int main(int argc, char** argv) {
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;
   config.core.max_job_timeout_seconds = absl::GetFlag(FLAGS_max_job_timeout);
 
-  auto server = preflight::server::Server::Start(config);
+  // The registry lives here and is injected: no global metrics state.
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!metrics_address.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_address);
+    } catch (const std::exception& e) {
+      std::cerr << "preflight-server: --metrics_address " << metrics_address << ": " << e.what()
+                << "\n";
+      return 1;
+    }
+    exposer->RegisterCollectable(registry);
+  }
+  auto server = preflight::server::Server::Start(config, *registry);
   if (!server.ok()) {
     std::cerr << "preflight-server: " << server.status().message() << "\n";
     return 1;
   }
+  if (exposer) {
+    std::printf("preflight-server metrics on port %d\n", exposer->GetListeningPorts().at(0));
+  }
+  // Printed last: scripts wait for this line.
   std::printf("preflight-server listening on port %d\n", (*server)->port());
   std::fflush(stdout);
   std::fprintf(stderr, "preflight-server: zygote worker pid %d ready in %.2f s (LibTorch load)\n",

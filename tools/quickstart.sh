@@ -12,7 +12,7 @@ tools/build.sh
 mkdir -p build/examples
 python3 tools/zoo/make_zoo.py build/examples --only mlp 2>/dev/null
 STORE=$(mktemp -d /tmp/preflight-quickstart-XXXXXX)
-build/service/preflight-server --address 127.0.0.1:0 --store "$STORE" >"$STORE/server.out" 2>&1 &
+build/service/preflight-server --address 127.0.0.1:0 --metrics_address 127.0.0.1:0 --store "$STORE" >"$STORE/server.out" 2>&1 &
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$STORE"' EXIT
 for _ in $(seq 100); do

@@ -31,8 +31,12 @@ bool ValidJobId(const std::string& id) {
 }
 
 PreflightCore::PreflightCore(CoreConfig config, store::BlobStore* blobs,
-                             store::VerdictStore* verdicts, worker::JobRunner* runner)
-    : config_(config), blobs_(blobs), verdicts_(verdicts), runner_(runner) {}
+                             store::VerdictStore* verdicts, worker::JobRunner* runner,
+                             ServiceMetrics* metrics)
+    : config_(config), blobs_(blobs), verdicts_(verdicts), runner_(runner), metrics_(metrics) {
+  metrics_->SetSlots(0, config_.job_slots);
+  metrics_->SetQueueDepth(0);
+}
 
 absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a,
                                                            const char* field) {
@@ -47,7 +51,10 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
             config_.max_inline_bytes, "; send it with Upload and pass its sha256"));
       }
       auto info = blobs_->Put(a.inline_());
-      if (!info.ok()) return info.status();
+      if (!info.ok()) {
+        metrics_->RecordStoreError();
+        return info.status();
+      }
       return info->sha256;
     }
     case v1::Artifact::kSha256: {
@@ -70,6 +77,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
 
 absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& request,
                                                        absl::Time deadline) {
+  const absl::Time start = absl::Now();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
@@ -106,6 +114,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   response.set_request_digest(digest);
   auto stored = verdicts_->GetByDigest(digest);
   if (stored.ok() && Reusable(stored->report)) {
+    metrics_->RecordCache(true);
     *response.mutable_report() = stored->report;
     response.set_cached(true);
     if (!request.job_id().empty() && stored->job_id != request.job_id()) {
@@ -117,6 +126,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     return response;
   }
   if (!stored.ok() && stored.status().code() != absl::StatusCode::kNotFound) {
+    metrics_->RecordStoreError();
     return stored.status();
   }
 
@@ -134,6 +144,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
       }
       if (!other->report.ok()) return other->report.status();
       lock.unlock();
+      metrics_->RecordCache(true);
       *response.mutable_report() = *other->report;
       response.set_cached(true);
       if (!request.job_id().empty()) {
@@ -148,6 +159,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     flight = std::make_shared<InFlight>();
     in_flight_[digest] = flight;
   }
+  metrics_->RecordCache(false);
   auto finish_flight = [&](absl::StatusOr<v1::Report> r) {
     std::lock_guard<std::mutex> lock(mu_);
     flight->report = std::move(r);
@@ -156,10 +168,12 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     in_flight_done_.notify_all();
   };
 
+  const absl::Time queued_at = absl::Now();
   if (absl::Status s = AcquireSlot(deadline); !s.ok()) {
     finish_flight(s);
     return s;
   }
+  const double queue_seconds = absl::ToDoubleSeconds(absl::Now() - queued_at);
   v1::WorkerJob job;
   *job.mutable_config() = config;
   job.set_model_path(blobs_->PathOf(*model));
@@ -168,12 +182,16 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   job.set_wall_timeout_seconds(config.timeout_seconds());
   v1::WorkerResult result = runner_->Run(job);
   ReleaseSlot();
+  metrics_->RecordWorkerExit(result.exit_reason());
+  metrics_->RecordCheck(result.report(), queue_seconds,
+                        absl::ToDoubleSeconds(absl::Now() - start));
 
   store::StoredVerdict v;
   v.request_digest = digest;
   v.job_id = request.job_id();
   v.report = result.report();
   if (absl::Status s = verdicts_->Put(v); !s.ok()) {
+    metrics_->RecordStoreError();
     finish_flight(s);
     return s;
   }
@@ -216,6 +234,7 @@ absl::Status PreflightCore::AcquireSlot(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   if (running_ < config_.job_slots) {
     ++running_;
+    metrics_->SetSlots(running_, config_.job_slots);
     return absl::OkStatus();
   }
   if (queued_ >= config_.queue_size) {
@@ -224,22 +243,27 @@ absl::Status PreflightCore::AcquireSlot(absl::Time deadline) {
         " is full; retry in a few seconds"));
   }
   ++queued_;
+  metrics_->SetQueueDepth(queued_);
   while (running_ >= config_.job_slots && !draining_) {
     if (slot_freed_.wait_until(lock, absl::ToChronoTime(deadline)) == std::cv_status::timeout &&
         running_ >= config_.job_slots) {
       --queued_;
+      metrics_->SetQueueDepth(queued_);
       return absl::DeadlineExceededError("the request's deadline passed while it was queued");
     }
   }
   --queued_;
+  metrics_->SetQueueDepth(queued_);
   if (draining_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
   ++running_;
+  metrics_->SetSlots(running_, config_.job_slots);
   return absl::OkStatus();
 }
 
 void PreflightCore::ReleaseSlot() {
   std::lock_guard<std::mutex> lock(mu_);
   --running_;
+  metrics_->SetSlots(running_, config_.job_slots);
   slot_freed_.notify_one();
 }
 

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "preflight/v1/preflight.pb.h"
+#include "service/server/metrics.h"
 #include "service/store/blob_store.h"
 #include "service/store/verdict_store.h"
 #include "service/worker/worker_pool.h"
@@ -32,8 +33,9 @@ struct CoreConfig {
 
 class PreflightCore {
  public:
+  // All pointers must outlive the core; `metrics` receives every outcome.
   PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
-                worker::JobRunner* runner);
+                worker::JobRunner* runner, ServiceMetrics* metrics);
 
   // Runs or serves from cache. INVALID_ARGUMENT naming the field for bad
   // requests; NOT_FOUND for an unknown digest; RESOURCE_EXHAUSTED when slots
@@ -60,6 +62,7 @@ class PreflightCore {
   store::BlobStore* blobs_;
   store::VerdictStore* verdicts_;
   worker::JobRunner* runner_;
+  ServiceMetrics* metrics_;
 
   // Identical requests in flight run once; later arrivals wait for the first.
   struct InFlight {

@@ -25,21 +25,58 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 constexpr int64_t kMaxChunkBytes = 4 << 20;
 
+const char* CodeName(grpc::StatusCode code) {
+  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+}
+
 class Service final : public v1::Preflight::Service {
  public:
-  Service(PreflightCore* core, int64_t max_upload_bytes)
-      : core_(core), max_upload_bytes_(max_upload_bytes) {}
+  Service(PreflightCore* core, int64_t max_upload_bytes, ServiceMetrics* metrics)
+      : core_(core), max_upload_bytes_(max_upload_bytes), metrics_(metrics) {}
 
   grpc::Status Check(grpc::ServerContext* ctx, const v1::CheckRequest* req,
                      v1::CheckResponse* resp) override {
-    auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()));
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *std::move(r);
-    return grpc::Status::OK;
+    return Timed("Check", [&] {
+      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()));
+      if (!r.ok()) return ToGrpc(r.status());
+      *resp = *std::move(r);
+      return grpc::Status::OK;
+    });
   }
 
   grpc::Status Upload(grpc::ServerContext*, grpc::ServerReader<v1::UploadRequest>* reader,
                       v1::UploadResponse* resp) override {
+    return Timed("Upload", [&] { return DoUpload(reader, resp); });
+  }
+
+  grpc::Status GetVerdict(grpc::ServerContext*, const v1::GetVerdictRequest* req,
+                          v1::GetVerdictResponse* resp) override {
+    return Timed("GetVerdict", [&] {
+      auto r = core_->GetVerdict(*req);
+      if (!r.ok()) return ToGrpc(r.status());
+      *resp = *std::move(r);
+      return grpc::Status::OK;
+    });
+  }
+
+ private:
+  template <typename F>
+  grpc::Status Timed(const char* method, F&& handler) {
+    const absl::Time start = absl::Now();
+    grpc::Status s = handler();
+    metrics_->RecordRpc(method, CodeName(s.error_code()),
+                        absl::ToDoubleSeconds(absl::Now() - start));
+    return s;
+  }
+
+  grpc::Status DoUpload(grpc::ServerReader<v1::UploadRequest>* reader, v1::UploadResponse* resp) {
     auto writer = core_->blobs()->NewWriter();
     v1::UploadRequest req;
     int64_t expected = -1, total = 0;
@@ -61,6 +98,7 @@ class Service final : public v1::Preflight::Service {
             absl::StrCat("upload is over the limit of ", max_upload_bytes_, " bytes")));
       }
       if (absl::Status s = writer->Append(req.chunk()); !s.ok()) return ToGrpc(s);
+      metrics_->RecordUploadBytes(static_cast<int64_t>(req.chunk().size()));
     }
     if (total == 0) return ToGrpc(absl::InvalidArgumentError("chunk: the upload was empty"));
     if (expected >= 0 && expected != total) {
@@ -75,17 +113,10 @@ class Service final : public v1::Preflight::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetVerdict(grpc::ServerContext*, const v1::GetVerdictRequest* req,
-                          v1::GetVerdictResponse* resp) override {
-    auto r = core_->GetVerdict(*req);
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *std::move(r);
-    return grpc::Status::OK;
-  }
-
  private:
   PreflightCore* core_;
   int64_t max_upload_bytes_;
+  ServiceMetrics* metrics_;
 };
 
 std::string DefaultWorkerBinary() {
@@ -99,6 +130,7 @@ std::string DefaultWorkerBinary() {
 }  // namespace
 
 struct Server::Impl {
+  std::unique_ptr<ServiceMetrics> metrics;
   std::unique_ptr<store::SqliteVerdictStore> verdicts;
   std::unique_ptr<store::BlobStore> blobs;
   std::unique_ptr<worker::WorkerPool> pool;
@@ -137,9 +169,11 @@ Server::~Server() {
   if (impl_->grpc_server) Shutdown(absl::ZeroDuration());
 }
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config) {
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
+                                                     prometheus::Registry& registry) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
+  impl->metrics = std::make_unique<ServiceMetrics>(registry);
   if (mkdir(config.store_dir.c_str(), 0750) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
         absl::StrCat("store: cannot create ", config.store_dir, ": ", std::strerror(errno)));
@@ -152,12 +186,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   impl->blobs = *std::move(blobs);
   worker::WorkerPoolConfig wc;
   wc.worker_binary = config.worker_binary.empty() ? DefaultWorkerBinary() : config.worker_binary;
+  wc.on_restart = [m = impl->metrics.get()] { m->RecordZygoteRestart(); };
   auto pool = worker::WorkerPool::Start(wc);
   if (!pool.ok()) return pool.status();
   impl->pool = *std::move(pool);
+  // The device the node offers; the server itself never touches CUDA.
+  const bool gpu = access("/dev/nvidia0", F_OK) == 0;
+  impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
   impl->core = std::make_unique<PreflightCore>(config.core, impl->blobs.get(),
-                                               impl->verdicts.get(), impl->pool.get());
-  impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes);
+                                               impl->verdicts.get(), impl->pool.get(),
+                                               impl->metrics.get());
+  impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
+                                            impl->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -13,6 +13,10 @@
 #include "absl/time/time.h"
 #include "service/server/core.h"
 
+namespace prometheus {
+class Registry;
+}
+
 namespace preflight::server {
 
 struct ServerConfig {
@@ -28,7 +32,10 @@ struct ServerConfig {
 
 class Server {
  public:
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config);
+  // `registry` receives the service's metrics (exposed by the caller, e.g.
+  // on --metrics-address); it must outlive the server.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config,
+                                                      prometheus::Registry& registry);
   ~Server();
 
   int port() const;

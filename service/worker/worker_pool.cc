@@ -86,6 +86,7 @@ absl::Status WorkerPool::Spawn() {
   }
   last_start_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
   engine_version_ = hello.engine_version();
+  torch_version_ = hello.torch_version();
   fd_ = sv[0];
   pid_ = pid;
   ++generation_;
@@ -137,6 +138,7 @@ void WorkerPool::ReaderLoop() {
       lock.lock();
     }
     ++restarts_;
+    if (config_.on_restart) config_.on_restart();
   }
 }
 
@@ -175,6 +177,11 @@ v1::WorkerResult WorkerPool::Run(v1::WorkerJob job) {
 std::string WorkerPool::engine_version() const {
   std::lock_guard<std::mutex> lock(mu_);
   return engine_version_;
+}
+
+std::string WorkerPool::torch_version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return torch_version_;
 }
 
 int WorkerPool::zygote_pid() const {

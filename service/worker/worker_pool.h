@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,6 +38,8 @@ struct WorkerPoolConfig {
   std::string worker_binary;  // Path of preflight-worker.
   // How long Start waits for the zygote's hello (LibTorch load ~1 s).
   absl::Duration start_timeout = absl::Seconds(60);
+  // Called (on the pool's reader thread) after a dead zygote was replaced.
+  std::function<void()> on_restart;
 };
 
 class WorkerPool : public JobRunner {
@@ -48,6 +51,7 @@ class WorkerPool : public JobRunner {
   // deadline; a dead zygote completes the job with an ERROR report.
   v1::WorkerResult Run(v1::WorkerJob job) override;
   std::string engine_version() const override;
+  std::string torch_version() const;
 
   int zygote_restarts() const { return restarts_.load(); }
   int zygote_pid() const;
@@ -79,6 +83,7 @@ class WorkerPool : public JobRunner {
   std::atomic<int> restarts_{0};
   std::atomic<double> last_start_seconds_{0};
   std::string engine_version_;  // From the zygote's hello; guarded by mu_.
+  std::string torch_version_;   // Likewise.
 };
 
 }  // namespace preflight::worker

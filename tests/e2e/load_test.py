@@ -26,10 +26,16 @@ def main():
     args = ap.parse_args()
     store = tempfile.mkdtemp(prefix="preflight-load-")
     server = subprocess.Popen([f"{args.build}/service/preflight-server", "--address",
-                               "127.0.0.1:0", "--store", store, "--queue_size", "64"],
+                               "127.0.0.1:0", "--metrics_address", "127.0.0.1:0", "--store",
+                               store, "--queue_size", "64"],
                               stdout=subprocess.PIPE, text=True)
-    line = server.stdout.readline()
-    addr = f"127.0.0.1:{line.split()[-1]}"
+    addr = None
+    for line in server.stdout:
+        if "listening on port" in line:
+            addr = f"127.0.0.1:{line.split()[-1]}"
+            break
+    if addr is None:
+        raise SystemExit("server did not start")
     z = args.zoo
     cases = [f"{z}/mlp.model.pt,{z}/mlp.batch.pt,PASS",
              f"{z}/loss_flat.model.pt,{z}/loss_flat.batch.pt,FAIL",

@@ -35,13 +35,14 @@ def expect(name, cond, detail=""):
 
 
 def start_server(store, *extra):
-    p = subprocess.Popen([SERVER, "--address", "127.0.0.1:0", "--store", store, *extra],
+    p = subprocess.Popen([SERVER, "--address", "127.0.0.1:0", "--metrics_address",
+                          "127.0.0.1:0", "--store", store, *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline()  # "preflight-server listening on port N"
-    if "port" not in line:
-        p.kill()
-        raise SystemExit(f"server did not start: {line} {p.stderr.read()}")
-    return p, f"127.0.0.1:{line.split()[-1]}"
+    for line in p.stdout:  # ... "preflight-server listening on port N" comes last.
+        if "listening on port" in line:
+            return p, f"127.0.0.1:{line.split()[-1]}"
+    p.kill()
+    raise SystemExit(f"server did not start: {p.stderr.read()}")
 
 
 def cli(*args, timeout=600):

@@ -3,12 +3,15 @@
 #include "service/server/core.h"
 
 #include <atomic>
+#include <map>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <prometheus/registry.h>
 
 #include "absl/time/clock.h"
 
@@ -53,7 +56,9 @@ class CoreTest : public ::testing::Test {
     c.job_slots = 1;
     c.queue_size = 1;
     c.max_inline_bytes = 1024;
-    core_ = std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_);
+    metrics_ = std::make_unique<ServiceMetrics>(registry_);
+    core_ = std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_,
+                                            metrics_.get());
   }
   v1::CheckRequest Valid() {
     v1::CheckRequest r;
@@ -63,6 +68,26 @@ class CoreTest : public ::testing::Test {
   }
   absl::Time Deadline() { return absl::Now() + absl::Seconds(30); }
 
+  // Value of one series in the injected registry (-1 when absent).
+  double Metric(const std::string& name, const std::map<std::string, std::string>& labels) {
+    for (const auto& family : registry_.Collect()) {
+      if (family.name != name) continue;
+      for (const auto& m : family.metric) {
+        std::map<std::string, std::string> got;
+        for (const auto& l : m.label) got[l.name] = l.value;
+        if (got != labels) continue;
+        if (family.type == prometheus::MetricType::Counter) return m.counter.value;
+        if (family.type == prometheus::MetricType::Gauge) return m.gauge.value;
+        if (family.type == prometheus::MetricType::Histogram) {
+          return static_cast<double>(m.histogram.sample_count);
+        }
+      }
+    }
+    return -1;
+  }
+
+  prometheus::Registry registry_;
+  std::unique_ptr<ServiceMetrics> metrics_;
   FakeRunner runner_;
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<store::SqliteVerdictStore> verdicts_;
@@ -170,6 +195,26 @@ TEST_F(CoreTest, IdenticalConcurrentRequestsRunOnce) {
   EXPECT_EQ(runner_.runs.load(), 1);
   EXPECT_EQ(a->request_digest(), b->request_digest());
   EXPECT_NE(a->cached(), b->cached());
+}
+
+TEST_F(CoreTest, MetricsFollowEachOutcome) {
+  EXPECT_EQ(Metric("preflight_job_slots", {{"state", "idle"}}), 1);
+  // A miss that runs, then a hit.
+  ASSERT_TRUE(core_->Check(Valid(), Deadline()).ok());
+  ASSERT_TRUE(core_->Check(Valid(), Deadline()).ok());
+  EXPECT_EQ(Metric("preflight_cache_requests_total", {{"result", "miss"}}), 1);
+  EXPECT_EQ(Metric("preflight_cache_requests_total", {{"result", "hit"}}), 1);
+  EXPECT_EQ(Metric("preflight_checks_total", {{"verdict", "PASS"}}), 1);
+  EXPECT_EQ(Metric("preflight_check_duration_seconds", {{"phase", "total"}}), 1);
+  EXPECT_EQ(Metric("preflight_check_duration_seconds", {{"phase", "queue"}}), 1);
+  EXPECT_EQ(Metric("preflight_job_slots", {{"state", "busy"}}), 0);
+  EXPECT_EQ(Metric("preflight_queue_depth", {}), 0);
+  // Rejected requests never count as checks.
+  v1::CheckRequest bad = Valid();
+  bad.clear_model();
+  ASSERT_FALSE(core_->Check(bad, Deadline()).ok());
+  EXPECT_EQ(Metric("preflight_checks_total", {{"verdict", "PASS"}}), 1);
+  EXPECT_EQ(Metric("preflight_worker_exits_total", {{"reason", "timeout"}}), 0);
 }
 
 TEST_F(CoreTest, DrainingRefusesNewChecks) {

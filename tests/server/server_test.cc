@@ -2,6 +2,8 @@
 // transport-level behaviour the core tests cannot see.
 #include "service/server/server.h"
 
+#include <prometheus/registry.h>
+
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -22,12 +24,13 @@ class ServerTest : public ::testing::Test {
     config.address = "127.0.0.1:0";
     config.store_dir = mkdtemp(tmpl);
     config.worker_binary = PREFLIGHT_WORKER_BINARY;
-    auto server = Server::Start(config);
+    auto server = Server::Start(config, registry_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
                                    grpc::InsecureChannelCredentials());
   }
+  prometheus::Registry registry_;
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
 };
