@@ -1,5 +1,7 @@
 #include "service/engine/engine.h"
 
+#include <sys/resource.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -642,6 +644,10 @@ void Finish(v1::Report* report, absl::Time start) {
   }
   report->set_verdict(ComputeVerdict(*report));
   report->mutable_timing()->set_total_seconds(Seconds(start));
+  rusage usage{};
+  if (getrusage(RUSAGE_SELF, &usage) == 0) {
+    report->mutable_timing()->set_peak_rss_bytes(static_cast<double>(usage.ru_maxrss) * 1024);
+  }
 }
 
 }  // namespace

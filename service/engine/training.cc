@@ -85,6 +85,20 @@ std::vector<double> Norms(const std::vector<torch::Tensor>& ts) {
   return std::vector<double>(p, p + stacked.numel());
 }
 
+// Index of the first tensor holding NaN/Inf, or -1.
+int FirstNonFiniteParam(const std::vector<torch::Tensor>& ts) {
+  const std::vector<double> n = Norms(ts);
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (!std::isfinite(n[i]) && CountNonFinite(ts[i]) > 0) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+std::string ParamNonFiniteMessage(const std::string& name, const torch::Tensor& t, int step) {
+  return absl::StrCat(name, " has ", CountNonFinite(t), " NaN/Inf elements after the update of step ",
+                      step);
+}
+
 double NormInDouble(const torch::Tensor& t) {
   return t.detach().to(torch::kFloat64).norm().item<double>();
 }
@@ -171,6 +185,14 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
     trace.losses.push_back(value);
 
     if (!std::isfinite(value)) {
+      const int bad_param = trace.updates > 0 ? FirstNonFiniteParam(tensors) : -1;
+      if (bad_param >= 0) {
+        // The previous update broke a weight: that is the first non-finite tensor.
+        fail(v1::PARAM_NON_FINITE, step - 1, params[bad_param].name,
+             ParamNonFiniteMessage(params[bad_param].name, tensors[bad_param], step - 1));
+        trace.losses.pop_back();  // The loss of broken weights is not part of the curve.
+        break;
+      }
       if (output.isTensor() && CountNonFinite(output.toTensor()) > 0) {
         const int64_t bad = CountNonFinite(output.toTensor());
         fail(v1::OUTPUT_NON_FINITE, step, "output",
@@ -272,24 +294,23 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
     }
     ++trace.updates;
 
-    {
+    if (sample_ratio) {
       torch::NoGradGuard no_grad;
       const std::vector<double> pn = Norms(tensors);
-      if (!pn.empty()) {
-        for (size_t i = 0; i < tensors.size(); ++i) {
-          if (!std::isfinite(pn[i]) && CountNonFinite(tensors[i]) > 0) {
-            fail(v1::PARAM_NON_FINITE, step, params[i].name,
-                 absl::StrCat(params[i].name, " has ", CountNonFinite(tensors[i]),
-                              " NaN/Inf elements after the update of step ", step));
-            break;
-          }
-          if (sample_ratio && pn[i] > 0) {
-            const double delta = (tensors[i].detach() - before[i]).norm().item<double>();
-            trace.params[i].max_update_ratio =
-                std::max(trace.params[i].max_update_ratio, delta / pn[i]);
-          }
-        }
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        if (!(pn[i] > 0) || !std::isfinite(pn[i])) continue;
+        const double delta = (tensors[i].detach() - before[i]).norm().item<double>();
+        trace.params[i].max_update_ratio =
+            std::max(trace.params[i].max_update_ratio, delta / pn[i]);
       }
+    }
+    // Parameters are checked for NaN/Inf lazily: a non-finite parameter
+    // makes the next forward's loss non-finite, and that step then names it
+    // (see the top of the loop), saving a pass over every weight per step.
+    if (step + 1 == o.max_steps) {
+      const int bad = FirstNonFiniteParam(tensors);
+      if (bad >= 0) fail(v1::PARAM_NON_FINITE, step, params[bad].name,
+                         ParamNonFiniteMessage(params[bad].name, tensors[bad], step));
     }
     if (trace.failure != v1::FINDING_CODE_UNSPECIFIED) break;
   }

@@ -5,7 +5,10 @@
 // carries the request's seed and its verdict is the case's expected one.
 //
 // Usage: preflight_load --server HOST:PORT [--clients 16] [--requests 200]
-//          [--distinct 60] --case MODEL.pt,BATCH.pt,VERDICT[,LOSS] [--case ...]
+//          [--distinct 60] [--seed-offset 0]
+//          --case MODEL.pt,BATCH.pt,VERDICT[,LOSS] [--case ...]
+// Request i uses seed (i % distinct) + seed-offset; a new offset makes every
+// request a cache miss on a server that saw earlier runs.
 // Prints one JSON object: latency percentiles, throughput, hits, errors.
 #include <algorithm>
 #include <atomic>
@@ -29,7 +32,37 @@ namespace {
 struct Case {
   std::string model, batch, loss;
   preflight::v1::Verdict expected;
+  std::string model_sha, batch_sha;  // Set when the artifact went through Upload.
 };
+
+// Artifacts over this travel by Upload + digest, as the CLI sends them.
+constexpr size_t kInlineMax = 4 << 20;
+
+std::string Upload(preflight::v1::Preflight::Stub* stub, const std::string& bytes) {
+  grpc::ClientContext ctx;
+  preflight::v1::UploadResponse resp;
+  auto writer = stub->Upload(&ctx, &resp);
+  for (size_t off = 0; off < bytes.size(); off += 1 << 20) {
+    preflight::v1::UploadRequest req;
+    req.set_chunk(bytes.substr(off, 1 << 20));
+    if (!writer->Write(req)) break;
+  }
+  writer->WritesDone();
+  const grpc::Status s = writer->Finish();
+  if (!s.ok()) {
+    std::fprintf(stderr, "upload failed: %s\n", s.error_message().c_str());
+    std::exit(1);
+  }
+  return resp.sha256();
+}
+
+void SetArtifact(preflight::v1::Artifact* a, const std::string& bytes, const std::string& sha) {
+  if (!sha.empty()) {
+    a->set_sha256(sha);
+  } else {
+    a->set_inline_(bytes);
+  }
+}
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -42,7 +75,7 @@ std::string Slurp(const std::string& path) {
 
 int main(int argc, char** argv) {
   std::string server;
-  int clients = 16, requests = 200, distinct = 60;
+  int clients = 16, requests = 200, distinct = 60, seed_offset = 0;
   std::vector<Case> cases;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -50,6 +83,7 @@ int main(int argc, char** argv) {
     else if (flag == "--clients") clients = std::atoi(value.c_str());
     else if (flag == "--requests") requests = std::atoi(value.c_str());
     else if (flag == "--distinct") distinct = std::atoi(value.c_str());
+    else if (flag == "--seed-offset") seed_offset = std::atoi(value.c_str());
     else if (flag == "--case") {
       std::vector<std::string> p = absl::StrSplit(value, ',');
       if (p.size() < 3) return std::fprintf(stderr, "bad --case %s\n", value.c_str()), 2;
@@ -68,6 +102,14 @@ int main(int argc, char** argv) {
 
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(64 << 20);
+  {
+    auto stub = preflight::v1::Preflight::NewStub(
+        grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+    for (Case& k : cases) {
+      if (k.model.size() > kInlineMax) k.model_sha = Upload(stub.get(), k.model);
+      if (k.batch.size() > kInlineMax) k.batch_sha = Upload(stub.get(), k.batch);
+    }
+  }
   std::atomic<int> next{0}, errors{0}, mismatches{0}, hits{0};
   std::mutex mu;
   std::vector<double> latencies;
@@ -83,9 +125,9 @@ int main(int argc, char** argv) {
         const int key = i % distinct;  // Repeats of a key are cache hits.
         const Case& k = cases[key % cases.size()];
         preflight::v1::CheckRequest req;
-        req.mutable_model()->set_inline_(k.model);
-        req.mutable_batch()->set_inline_(k.batch);
-        req.mutable_config()->set_seed(static_cast<uint64_t>(key));
+        SetArtifact(req.mutable_model(), k.model, k.model_sha);
+        SetArtifact(req.mutable_batch(), k.batch, k.batch_sha);
+        req.mutable_config()->set_seed(static_cast<uint64_t>(key + seed_offset));
         req.mutable_config()->set_device("cpu");
         if (!k.loss.empty()) req.mutable_config()->set_loss(k.loss);
         req.set_job_id("load-client" + std::to_string(c) + "-req" + std::to_string(i));
@@ -104,7 +146,7 @@ int main(int argc, char** argv) {
         }
         latencies.push_back(secs);
         hits += resp.cached();
-        if (resp.report().config().seed() != static_cast<uint64_t>(key) ||
+        if (resp.report().config().seed() != static_cast<uint64_t>(key + seed_offset) ||
             resp.report().verdict() != k.expected) {
           ++mismatches;
           if (first_problem.empty()) {

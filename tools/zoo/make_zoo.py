@@ -120,6 +120,33 @@ def _():
     return ResNetStyle(), classification_batch(8, (3, 32, 32), 10)
 
 
+class ResNet18(nn.Module):
+    """ResNet-18 layout (2-2-2-2 basic blocks, 64..512 channels) for 32x32 inputs."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU())
+        blocks = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@case("resnet18", "PASS", ["OVERFIT_CONVERGED"],
+      doc="ResNet-18 (11M parameters), batch 8 of 3x32x32: the benchmark's large case.")
+def _():
+    torch.manual_seed(0)
+    return ResNet18(), classification_batch(8, (3, 32, 32), 10)
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self, vocab=50, emb=32, hidden=64, classes=5):
         super().__init__()
