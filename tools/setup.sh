@@ -33,11 +33,15 @@ if ! command -v "$PYTHON" >/dev/null; then
 fi
 if ! "$PYTHON" - <<'PY' 2>/dev/null
 import sys
-import numpy, torch
+from importlib import metadata
 want = {l.split("==")[0]: l.split("==")[1].strip() for l in open("tools/requirements.txt")
         if "==" in l and not l.startswith("#")}
-have = {"torch": torch.__version__.split("+")[0], "numpy": numpy.__version__}
-sys.exit(0 if all(have.get(k) == v for k, v in want.items()) else 1)
+def have(name):
+    try:
+        return metadata.version(name).split("+")[0]
+    except metadata.PackageNotFoundError:
+        return None
+sys.exit(0 if all(have(k) == v for k, v in want.items()) else 1)
 PY
 then
   echo "setup: installing pinned Python packages (tools/requirements.txt)"

@@ -1,0 +1,63 @@
+"""`python -m preflight` / `preflight-py`: the C++ CLI's check and verdict for
+Python-only environments. Same exit codes: 0 PASS/WARN, 1 FAIL, 2 usage or
+invalid request, 3 ERROR, 4 no stored verdict, 5 service unreachable."""
+import argparse
+import json
+import sys
+
+from google.protobuf import json_format
+
+from preflight._client import PreflightError, check, verdict
+
+EXIT = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="preflight-py", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="run a check on a server")
+    c.add_argument("--server", required=True)
+    c.add_argument("--model", required=True, help="TorchScript file")
+    c.add_argument("--batch", required=True, help="torch.save'd batch file")
+    c.add_argument("--loss")
+    c.add_argument("--optimizer", default="adam")
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--steps", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--timeout", type=float, default=300)
+    c.add_argument("--job-id", default="")
+    c.add_argument("--json", action="store_true")
+    v = sub.add_parser("verdict", help="print a stored verdict (a scheduler gate)")
+    v.add_argument("--server", required=True)
+    g = v.add_mutually_exclusive_group(required=True)
+    g.add_argument("--job-id", default="")
+    g.add_argument("--digest", default="")
+    v.add_argument("--timeout", type=float, default=10)
+    v.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "check":
+            import torch
+
+            batch = torch.load(args.batch)
+            report = check(args.model, batch, server=args.server, loss=args.loss,
+                           optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+                           seed=args.seed, timeout=args.timeout, job_id=args.job_id)
+        else:
+            report = verdict(server=args.server, job_id=args.job_id, digest=args.digest,
+                             timeout=args.timeout)
+    except PreflightError as e:
+        print(f"preflight-py {args.command}: {e}", file=sys.stderr)
+        return {"INVALID_ARGUMENT": 2, "FAILED_PRECONDITION": 2, "NOT_FOUND": 4}.get(e.code, 5)
+    except (TypeError, ValueError, OSError) as e:
+        print(f"preflight-py {args.command}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(report.proto), indent=1))
+    else:
+        print(report)
+    return EXIT.get(report.verdict, 3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
