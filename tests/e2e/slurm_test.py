@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""End-to-end: the Slurm submit gate (client/gates/slurm/job_submit.lua) in a
+real one-node Slurm (munged, slurmctld, slurmd from Debian's slurm-wlm)
+against a real preflight-server. Starts and stops everything it runs.
+
+  - a job tagged with a PASS verdict is admitted and runs (sbatch and srun);
+  - one tagged FAIL is refused, the findings visible on sbatch's stderr;
+  - PREFLIGHT_DIGEST in a batch job's environment is honoured;
+  - unknown id and server down follow the configured policies;
+  - untagged jobs pass unless require_tag is set.
+
+Skipped, with a message, only where Slurm is not installed.
+Usage: slurm_test.py BUILD_DIR ZOO_DIR
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLI = f"{BUILD}/client/preflight"
+failures, passed = [], 0
+
+
+def expect(name, cond, detail=""):
+    global passed
+    print(f"{'ok  ' if cond else 'FAIL'} {name}")
+    if cond:
+        passed += 1
+    else:
+        failures.append(f"{name}: {str(detail)[:600]}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case(name):
+    with open(f"{ZOO}/manifest.json") as f:
+        return next(c for c in json.load(f) if c["name"] == name)
+
+
+def main():
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged", "mungekey")
+               if not shutil.which(b)]
+    if missing:
+        print(f"skipped: Slurm is not installed ({', '.join(missing)} missing); "
+              "tools/setup.sh installs slurm-wlm and munge")
+        print("0 passed, 0 failed")
+        return 0
+    tmp = tempfile.mkdtemp(prefix="preflight-slurm-")
+    procs = []
+    server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
+                               "--metrics_address", "", "--store", f"{tmp}/store"],
+                              stdout=subprocess.PIPE, text=True)
+    addr = None
+    for line in server.stdout:
+        if "listening on port" in line:
+            addr = f"127.0.0.1:{line.split()[-1]}"
+            break
+    try:
+        # Stored verdicts: train/pass (PASS) and train/fail (FAIL).
+        digests = {}
+        for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
+            c = case(name)
+            p = subprocess.run([CLI, "check", "--model", c["model"], "--batch", c["batch"],
+                                "--json", "--server", addr, "--job-id", job],
+                               capture_output=True, text=True, timeout=300)
+            digests[job] = json.loads(p.stdout)["requestDigest"]
+
+        conf_dir = f"{tmp}/etc"
+        os.makedirs(conf_dir)
+        for d in ("state", "spool", "log", "munge", "out"):
+            os.makedirs(f"{tmp}/{d}")
+        shutil.copy(f"{ROOT}/client/gates/slurm/job_submit.lua", conf_dir)
+
+        def gate(**kw):
+            settings = {"server": addr, "cli": CLI, "timeout": "10", "on_missing": "reject",
+                        "on_unavailable": "admit", "require_tag": "no"}
+            settings.update(kw)
+            with open(f"{conf_dir}/preflight_gate.conf", "w") as f:
+                f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+
+        gate()
+        sock = f"{tmp}/munge/munge.sock"
+        key = f"{tmp}/munge/munge.key"
+        subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True,
+                       capture_output=True)
+        os.chmod(key, 0o600)
+        ctld_port, slurmd_port = free_port(), free_port()
+        with open(f"{conf_dir}/slurm.conf", "w") as f:
+            f.write(f"""ClusterName=preflighttest
+SlurmctldHost=localhost
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={sock}
+CredType=cred/munge
+StateSaveLocation={tmp}/state
+SlurmdSpoolDir={tmp}/spool
+SlurmctldPidFile={tmp}/slurmctld.pid
+SlurmdPidFile={tmp}/slurmd.pid
+SlurmctldLogFile={tmp}/log/slurmctld.log
+SlurmdLogFile={tmp}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+JobSubmitPlugins=lua
+MpiDefault=none
+ReturnToService=2
+NodeName=localhost CPUs=2 RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+""")
+        env = dict(os.environ, SLURM_CONF=f"{conf_dir}/slurm.conf")
+        procs.append(subprocess.Popen(
+            ["munged", "-F", "--force", f"--socket={sock}", f"--key-file={key}",
+             f"--pid-file={tmp}/munge/munged.pid", f"--log-file={tmp}/log/munged.log",
+             f"--seed-file={tmp}/munge/munge.seed"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.1)
+        procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ready = False
+        for _ in range(150):
+            p = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                               text=True)
+            if p.stdout.strip() in ("idle", "mix", "alloc"):
+                ready = True
+                break
+            time.sleep(0.2)
+        logs = ""
+        if not ready:
+            for name in ("slurmctld.log", "slurmd.log", "munged.log"):
+                try:
+                    with open(f"{tmp}/log/{name}") as f:
+                        logs += f"--- {name}\n" + f.read()[-1500:]
+                except OSError:
+                    pass
+        expect("one-node Slurm is up", ready, logs)
+        if not ready:
+            raise RuntimeError("slurm did not start")
+
+        def sbatch(*args, **kw):
+            return subprocess.run(["sbatch", f"--output={tmp}/out/%j.out", *args], env=env,
+                                  capture_output=True, text=True, timeout=120, **kw)
+
+        p = sbatch("--comment=preflight:train/pass", "--wrap", "echo ran-pass")
+        expect("PASS-tagged batch job is admitted", p.returncode == 0 and "Submitted" in p.stdout,
+               p.stderr)
+        job = p.stdout.split()[-1] if p.returncode == 0 else ""
+        ran = False
+        for _ in range(150):
+            out = f"{tmp}/out/{job}.out"
+            if job and os.path.exists(out) and "ran-pass" in open(out).read():
+                ran = True
+                break
+            time.sleep(0.2)
+        expect("the admitted job runs", ran)
+
+        p = sbatch("--comment=preflight:train/fail", "--wrap", "echo should-not-run")
+        expect("FAIL-tagged batch job is refused with its findings on stderr",
+               p.returncode != 0 and "LOSS_FLAT" in p.stderr and "FAIL" in p.stderr, p.stderr)
+
+        p = subprocess.run(["srun", "--comment=preflight:train/pass", "echo", "srun-pass"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        expect("srun with a PASS tag runs", p.returncode == 0 and "srun-pass" in p.stdout,
+               p.stderr)
+        p = subprocess.run(["srun", "--comment=preflight:train/fail", "echo", "x"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        expect("srun with a FAIL tag is refused with findings",
+               p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
+
+        p = sbatch(f"--export=ALL,PREFLIGHT_DIGEST={digests['train/fail']}", "--wrap", "true")
+        expect("PREFLIGHT_DIGEST in the environment is gated (FAIL refused)",
+               p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
+        p = sbatch(f"--export=ALL,PREFLIGHT_DIGEST={digests['train/pass']}", "--wrap", "true")
+        expect("PREFLIGHT_DIGEST of a PASS verdict is admitted", p.returncode == 0, p.stderr)
+
+        p = sbatch("--comment=preflight:train/unknown", "--wrap", "true")
+        expect("unknown id, on_missing=reject: refused with a message",
+               p.returncode != 0 and "no Preflight verdict" in p.stderr, p.stderr)
+        gate(on_missing="admit")
+        p = sbatch("--comment=preflight:train/unknown", "--wrap", "true")
+        expect("unknown id, on_missing=admit: admitted", p.returncode == 0, p.stderr)
+
+        p = sbatch("--wrap", "true")
+        expect("untagged job passes untouched", p.returncode == 0, p.stderr)
+        gate(require_tag="yes")
+        p = sbatch("--wrap", "true")
+        expect("require_tag=yes refuses untagged jobs",
+               p.returncode != 0 and "requires a Preflight verdict" in p.stderr, p.stderr)
+
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        gate(on_unavailable="admit")
+        p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
+        expect("server down, on_unavailable=admit: admitted with a message",
+               p.returncode == 0 and "did not answer" in p.stderr, p.stderr)
+        gate(on_unavailable="reject")
+        p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
+        expect("server down, on_unavailable=reject: refused",
+               p.returncode != 0 and "did not answer" in p.stderr, p.stderr)
+    except RuntimeError:
+        pass
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+        subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True,
+                       env=dict(os.environ, SLURM_CONF=f"{tmp}/etc/slurm.conf"))
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{passed} passed, {len(failures)} failed")
+    for f in failures:
+        print(" -", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
