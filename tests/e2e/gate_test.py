@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""End-to-end: the admission webhook (client/gates/k8s/preflight_gate.py) over
+TLS with certificates made here by openssl, against a real preflight-server
+holding PASS and FAIL verdicts. Real AdmissionReview v1 JSON for a Job, a Pod
+and a PyTorchJob: allow, deny with findings, missing annotation, unknown id,
+service down under both policies, malformed review.
+
+Usage: gate_test.py BUILD_DIR ZOO_DIR
+"""
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GATE = f"{ROOT}/client/gates/k8s/preflight_gate.py"
+failures, passed = [], 0
+
+
+def expect(name, cond, detail=""):
+    global passed
+    print(f"{'ok  ' if cond else 'FAIL'} {name}")
+    if cond:
+        passed += 1
+    else:
+        failures.append(f"{name}: {str(detail)[:600]}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certs(d):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=preflight-test-ca", "-keyout", f"{d}/ca.key",
+                    "-out", f"{d}/ca.crt"], check=True, capture_output=True)
+    with open(f"{d}/ext.cnf", "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:preflight-gate.preflight.svc\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=preflight-gate.preflight.svc", "-keyout", f"{d}/tls.key",
+                    "-out", f"{d}/tls.csr"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", f"{d}/tls.csr", "-CA", f"{d}/ca.crt",
+                    "-CAkey", f"{d}/ca.key", "-CAcreateserial", "-days", "1",
+                    "-extfile", f"{d}/ext.cnf", "-out", f"{d}/tls.crt"],
+                   check=True, capture_output=True)
+
+
+def start_gate(d, server, *extra):
+    env = dict(os.environ, PYTHONPATH=f"{BUILD}/python")
+    p = subprocess.Popen([sys.executable, GATE, "--server", server, "--listen", "127.0.0.1:0",
+                          "--cert", f"{d}/tls.crt", "--key", f"{d}/tls.key", *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = p.stdout.readline()
+    return p, int(line.split()[-1])
+
+
+def review(kind, annotations=None, template_annotations=None, uid="u-1"):
+    obj = {"apiVersion": "batch/v1", "kind": kind, "metadata": {"name": "train-1"}}
+    if annotations:
+        obj["metadata"]["annotations"] = annotations
+    if template_annotations is not None:
+        if kind == "PyTorchJob":
+            obj["spec"] = {"pytorchReplicaSpecs": {"Master": {"template": {"metadata": {
+                "annotations": template_annotations}}}}}
+        else:
+            obj["spec"] = {"template": {"metadata": {"annotations": template_annotations}}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": uid, "kind": {"group": "batch", "version": "v1", "kind": kind},
+                        "operation": "CREATE", "object": obj}}
+
+
+def post(port, ca, body):
+    ctx = ssl.create_default_context(cafile=ca)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"https://127.0.0.1:{port}/validate", data=data,
+                                 headers={"Content-Type": "application/json"})
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, json.loads(r.read()), time.perf_counter() - t
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), time.perf_counter() - t
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="preflight-gate-")
+    make_certs(d)
+    ca = f"{d}/ca.crt"
+    server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
+                               "--metrics_address", "", "--store", f"{d}/store"],
+                              stdout=subprocess.PIPE, text=True)
+    addr = None
+    for line in server.stdout:
+        if "listening on port" in line:
+            addr = f"127.0.0.1:{line.split()[-1]}"
+            break
+    gates = []
+    try:
+        cli = f"{BUILD}/client/preflight"
+        digests = {}
+        for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
+            with open(f"{ZOO}/manifest.json") as f:
+                c = next(c for c in json.load(f) if c["name"] == name)
+            p = subprocess.run([cli, "check", "--model", c["model"], "--batch", c["batch"],
+                                "--json", "--server", addr, "--job-id", job],
+                               capture_output=True, text=True, timeout=300)
+            digests[job] = json.loads(p.stdout)["requestDigest"]
+
+        gate, port = start_gate(d, addr)
+        gates.append(gate)
+        code, r, secs = post(port, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
+        expect("PASS Job is allowed, over verified TLS",
+               code == 200 and r["response"]["allowed"] and r["response"]["uid"] == "u-1", r)
+        expect(f"answered in {secs * 1000:.0f} ms (well within a 10 s webhook timeout)", secs < 5)
+        code, r, _ = post(port, ca, review("Pod", {"preflight.dev/job-id": "train/fail"}))
+        resp = r.get("response", {})
+        expect("FAIL Pod is denied with its top findings as the message",
+               code == 200 and not resp.get("allowed")
+               and resp.get("status", {}).get("code") == 403
+               and "LOSS_FLAT" in resp.get("status", {}).get("message", ""), r)
+        code, r, _ = post(port, ca, review("PyTorchJob", template_annotations={
+            "preflight.dev/digest": digests["train/fail"]}))
+        expect("PyTorchJob with the digest on its replica template is denied",
+               not r["response"]["allowed"], r)
+        code, r, _ = post(port, ca, review("Job", template_annotations={
+            "preflight.dev/job-id": "train/pass"}))
+        expect("Job with the annotation on its pod template is allowed", r["response"]["allowed"], r)
+        code, r, _ = post(port, ca, review("Job"))
+        expect("missing annotation is allowed untouched", r["response"]["allowed"], r)
+        code, r, _ = post(port, ca, review("Job", {"preflight.dev/job-id": "train/unknown"}))
+        expect("unknown id is denied (default on-missing=deny)",
+               not r["response"]["allowed"]
+               and "no stored verdict" in r["response"]["status"]["message"], r)
+        code, r, _ = post(port, ca, b"{not json")
+        expect("malformed review is HTTP 400", code == 400 and "malformed" in r.get("error", ""), r)
+        code, r, _ = post(port, ca, {"kind": "AdmissionReview", "request": {}})
+        expect("review without request.uid is HTTP 400", code == 400, r)
+        metrics = urllib.request.urlopen(
+            urllib.request.Request(f"https://127.0.0.1:{port}/metrics"),
+            context=ssl.create_default_context(cafile=ca), timeout=10).read().decode()
+        expect("the gate exports its own metrics",
+               'preflight_gate_reviews_total{decision="deny",reason="fail"}' in metrics, metrics)
+
+        strict, sport = start_gate(d, addr, "--require-annotation", "--on-missing", "allow")
+        gates.append(strict)
+        code, r, _ = post(sport, ca, review("Job"))
+        expect("--require-annotation denies untagged objects", not r["response"]["allowed"], r)
+        code, r, _ = post(sport, ca, review("Job", {"preflight.dev/job-id": "train/unknown"}))
+        expect("on-missing=allow admits an unknown id with a warning",
+               r["response"]["allowed"] and r["response"].get("warnings"), r)
+
+        # The service goes down: both policies.
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        code, r, secs = post(port, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
+        expect("service down, on-unavailable=allow (default): allowed with a warning",
+               r["response"]["allowed"] and "did not answer" in r["response"]["warnings"][0], r)
+        deny, dport = start_gate(d, addr, "--on-unavailable", "deny")
+        gates.append(deny)
+        code, r, secs = post(dport, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
+        expect("service down, on-unavailable=deny: denied",
+               not r["response"]["allowed"]
+               and "did not answer" in r["response"]["status"]["message"], r)
+        expect(f"service-down answer in {secs:.1f} s (bounded by --timeout)", secs < 5)
+    finally:
+        for g in gates:
+            g.send_signal(signal.SIGTERM)
+            g.wait(timeout=30)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    print(f"{passed} passed, {len(failures)} failed")
+    for f in failures:
+        print(" -", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
