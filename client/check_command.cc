@@ -32,6 +32,28 @@ absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v) 
   return i;
 }
 
+struct Flag {
+  std::string name;
+  std::string value;
+  bool has_value = false;
+};
+
+// "--name=value" / "--name" / "-h"; anything else is a stray argument.
+absl::StatusOr<Flag> SplitFlag(const std::string& raw) {
+  const std::string arg = raw == "-h" ? "--help" : raw;
+  if (!absl::StartsWith(arg, "--")) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+  }
+  Flag f;
+  f.name = arg.substr(2);
+  if (const size_t eq = f.name.find('='); eq != std::string::npos) {
+    f.value = f.name.substr(eq + 1);
+    f.name = f.name.substr(0, eq);
+    f.has_value = true;
+  }
+  return f;
+}
+
 // Maps a config validation error ("lr: ...") back to the CLI flag name.
 absl::Status ToFlagError(const absl::Status& s) {
   static const std::map<std::string, std::string> kFlagOf = {
@@ -109,17 +131,9 @@ scheduler gate: exit 0 PASS or WARN, 1 FAIL, 3 ERROR, 4 no verdict stored,
 absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& args) {
   VerdictCommand cmd;
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string arg = args[i] == "-h" ? "--help" : args[i];
-    if (!absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    std::string name = arg.substr(2), value;
-    bool has_value = false;
-    if (const size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto flag = SplitFlag(args[i]);
+    if (!flag.ok()) return flag.status();
+    auto& [name, value, has_value] = *flag;
     if (name == "json" || name == "help") {
       if (has_value) return Bad(name, "takes no value");
       (name == "json" ? cmd.json : cmd.help) = true;
@@ -169,18 +183,9 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
   static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose",
                                                       "help"};
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string arg = args[i];
-    if (arg == "-h") arg = "--help";
-    if (!absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    std::string name = arg.substr(2), value;
-    bool has_value = false;
-    if (const size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto flag = SplitFlag(args[i]);
+    if (!flag.ok()) return flag.status();
+    auto& [name, value, has_value] = *flag;
     const bool is_bool =
         std::find(kBoolFlags.begin(), kBoolFlags.end(), name) != kBoolFlags.end();
     if (is_bool) {

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import tempfile
 
+from e2e_common import Results
+
 BIN = sys.argv[1]
 
 
@@ -12,12 +14,8 @@ def run(*args):
 
 
 def main():
-    failures = []
-
-    def expect(name, cond, detail=""):
-        print(f"{'ok  ' if cond else 'FAIL'} {name}")
-        if not cond:
-            failures.append(f"{name}: {detail}")
+    results = Results()
+    expect = results.expect
 
     p = run()
     expect("no command exits 2 with usage", p.returncode == 2 and "Usage" in p.stdout, p)
@@ -36,10 +34,7 @@ def main():
         p = run("check", "--model", empty.name, "--batch", empty.name, "--json")
         expect("empty model file is ERROR/ARTIFACT_INVALID, exit 3",
                p.returncode == 3 and '"ARTIFACT_INVALID"' in p.stdout, p)
-    print(f"{7 - len(failures)} passed, {len(failures)} failed")
-    for f in failures:
-        print(f)
-    return 1 if failures else 0
+    return results.finish()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Usage: gate_test.py BUILD_DIR ZOO_DIR
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,25 +18,13 @@ import time
 import urllib.error
 import urllib.request
 
+from e2e_common import Results, start_server, stop, zoo_case
+
 BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GATE = f"{ROOT}/client/gates/k8s/preflight_gate.py"
-failures, passed = [], 0
-
-
-def expect(name, cond, detail=""):
-    global passed
-    print(f"{'ok  ' if cond else 'FAIL'} {name}")
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {str(detail)[:600]}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+R = Results()
+expect = R.expect
 
 
 def make_certs(d):
@@ -96,21 +83,13 @@ def main():
     d = tempfile.mkdtemp(prefix="preflight-gate-")
     make_certs(d)
     ca = f"{d}/ca.crt"
-    server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
-                               "--metrics_address", "", "--store", f"{d}/store"],
-                              stdout=subprocess.PIPE, text=True)
-    addr = None
-    for line in server.stdout:
-        if "listening on port" in line:
-            addr = f"127.0.0.1:{line.split()[-1]}"
-            break
+    server, addr = start_server(BUILD, f"{d}/store")
     gates = []
     try:
         cli = f"{BUILD}/client/preflight"
         digests = {}
         for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
-            with open(f"{ZOO}/manifest.json") as f:
-                c = next(c for c in json.load(f) if c["name"] == name)
+            c = zoo_case(ZOO, name)
             p = subprocess.run([cli, "check", "--model", c["model"], "--batch", c["batch"],
                                 "--json", "--server", addr, "--job-id", job],
                                capture_output=True, text=True, timeout=300)
@@ -160,8 +139,7 @@ def main():
                r["response"]["allowed"] and r["response"].get("warnings"), r)
 
         # The service goes down: both policies.
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        stop(server)
         code, r, secs = post(port, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
         expect("service down, on-unavailable=allow (default): allowed with a warning",
                r["response"]["allowed"] and "did not answer" in r["response"]["warnings"][0], r)
@@ -176,13 +154,8 @@ def main():
         for g in gates:
             g.send_signal(signal.SIGTERM)
             g.wait(timeout=30)
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    print(f"{passed} passed, {len(failures)} failed")
-    for f in failures:
-        print(" -", f)
-    return 1 if failures else 0
+        stop(server)
+    return R.finish()
 
 
 if __name__ == "__main__":

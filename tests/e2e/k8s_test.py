@@ -15,18 +15,12 @@ import tempfile
 
 import yaml
 
+from e2e_common import Results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S = os.path.join(ROOT, "k8s")
-failures, passed = [], 0
-
-
-def expect(name, cond, detail=""):
-    global passed
-    print(f"{'ok  ' if cond else 'FAIL'} {name}")
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {str(detail)[-1500:]}")
+R = Results()
+expect = R.expect
 
 
 def load_kustomization(d):
@@ -116,10 +110,7 @@ def main():
            hook["admissionReviewVersions"] == ["v1"] and hook["timeoutSeconds"] <= 10
            and hook["failurePolicy"] in ("Ignore", "Fail") and hook["namespaceSelector"], hook)
 
-    print(f"{passed} passed, {len(failures)} failed")
-    for f in failures:
-        print(" -", f)
-    return 1 if failures else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ Usage: load_test.py BUILD_DIR ZOO_DIR [--requests N] [--clients N]
 """
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
+
+from e2e_common import start_server, stop
 
 
 def main():
@@ -25,17 +25,7 @@ def main():
     ap.add_argument("--distinct", type=int, default=60)
     args = ap.parse_args()
     store = tempfile.mkdtemp(prefix="preflight-load-")
-    server = subprocess.Popen([f"{args.build}/service/preflight-server", "--address",
-                               "127.0.0.1:0", "--metrics_address", "127.0.0.1:0", "--store",
-                               store, "--queue_size", "64"],
-                              stdout=subprocess.PIPE, text=True)
-    addr = None
-    for line in server.stdout:
-        if "listening on port" in line:
-            addr = f"127.0.0.1:{line.split()[-1]}"
-            break
-    if addr is None:
-        raise SystemExit("server did not start")
+    server, addr = start_server(args.build, store, "--queue_size", "64")
     z = args.zoo
     cases = [f"{z}/mlp.model.pt,{z}/mlp.batch.pt,PASS",
              f"{z}/loss_flat.model.pt,{z}/loss_flat.batch.pt,FAIL",
@@ -49,8 +39,7 @@ def main():
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        stop(server)
     print(p.stdout.strip(), p.stderr.strip())
     result = json.loads(p.stdout)
     ok = p.returncode == 0 and result["ok"] == args.requests and result["mismatches"] == 0

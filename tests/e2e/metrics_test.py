@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,29 +23,14 @@ import time
 import urllib.parse
 import urllib.request
 
+from e2e_common import Results, free_port, zoo_case
+
 BUILD, ZOO = sys.argv[1], sys.argv[2]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MON = os.path.join(ROOT, "k8s", "monitoring")
 CLI = os.path.join(BUILD, "client/preflight")
-failures = []
-passed = 0
-
-
-def expect(name, cond, detail=""):
-    global passed
-    print(f"{'ok  ' if cond else 'FAIL'} {name}")
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {str(detail)[:400]}")
-
-
-def free_port():
-    # Prometheus cannot report a port it picked itself; take one the kernel
-    # just handed out on loopback.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+R = Results()
+expect = R.expect
 
 
 def get(url, timeout=10):
@@ -60,15 +44,13 @@ def query(prom, expr):
 
 
 def case(name):
-    with open(f"{ZOO}/manifest.json") as f:
-        return next(c for c in json.load(f) if c["name"] == name)
+    return zoo_case(ZOO, name)
 
 
 def main():
     if not shutil.which("prometheus") or not shutil.which("promtool"):
-        print("FAIL prometheus/promtool not installed (tools/setup.sh installs them)")
-        print("0 passed, 1 failed")
-        return 1
+        expect("prometheus and promtool are installed (tools/setup.sh installs them)", False)
+        return R.finish()
     tmp = tempfile.mkdtemp(prefix="preflight-metrics-")
     server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
                                "--metrics_address", "127.0.0.1:0", "--store", f"{tmp}/store",
@@ -174,10 +156,7 @@ scrape_configs:
         server.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"{passed} passed, {len(failures)} failed")
-    for f in failures:
-        print(" -", f)
-    return 1 if failures else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

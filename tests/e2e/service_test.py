@@ -21,17 +21,14 @@ import sys
 import tempfile
 import time
 
+from e2e_common import Results, zoo_case
+
 BUILD, ZOO = sys.argv[1], sys.argv[2]
 CLI = os.path.join(BUILD, "client/preflight")
 SERVER = os.path.join(BUILD, "service/preflight-server")
 HERE = os.path.dirname(os.path.abspath(__file__))
-failures = []
-
-
-def expect(name, cond, detail=""):
-    print(f"{'ok  ' if cond else 'FAIL'} {name}")
-    if not cond:
-        failures.append(f"{name}: {str(detail)[:500]}")
+R = Results()
+expect = R.expect
 
 
 def start_server(store, *extra):
@@ -50,8 +47,7 @@ def cli(*args, timeout=600):
 
 
 def case(name):
-    with open(f"{ZOO}/manifest.json") as f:
-        return next(c for c in json.load(f) if c["name"] == name)
+    return zoo_case(ZOO, name)
 
 
 def check(addr, c, *extra):
@@ -174,10 +170,7 @@ def main():
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
 
-    print(f"{20 - len(failures)} passed, {len(failures)} failed")
-    for f in failures:
-        print(" -", f)
-    return 1 if failures else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

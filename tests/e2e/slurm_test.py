@@ -16,36 +16,22 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from e2e_common import Results, free_port, start_server, stop, zoo_case
+
 BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = f"{BUILD}/client/preflight"
-failures, passed = [], 0
-
-
-def expect(name, cond, detail=""):
-    global passed
-    print(f"{'ok  ' if cond else 'FAIL'} {name}")
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {str(detail)[:600]}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+R = Results()
+expect = R.expect
 
 
 def case(name):
-    with open(f"{ZOO}/manifest.json") as f:
-        return next(c for c in json.load(f) if c["name"] == name)
+    return zoo_case(ZOO, name)
 
 
 def main():
@@ -58,14 +44,7 @@ def main():
         return 0
     tmp = tempfile.mkdtemp(prefix="preflight-slurm-")
     procs = []
-    server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
-                               "--metrics_address", "", "--store", f"{tmp}/store"],
-                              stdout=subprocess.PIPE, text=True)
-    addr = None
-    for line in server.stdout:
-        if "listening on port" in line:
-            addr = f"127.0.0.1:{line.split()[-1]}"
-            break
+    server, addr = start_server(BUILD, f"{tmp}/store")
     try:
         # Stored verdicts: train/pass (PASS) and train/fail (FAIL).
         digests = {}
@@ -205,8 +184,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("require_tag=yes refuses untagged jobs",
                p.returncode != 0 and "requires a Preflight verdict" in p.stderr, p.stderr)
 
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        stop(server)
         gate(on_unavailable="admit")
         p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
         expect("server down, on_unavailable=admit: admitted with a message",
@@ -218,9 +196,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     except RuntimeError:
         pass
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+        stop(server)
         subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True,
                        env=dict(os.environ, SLURM_CONF=f"{tmp}/etc/slurm.conf"))
         for p in reversed(procs):
@@ -231,10 +207,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {len(failures)} failed")
-    for f in failures:
-        print(" -", f)
-    return 1 if failures else 0
+    return R.finish()
 
 
 if __name__ == "__main__":
