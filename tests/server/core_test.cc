@@ -30,7 +30,13 @@ class FakeRunner : public worker::JobRunner {
     }
     v1::WorkerResult r;
     r.set_id(job.id());
-    r.mutable_report()->set_verdict(v1::PASS);
+    r.mutable_report()->set_verdict(next_verdict);
+    r.set_exit_reason(next_exit_reason);
+    if (next_verdict == v1::FAIL) {
+      auto* f = r.mutable_report()->add_findings();
+      f->set_code(v1::LOSS_FLAT);
+      f->set_severity(v1::Finding::FAIL);
+    }
     return r;
   }
   std::string engine_version() const override { return "test"; }
@@ -40,6 +46,8 @@ class FakeRunner : public worker::JobRunner {
     cv.notify_all();
   }
   std::atomic<int> runs{0};
+  v1::Verdict next_verdict = v1::PASS;
+  std::string next_exit_reason;
   std::mutex mu;
   std::condition_variable cv;
   bool hold = false;
@@ -215,6 +223,22 @@ TEST_F(CoreTest, MetricsFollowEachOutcome) {
   ASSERT_FALSE(core_->Check(bad, Deadline()).ok());
   EXPECT_EQ(Metric("preflight_checks_total", {{"verdict", "PASS"}}), 1);
   EXPECT_EQ(Metric("preflight_worker_exits_total", {{"reason", "timeout"}}), 0);
+
+  // A FAIL verdict with its finding, then a job killed at its deadline.
+  runner_.next_verdict = v1::FAIL;
+  v1::CheckRequest fail = Valid();
+  fail.mutable_config()->set_seed(1);
+  ASSERT_TRUE(core_->Check(fail, Deadline()).ok());
+  EXPECT_EQ(Metric("preflight_checks_total", {{"verdict", "FAIL"}}), 1);
+  EXPECT_EQ(Metric("preflight_findings_total", {{"code", "LOSS_FLAT"}}), 1);
+  runner_.next_verdict = v1::ERROR;
+  runner_.next_exit_reason = "timeout";
+  v1::CheckRequest timeout = Valid();
+  timeout.mutable_config()->set_seed(2);
+  ASSERT_TRUE(core_->Check(timeout, Deadline()).ok());
+  EXPECT_EQ(Metric("preflight_worker_exits_total", {{"reason", "timeout"}}), 1);
+  EXPECT_EQ(Metric("preflight_checks_total", {{"verdict", "ERROR"}}), 1);
+  EXPECT_EQ(Metric("preflight_cache_requests_total", {{"result", "miss"}}), 3);
 }
 
 TEST_F(CoreTest, DrainingRefusesNewChecks) {
