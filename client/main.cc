@@ -1,10 +1,8 @@
-// preflight: the command-line client. Thin: parse -> read inputs -> run the
-// engine in a child process -> print -> exit code.
+// preflight (and preflight-thin): the command-line client. Thin: parse ->
+// run locally (local_check.h) or on a server (remote.h) -> print -> exit code.
 #include <unistd.h>
 
-#include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,9 +11,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "client/check_command.h"
+#include "client/local_check.h"
 #include "client/remote.h"
-#include "service/engine/engine.h"
-#include "service/worker/child_process.h"
 
 namespace {
 
@@ -26,24 +23,8 @@ Commands:
             server (see: preflight check --help)
   verdict   print the stored verdict of a job or request from a server; a
             scheduler gate (see: preflight verdict --help)
-  version   print the engine and LibTorch versions
+  version   print the engine and LibTorch versions (or that this is the thin client)
 )";
-
-bool ReadFile(const std::string& path, std::string* out, std::string* error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *error = absl::StrCat("cannot open '", path, "'");
-    return false;
-  }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) {
-    *error = absl::StrCat("cannot read '", path, "'");
-    return false;
-  }
-  *out = std::move(ss).str();
-  return true;
-}
 
 std::string MessageJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions options;
@@ -122,32 +103,7 @@ int RunCheckCommand(const std::vector<std::string>& args) {
     return 0;
   }
   if (!cmd->server.empty()) return RunRemoteCheck(*cmd);
-  preflight::engine::CheckInput input;
-  std::string error;
-  if (!ReadFile(cmd->model_path, &input.model_bytes, &error) ||
-      !ReadFile(cmd->batch_path, &input.batch_bytes, &error)) {
-    std::cerr << "preflight check: " << error << "\n";
-    return client::kExitUsage;
-  }
-  if (!cmd->json && isatty(STDERR_FILENO)) {
-    std::cerr << "preflight: checking " << cmd->model_path << " (up to "
-              << cmd->config.max_steps() << " steps, timeout " << cmd->config.timeout_seconds()
-              << " s)...\n";
-  }
-  // The engine pins process-global LibTorch state and may start CUDA: it
-  // runs in a child so that a hang or crash in the model cannot take the
-  // client with it, and the parent always prints a report.
-  const auto outcome = preflight::worker::RunInChild(
-      [&] { return preflight::engine::RunCheck(cmd->config, input).SerializeAsString(); },
-      absl::Seconds(cmd->config.timeout_seconds()));
-  const preflight::v1::Report report =
-      preflight::worker::ReportFromOutcome(outcome, cmd->config);
-  if (cmd->json) {
-    std::cout << client::ReportToJson(report) << "\n";
-  } else {
-    std::cout << client::RenderReport(report, cmd->model_path, cmd->batch_path);
-  }
-  return client::ExitCodeFor(report.verdict());
+  return client::RunLocalCheck(*cmd);
 }
 
 }  // namespace
@@ -163,8 +119,7 @@ int main(int argc, char** argv) {
   if (command == "check") return RunCheckCommand(args);
   if (command == "verdict") return RunVerdictCommand(args);
   if (command == "version") {
-    std::cout << "preflight engine " << preflight::engine::EngineVersion() << ", LibTorch "
-              << preflight::engine::TorchVersion() << "\n";
+    std::cout << preflight::client::LocalEngineDescription() << "\n";
     return 0;
   }
   std::cerr << "preflight: unknown command '" << command << "'\n" << kUsage;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """End-to-end: the CLI's usage paths and exit codes (no model needed)."""
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,15 @@ def main():
         p = run("check", "--model", empty.name, "--batch", empty.name, "--json")
         expect("empty model file is ERROR/ARTIFACT_INVALID, exit 3",
                p.returncode == 3 and '"ARTIFACT_INVALID"' in p.stdout, p)
+    thin = os.path.join(os.path.dirname(BIN), "preflight-thin")
+    if os.path.exists(thin):
+        p = subprocess.run([thin, "version"], capture_output=True, text=True, timeout=60)
+        expect("preflight-thin runs without LibTorch",
+               p.returncode == 0 and "thin client" in p.stdout, p)
+        p = subprocess.run([thin, "check", "--model", "m", "--batch", "b"], capture_output=True,
+                           text=True, timeout=60)
+        expect("preflight-thin local check is a usage error pointing at --server",
+               p.returncode == 2 and "--server" in p.stderr, p)
     return results.finish()
 
 

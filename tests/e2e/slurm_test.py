@@ -62,7 +62,7 @@ def main():
         shutil.copy(f"{ROOT}/client/gates/slurm/job_submit.lua", conf_dir)
 
         def gate(**kw):
-            settings = {"server": addr, "cli": CLI, "timeout": "10", "on_missing": "reject",
+            settings = {"server": addr, "cli": f"{BUILD}/client/preflight-thin", "timeout": "10", "on_missing": "reject",
                         "on_unavailable": "admit", "require_tag": "no"}
             settings.update(kw)
             with open(f"{conf_dir}/preflight_gate.conf", "w") as f:

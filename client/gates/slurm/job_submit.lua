@@ -14,7 +14,7 @@ through `preflight verdict` with a short timeout and
 
 Settings: preflight_gate.conf next to this file, key = value lines:
   server = HOST:PORT          (required)
-  cli = /usr/bin/preflight    (the preflight CLI)
+  cli = /usr/bin/preflight-thin  (the LibTorch-free preflight CLI)
   timeout = 5                 (seconds for one verdict lookup)
   on_missing = reject|admit   (default reject)
   on_unavailable = reject|admit (default admit: a Preflight outage must not stop the cluster)
@@ -28,7 +28,7 @@ local function script_dir()
 end
 
 local function read_conf()
-   local conf = {cli = "/usr/bin/preflight", timeout = "5", on_missing = "reject",
+   local conf = {cli = "/usr/bin/preflight-thin", timeout = "5", on_missing = "reject",
                  on_unavailable = "admit", require_tag = "no"}
    local f = io.open(script_dir() .. "preflight_gate.conf", "r")
    if f then
