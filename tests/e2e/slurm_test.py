@@ -34,6 +34,24 @@ def case(name):
     return zoo_case(ZOO, name)
 
 
+def kill_stepds(marker):
+    """Job step daemons outlive slurmd; end the ones of this test's cluster
+    (recognised by its SLURM_CONF in their environment), and no others."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(b"slurmstepd"):
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def main():
     missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged", "mungekey")
                if not shutil.which(b)]
@@ -206,6 +224,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        kill_stepds(f"SLURM_CONF={tmp}/etc/slurm.conf")
         shutil.rmtree(tmp, ignore_errors=True)
     return R.finish()
 
