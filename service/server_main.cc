@@ -1,13 +1,19 @@
 // preflight-server: flags -> ServerConfig -> Start -> wait for SIGTERM ->
 // drain -> exit 0.
+#include <sched.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
@@ -21,7 +27,7 @@ ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
 ABSL_FLAG(std::string, store, "preflight-store",
           "directory of the verdict database (verdicts.db) and uploaded artifacts (blobs/)");
 ABSL_FLAG(std::string, worker, "", "path of preflight-worker (default: next to this binary)");
-ABSL_FLAG(int, job_slots, 2, "checks running at once (default: cores of a 2-core node)");
+ABSL_FLAG(int, job_slots, 0, "checks running at once; 0 = one per CPU this process may use");
 ABSL_FLAG(int, queue_size, 16, "checks waiting for a slot before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_inline_mb, 16, "largest inline artifact in a Check request, MiB");
 ABSL_FLAG(int64_t, max_upload_mb, 2048, "largest uploaded artifact, MiB");
@@ -29,10 +35,48 @@ ABSL_FLAG(int64_t, job_memory_mb, 8192, "address-space limit of each job process
 ABSL_FLAG(double, max_job_timeout, 1800, "largest per-check timeout a request may ask, s");
 ABSL_FLAG(double, grace, 30, "on SIGTERM: seconds running checks may take to finish");
 
+namespace {
+
+// Flags may be spelled with dashes (--job-slots, as in the docs and the
+// issue tracker) or underscores (--job_slots, Abseil's own spelling).
+std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* store) {
+  store->reserve(argc);
+  std::vector<char*> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i > 0 && a.size() > 2 && a.rfind("--", 0) == 0) {
+      const size_t end = std::min(a.find('='), a.size());
+      std::replace(a.begin() + 2, a.begin() + static_cast<std::ptrdiff_t>(end), '-', '_');
+    }
+    store->push_back(std::move(a));
+    out.push_back(store->back().data());
+  }
+  return out;
+}
+
+int UsableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Serves Preflight checks over gRPC.\n  preflight-server --address 127.0.0.1:0 --store DIR");
-  absl::ParseCommandLine(argc, argv);
+      "Serves Preflight checks over gRPC.\n  preflight-server --address 127.0.0.1:0 --store DIR\n"
+      "Flags take dashes or underscores (--job-slots = --job_slots).");
+  // --help lists this file's flags (Abseil's default matches files named
+  // after the binary, which would list none).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server_main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<std::string> arg_store;
+  std::vector<char*> args = DashesToUnderscores(argc, argv, &arg_store);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
   // Block the stop signals in every thread; main waits for them below.
   sigset_t stop;
@@ -48,6 +92,7 @@ int main(int argc, char** argv) {
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
+  if (config.core.job_slots == 0) config.core.job_slots = UsableCpus();
   config.core.queue_size = absl::GetFlag(FLAGS_queue_size);
   config.core.max_inline_bytes = absl::GetFlag(FLAGS_max_inline_mb) << 20;
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;

@@ -29,8 +29,8 @@ absl::Status Errno(const std::string& what) {
   return absl::InternalError(absl::StrCat("sandbox: ", what, ": ", std::strerror(errno)));
 }
 
-absl::Status SetLimit(int resource, int64_t value, const char* name) {
-  rlimit rl{static_cast<rlim_t>(value), static_cast<rlim_t>(value)};
+absl::Status SetLimit(int resource, int64_t value, const char* name, int64_t hard = -1) {
+  rlimit rl{static_cast<rlim_t>(value), static_cast<rlim_t>(hard < 0 ? value : hard)};
   if (setrlimit(resource, &rl) != 0) return Errno(absl::StrCat("setrlimit ", name));
   return absl::OkStatus();
 }
@@ -150,7 +150,11 @@ absl::Status EnterSandbox(const SandboxPolicy& p, int* landlock_abi) {
     if (auto s = SetLimit(RLIMIT_AS, p.address_space_bytes, "AS"); !s.ok()) return s;
   }
   if (p.cpu_seconds > 0) {
-    if (auto s = SetLimit(RLIMIT_CPU, p.cpu_seconds, "CPU"); !s.ok()) return s;
+    // Soft below hard: the kernel sends SIGXCPU (reported as a timeout) at
+    // the soft limit; SIGKILL at the hard one only if that was ignored.
+    if (auto s = SetLimit(RLIMIT_CPU, p.cpu_seconds, "CPU", p.cpu_seconds + 2); !s.ok()) {
+      return s;
+    }
   }
   if (auto s = SetLimit(RLIMIT_FSIZE, 0, "FSIZE"); !s.ok()) return s;
   if (auto s = SetLimit(RLIMIT_NOFILE, p.open_files, "NOFILE"); !s.ok()) return s;

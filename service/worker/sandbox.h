@@ -26,7 +26,7 @@ struct SandboxPolicy {
   std::vector<std::string> readable_dirs;   // Libraries (read + execute).
   int keep_fd = -1;                         // The result pipe.
   int64_t address_space_bytes = 0;          // RLIMIT_AS; 0 = unlimited.
-  int64_t cpu_seconds = 0;                  // RLIMIT_CPU; 0 = unlimited.
+  int64_t cpu_seconds = 0;                  // RLIMIT_CPU (soft; hard +2 s); 0 = unlimited.
   int64_t open_files = 64;                  // RLIMIT_NOFILE.
 };
 

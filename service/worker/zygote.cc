@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -46,6 +48,12 @@ bool ReadFile(const std::string& path, std::string* out) {
   return !in.bad();
 }
 
+int UsableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
 [[noreturn]] void JobChild(const v1::WorkerJob& job, int write_fd, pid_t zygote,
                            const std::vector<std::string>& lib_dirs) {
   setpgid(0, 0);
@@ -58,7 +66,11 @@ bool ReadFile(const std::string& path, std::string* out) {
     policy.readable_dirs = lib_dirs;
     policy.keep_fd = write_fd;
     policy.address_space_bytes = job.memory_limit_bytes();
-    policy.cpu_seconds = static_cast<int64_t>(std::ceil(job.wall_timeout_seconds())) + 1;
+    // A backstop behind the zygote's wall-clock kill, not the limit itself:
+    // a job may keep every CPU it is allowed busy (inter-op pool, intra-op
+    // threads), so its CPU budget is the wall timeout times those CPUs.
+    policy.cpu_seconds =
+        static_cast<int64_t>(std::ceil(job.wall_timeout_seconds() * UsableCpus())) + 1;
     int landlock_abi = 0;
     if (absl::Status s = EnterSandbox(policy, &landlock_abi); !s.ok()) {
       throw std::runtime_error(std::string(s.message()));

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 import warnings
+import zipfile
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -773,6 +775,77 @@ def _():
     return InfiniteLoop(), classification_batch(4, (4,), 3)
 
 
+class DeepExpression(nn.Module):
+    """Its saved source is rewritten (see save_model) so that the constant
+    below sits inside 100000 nested parentheses: a 4 KiB file whose load
+    overflows the native stack of LibTorch's recursive-descent parser."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) + 987654
+
+
+@case("hostile_segfault", "ERROR", ["WORKER_CRASHED"], service_only=True,
+      doc="A TorchScript file whose source nests 100000 parentheses: loading it "
+          "overflows the native stack (SIGSEGV) inside torch::jit::load.")
+def _():
+    torch.manual_seed(0)
+    return ("deep_nesting", DeepExpression()), classification_batch(4, (4,), 3)
+
+
+def _spin(x: torch.Tensor) -> torch.Tensor:
+    y = x
+    for _ in range(1000):
+        y = y * 1.0
+    return y
+
+
+class ForkFlood(nn.Module):
+    """TorchScript's only fork: torch.jit.fork, which queues tasks on the
+    job's fixed inter-op thread pool. Forks without end; never returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        futures: List[torch.jit.Future[torch.Tensor]] = []
+        while len(futures) >= 0:
+            futures.append(torch.jit.fork(_spin, x))
+        return self.fc(x)
+
+
+@case("hostile_fork_flood", "ERROR", ["WORKER_TIMEOUT|WORKER_OOM"], flags=["--timeout", "3"],
+      service_only=True,
+      doc="Forks torch.jit.fork tasks without end: threads stay bounded by the pool; the "
+          "queued tasks end at the deadline or, on a fast machine, the memory limit.")
+def _():
+    torch.manual_seed(0)
+    return ForkFlood(), classification_batch(4, (4,), 3)
+
+
+NESTING_DEPTH = 100000
+
+
+def nest_constant(path, constant="987654", depth=NESTING_DEPTH):
+    """Rewrites the saved top-level source so `constant` sits inside `depth`
+    parentheses. The source's debug map no longer matches, so it is dropped."""
+    with zipfile.ZipFile(path) as src:
+        entries = [(i, src.read(i.filename)) for i in src.infolist()]
+    with zipfile.ZipFile(path, "w") as out:
+        for info, data in entries:
+            if info.filename.endswith("/code/__torch__.py.debug_pkl"):
+                continue
+            if info.filename.endswith("/code/__torch__.py"):
+                text = data.decode()
+                assert text.count(constant) == 1, text
+                data = text.replace(constant, "(" * depth + constant + ")" * depth).encode()
+            out.writestr(info, data)
+
+
 def save_model(model, path):
     kind = None
     if isinstance(model, tuple):
@@ -782,6 +855,8 @@ def save_model(model, path):
         return
     scripted = torch.jit.script(model)
     scripted.save(path)
+    if kind == "deep_nesting":
+        nest_constant(path)
     if kind == "truncate":
         with open(path, "rb") as f:
             data = f.read()

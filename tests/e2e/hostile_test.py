@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""End-to-end: issue 4's hostile-model list, each a real TorchScript file sent
+to the real server, whose job children run in the real sandbox.
+
+  infinite loop, segfault, abort, 512 GiB allocation, fork bomb (native fork
+  and TorchScript's torch.jit.fork), read of a file outside the inputs, write
+  of a file, network socket, exec.
+
+For each: the exact finding (and the signal behind it), the server still up,
+and a healthy check (a fresh seed, so not a cache hit) passing right after.
+Finally: nothing written outside the store, and SIGTERM exits 0.
+
+The loop, segfault, allocation, fork flood, read and write models are pure
+TorchScript (tools/zoo/make_zoo.py). Socket, fork, exec and abort cannot be
+written in TorchScript (no operator does them), so those models call test-only
+ops compiled into BUILD/tests/preflight-worker-hostile, which stand in for a
+model that reached native code (tests/worker/hostile_ops.cc).
+
+Usage: hostile_test.py BUILD_DIR ZOO_DIR HOSTILE_WORKER
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+from e2e_common import Results, start_server, zoo_case
+
+BUILD, ZOO, WORKER = sys.argv[1], sys.argv[2], sys.argv[3]
+CLI = os.path.join(BUILD, "client/preflight")
+R = Results()
+expect = R.expect
+
+SIGSEGV, SIGABRT, SIGSYS = int(signal.SIGSEGV), int(signal.SIGABRT), int(signal.SIGSYS)
+# Files the hostile models try to create; none may exist afterwards.
+WRITE_TARGETS = ["/tmp/preflight-hostile-write", "/tmp/preflight-hostile-exec"]
+
+
+def make_native_models(out_dir):
+    """Scripts one tiny model per test-only op. The ops' schemas are declared
+    here (no kernels: scripting needs only the schema); the hostile worker
+    registers the same schemas with the real implementations."""
+    import torch  # noqa: PLC0415  (slow import, only needed here)
+    warnings.filterwarnings("ignore")
+    lib = torch.library.Library("preflight_hostile", "DEF")
+    models = {}
+    for op in ("inet_socket", "fork_bomb", "exec_shell", "abort"):
+        lib.define(f"{op}(Tensor x) -> Tensor")
+        fn = getattr(torch.ops.preflight_hostile, op)
+
+        class Native(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.fc(fn(x))
+
+        torch.manual_seed(0)
+        path = os.path.join(out_dir, f"native_{op}.model.pt")
+        torch.jit.script(Native()).save(path)
+        models[op] = path
+    return models
+
+
+def cli_check(addr, model, batch, *flags):
+    p = subprocess.run([CLI, "check", "--model", model, "--batch", batch, "--json",
+                        "--server", addr, *flags], capture_output=True, text=True, timeout=600)
+    try:
+        return p, json.loads(p.stdout)["report"]
+    except (json.JSONDecodeError, KeyError):
+        return p, None
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def threads_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+class JobWatcher:
+    """Samples the zygote's job children while a check runs: the most
+    processes alive at once and the most threads any one of them had."""
+
+    def __init__(self, server_pid):
+        self.server_pid = server_pid
+        self.max_jobs = 0
+        self.max_threads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for zygote in children(self.server_pid):
+                jobs = children(zygote)
+                self.max_jobs = max(self.max_jobs, len(jobs))
+                for j in jobs:
+                    self.max_threads = max(self.max_threads, threads_of(j))
+                    self.max_jobs = max(self.max_jobs, len(jobs) + len(children(j)))
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main():
+    for t in WRITE_TARGETS:
+        if os.path.exists(t):
+            os.unlink(t)
+    work = tempfile.mkdtemp(prefix="preflight-hostile-")
+    native = make_native_models(work)
+    batch = zoo_case(ZOO, "hostile_read_file")["batch"]  # 4 samples x 4 features, 3 classes.
+    mlp = zoo_case(ZOO, "mlp")
+    store = os.path.join(work, "store")
+    tmp_before = set(os.listdir("/tmp"))
+
+    def zoo(name):
+        c = zoo_case(ZOO, name)
+        return c["model"], c["batch"], c["flags"]
+
+    # name, (model, batch, flags), expected code, expected signal (or None).
+    cases = [
+        ("infinite loop", zoo("hostile_infinite_loop"), "WORKER_TIMEOUT", None),
+        ("segfault (100000 nested parentheses)", zoo("hostile_segfault"), "WORKER_CRASHED",
+         SIGSEGV),
+        ("abort (native)", (native["abort"], batch, []), "WORKER_CRASHED", SIGABRT),
+        ("512 GiB allocation", zoo("hostile_allocation"), "WORKER_OOM", None),
+        ("fork bomb (native fork)", (native["fork_bomb"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
+        # Queues ~0.6 GB of tasks a second here: the deadline or, on a faster
+        # machine, the address-space limit ends it.
+        ("fork flood (torch.jit.fork)", zoo("hostile_fork_flood"), "WORKER_TIMEOUT|WORKER_OOM",
+         None),
+        ("read /etc/passwd", zoo("hostile_read_file"), "SANDBOX_VIOLATION", None),
+        ("write a file", zoo("hostile_write_file"), "SANDBOX_VIOLATION", None),
+        ("network socket", (native["inet_socket"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
+        ("exec a shell", (native["exec_shell"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
+    ]
+
+    # Dashed flag spellings, as documented, on purpose.
+    server, addr = start_server(BUILD, store, "--worker", WORKER, "--job-slots", "1",
+                                "--queue-size", "4")
+    try:
+        for seed, (name, (model, b, flags), code, sig) in enumerate(cases, start=1):
+            with JobWatcher(server.pid) as watch:
+                p, report = cli_check(addr, model, b, *flags)
+            findings = report["findings"] if report else []
+            got = [(f["code"], next((e["number"] for e in f.get("evidence", [])
+                                     if e["name"] == "signal"), None)) for f in findings]
+            ok = (report is not None and report["verdict"] == "ERROR" and p.returncode == 3
+                  and any(c in code.split("|") and (sig is None or s == sig) for c, s in got))
+            want = code + (f" (signal {sig})" if sig else "")
+            expect(f"{name}: ERROR with {want}", ok, (p.returncode, got, p.stderr[-400:]))
+            if name.startswith("fork"):
+                expect(f"{name}: no process beyond the job itself "
+                       f"(saw {watch.max_jobs})", watch.max_jobs <= 1, watch.max_jobs)
+            if name.startswith("fork flood"):
+                # However many tasks it forks, the job's threads stay bounded
+                # by its fixed pools.
+                expect(f"{name}: job threads bounded (max {watch.max_threads})",
+                       0 < watch.max_threads <= 32, watch.max_threads)
+            expect(f"{name}: server still up", server.poll() is None)
+            hp, healthy = cli_check(addr, mlp["model"], mlp["batch"], "--seed", str(seed))
+            expect(f"{name}: a healthy check right after is PASS",
+                   healthy is not None and healthy["verdict"] == "PASS"
+                   and not (json.loads(hp.stdout).get("cached")), hp.stderr[-400:])
+
+        for t in WRITE_TARGETS:
+            expect(f"nothing written: {t} absent", not os.path.exists(t))
+        new_tmp = sorted(set(os.listdir("/tmp")) - tmp_before - {os.path.basename(work)})
+        expect("nothing new in /tmp besides the test's own directory", not new_tmp, new_tmp)
+
+        server.send_signal(signal.SIGTERM)
+        expect("SIGTERM exits 0", server.wait(timeout=60) == 0)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return R.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
