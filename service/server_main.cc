@@ -5,14 +5,17 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
@@ -54,6 +57,24 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
   return out;
 }
 
+// --help: this binary's own flags, dashed as documented, exit 0. (Abseil's
+// built-in --help exits 1 and matches flags by source-file name.)
+[[noreturn]] void PrintHelp() {
+  std::printf("%s\n\nFlags (dashes and underscores are interchangeable):\n",
+              std::string(absl::ProgramUsageMessage()).c_str());
+  std::map<std::string, const absl::CommandLineFlag*> own;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server_main.cc")) own[std::string(name)] = flag;
+  }
+  for (const auto& [name, flag] : own) {
+    std::string dashed = name;
+    std::replace(dashed.begin(), dashed.end(), '_', '-');
+    std::printf("  --%-20s %s (default: \"%s\")\n", dashed.c_str(), flag->Help().c_str(),
+                flag->DefaultValue().c_str());
+  }
+  std::exit(0);
+}
+
 int UsableCpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
@@ -64,16 +85,10 @@ int UsableCpus() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Serves Preflight checks over gRPC.\n  preflight-server --address 127.0.0.1:0 --store DIR\n"
-      "Flags take dashes or underscores (--job-slots = --job_slots).");
-  // --help lists this file's flags (Abseil's default matches files named
-  // after the binary, which would list none).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "server_main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
+      "Serves Preflight checks over gRPC.\n  preflight-server --address 127.0.0.1:0 --store DIR");
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) PrintHelp();
+  }
   std::vector<std::string> arg_store;
   std::vector<char*> args = DashesToUnderscores(argc, argv, &arg_store);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

@@ -158,6 +158,12 @@ absl::Status EnterSandbox(const SandboxPolicy& p, int* landlock_abi) {
   }
   if (auto s = SetLimit(RLIMIT_FSIZE, 0, "FSIZE"); !s.ok()) return s;
   if (auto s = SetLimit(RLIMIT_NOFILE, p.open_files, "NOFILE"); !s.ok()) return s;
+  // A fixed main-thread stack, whatever the server was started with: runaway
+  // native recursion (a deeply nested TorchScript source) ends in SIGSEGV at
+  // the same depth on every host instead of eating the address space.
+  if (p.stack_bytes > 0) {
+    if (auto s = SetLimit(RLIMIT_STACK, p.stack_bytes, "STACK"); !s.ok()) return s;
+  }
   if (auto s = SetLimit(RLIMIT_CORE, 0, "CORE"); !s.ok()) return s;
   // Root ignores RLIMIT_NPROC; seccomp's clone rule is what stops fork bombs.
   if (auto s = SetLimit(RLIMIT_NPROC, 64, "NPROC"); !s.ok()) return s;

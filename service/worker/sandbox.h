@@ -4,7 +4,8 @@
 // (README "Sandbox" says what each blocks and what none of them cover):
 //   1. process: own process group, dies with its parent, every inherited fd
 //      closed except the result pipe, stdio redirected to /dev/null;
-//   2. rlimits: address space, CPU seconds, file size 0, open files, core 0;
+//   2. rlimits: address space, CPU seconds, file size 0, open files, stack,
+//      core 0;
 //   3. PR_SET_NO_NEW_PRIVS;
 //   4. Landlock: read-only access to the job's two input files and the
 //      directories of already-loaded libraries; nothing writable;
@@ -28,6 +29,7 @@ struct SandboxPolicy {
   int64_t address_space_bytes = 0;          // RLIMIT_AS; 0 = unlimited.
   int64_t cpu_seconds = 0;                  // RLIMIT_CPU (soft; hard +2 s); 0 = unlimited.
   int64_t open_files = 64;                  // RLIMIT_NOFILE.
+  int64_t stack_bytes = 8 << 20;            // RLIMIT_STACK; 0 = inherited.
 };
 
 // Applies every layer, in order. Call in the child only: it is

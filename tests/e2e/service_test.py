@@ -60,6 +60,12 @@ def check(addr, c, *extra):
 
 
 def main():
+    h = subprocess.run([SERVER, "--help"], capture_output=True, text=True, timeout=60)
+    expect("preflight-server --help exits 0 and lists the dashed flags",
+           h.returncode == 0 and "--job-slots" in h.stdout and "--metrics-address" in h.stdout, h)
+    h = subprocess.run([SERVER, "--job-slots=0x"], capture_output=True, text=True, timeout=60)
+    expect("a bad flag value is a start-up error naming the flag",
+           h.returncode != 0 and "job_slots" in h.stderr, h)
     store = tempfile.mkdtemp(prefix="preflight-store-")
     server, addr = start_server(store)
     try:

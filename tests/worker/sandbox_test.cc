@@ -86,5 +86,33 @@ TEST(Sandbox, AddressSpaceLimitRefusesHugeAllocations) {
   EXPECT_EQ(WEXITSTATUS(s), 0);
 }
 
+// 64 KiB a frame, never a tail call: 1000 levels need ~64 MiB of stack.
+int Recurse(int depth) {
+  volatile char frame[64 << 10];
+  frame[0] = static_cast<char>(depth);
+  if (depth == 0) return frame[0];
+  return Recurse(depth - 1) + frame[0];
+}
+
+TEST(Sandbox, StackLimitEndsRunawayRecursionWithSigsegv) {
+  SandboxPolicy policy;
+  policy.stack_bytes = 1 << 20;
+  const int s = InSandbox([] { return Recurse(1000) == 12345 ? 2 : 0; }, policy);
+  ASSERT_TRUE(WIFSIGNALED(s)) << "exited with " << WEXITSTATUS(s);
+  EXPECT_EQ(WTERMSIG(s), SIGSEGV);
+}
+
+TEST(Sandbox, CpuLimitSendsSigxcpuBeforeSigkill) {
+  SandboxPolicy policy;
+  policy.cpu_seconds = 1;
+  const int s = InSandbox([] {
+    volatile uint64_t n = 0;
+    for (;;) n = n + 1;
+    return 0;
+  }, policy);
+  ASSERT_TRUE(WIFSIGNALED(s));
+  EXPECT_EQ(WTERMSIG(s), SIGXCPU) << "SIGXCPU is reported as a timeout, SIGKILL as a crash";
+}
+
 }  // namespace
 }  // namespace preflight::worker
