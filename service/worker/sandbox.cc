@@ -87,6 +87,9 @@ absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
   for (const auto& d : p.readable_dirs) {
     if (s.ok()) s = AddPathRule(ruleset, d, read_dir);
   }
+  for (const auto& f : p.device_files) {
+    if (s.ok()) s = AddPathRule(ruleset, f, read_file | LANDLOCK_ACCESS_FS_WRITE_FILE);
+  }
   if (s.ok() && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
     s = Errno("landlock_restrict_self");
   }

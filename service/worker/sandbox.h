@@ -8,7 +8,8 @@
 //      core 0;
 //   3. PR_SET_NO_NEW_PRIVS;
 //   4. Landlock: read-only access to the job's two input files and the
-//      directories of already-loaded libraries; nothing writable;
+//      directories of already-loaded libraries; nothing writable but the
+//      GPU device nodes a CUDA job is given (job_policy.h);
 //   5. seccomp: network sockets, exec, ptrace, new processes (fork, vfork,
 //      clone without CLONE_THREAD), namespaces, mounts, bpf kill the child
 //      with SIGSYS, reported as SANDBOX_VIOLATION.
@@ -25,6 +26,7 @@ namespace preflight::worker {
 struct SandboxPolicy {
   std::vector<std::string> readable_files;  // The job's inputs.
   std::vector<std::string> readable_dirs;   // Libraries (read + execute).
+  std::vector<std::string> device_files;    // Read + write (GPU device nodes).
   int keep_fd = -1;                         // The result pipe.
   int64_t address_space_bytes = 0;          // RLIMIT_AS; 0 = unlimited.
   int64_t cpu_seconds = 0;                  // RLIMIT_CPU (soft; hard +2 s); 0 = unlimited.

@@ -10,7 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -23,6 +23,7 @@
 #include "service/engine/report_util.h"
 #include "service/worker/child_process.h"
 #include "service/worker/framing.h"
+#include "service/worker/job_policy.h"
 #include "service/worker/sandbox.h"
 
 namespace preflight::worker {
@@ -55,22 +56,16 @@ int UsableCpus() {
 }
 
 [[noreturn]] void JobChild(const v1::WorkerJob& job, int write_fd, pid_t zygote,
-                           const std::vector<std::string>& lib_dirs) {
+                           const std::vector<std::string>& lib_dirs,
+                           const std::vector<std::string>& nvidia_devices) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != zygote) _exit(70);
   RunChildBody(write_fd, [&]() -> std::string {
-    SandboxPolicy policy;
-    // LibTorch reads /dev/urandom when it first creates a generator.
-    policy.readable_files = {job.model_path(), job.batch_path(), "/dev/urandom"};
-    policy.readable_dirs = lib_dirs;
-    policy.keep_fd = write_fd;
-    policy.address_space_bytes = job.memory_limit_bytes();
-    // A backstop behind the zygote's wall-clock kill, not the limit itself:
-    // a job may keep every CPU it is allowed busy (inter-op pool, intra-op
-    // threads), so its CPU budget is the wall timeout times those CPUs.
-    policy.cpu_seconds =
-        static_cast<int64_t>(std::ceil(job.wall_timeout_seconds() * UsableCpus())) + 1;
+    const SandboxPolicy policy =
+        JobPolicy(job, lib_dirs, nvidia_devices, UsableCpus(), write_fd);
+    // CUDA's kernel cache would be written under $HOME: nothing is writable.
+    if (!policy.device_files.empty()) setenv("CUDA_CACHE_DISABLE", "1", 1);
     int landlock_abi = 0;
     if (absl::Status s = EnterSandbox(policy, &landlock_abi); !s.ok()) {
       throw std::runtime_error(std::string(s.message()));
@@ -85,6 +80,7 @@ int UsableCpus() {
       return report.SerializeAsString();
     }
     report = engine::RunCheck(job.config(), input);
+    report.mutable_environment()->set_sandbox(DescribePolicy(policy, landlock_abi));
     return report.SerializeAsString();
   });
 }
@@ -142,6 +138,8 @@ std::string ExitReason(const v1::Report& r) {
 int RunZygote(int control_fd) {
   signal(SIGPIPE, SIG_IGN);
   const std::vector<std::string> lib_dirs = LoadedLibraryDirs();
+  // Looked up once, by name only: the zygote never initialises CUDA.
+  const std::vector<std::string> nvidia_devices = FindNvidiaDevices();
   v1::WorkerHello hello;
   hello.set_torch_version(engine::TorchVersion());
   hello.set_engine_version(engine::EngineVersion());
@@ -194,7 +192,7 @@ int RunZygote(int control_fd) {
       const pid_t pid = fork();
       if (pid == 0) {
         close(pipefd[0]);
-        JobChild(job, pipefd[1], zygote, lib_dirs);
+        JobChild(job, pipefd[1], zygote, lib_dirs, nvidia_devices);
       }
       r.fork_seconds = absl::ToDoubleSeconds(absl::Now() - before_fork);
       close(pipefd[1]);

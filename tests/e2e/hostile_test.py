@@ -20,6 +20,7 @@ Usage: hostile_test.py BUILD_DIR ZOO_DIR HOSTILE_WORKER
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,10 @@ def main():
             expect(f"{name}: a healthy check right after is PASS",
                    healthy is not None and healthy["verdict"] == "PASS"
                    and not (json.loads(hp.stdout).get("cached")), hp.stderr[-400:])
+            sandbox = (healthy or {}).get("environment", {}).get("sandbox", "")
+            expect(f"{name}: the report names the sandbox it ran in",
+                   "seccomp" in sandbox and "rlimits" in sandbox
+                   and ("landlock v" in sandbox or "no landlock" in sandbox), sandbox)
 
         for t in WRITE_TARGETS:
             expect(f"nothing written: {t} absent", not os.path.exists(t))
@@ -194,6 +199,7 @@ def main():
         if server.poll() is None:
             server.kill()
             server.wait()
+        shutil.rmtree(work, ignore_errors=True)
     return R.finish()
 
 

@@ -78,6 +78,26 @@ TEST(Sandbox, LandlockRefusesFilesOutsideThePolicy) {
   unlink(path);
 }
 
+TEST(Sandbox, DeviceFilesAreWritableAndNothingElse) {
+  char dir[] = "/tmp/preflight-sandbox-dev-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string gpu = std::string(dir) + "/nvidia0";
+  const std::string other = std::string(dir) + "/sda";
+  for (const auto& f : {gpu, other}) close(open(f.c_str(), O_WRONLY | O_CREAT, 0600));
+  SandboxPolicy policy;
+  policy.device_files = {gpu};
+  int s = InSandbox([&] { return open(gpu.c_str(), O_RDWR) >= 0 ? 0 : 1; }, policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "a listed device node opens read-write";
+  s = InSandbox([&] { return open(other.c_str(), O_RDONLY) < 0 && errno == EACCES ? 0 : 1; },
+                policy);
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "its neighbour stays unreadable";
+  unlink(gpu.c_str());
+  unlink(other.c_str());
+  rmdir(dir);
+}
+
 TEST(Sandbox, AddressSpaceLimitRefusesHugeAllocations) {
   SandboxPolicy policy;
   policy.address_space_bytes = int64_t{1} << 30;
