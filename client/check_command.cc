@@ -365,6 +365,9 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
                         t.total_seconds(), t.load_seconds(), t.init_checks_seconds(),
                         t.overfit_seconds(), t.diagnosis_seconds(), t.determinism_seconds(),
                         t.worker_seconds());
+  if (!r.environment().sandbox().empty()) {
+    absl::StrAppend(&out, "  sandbox ", r.environment().sandbox(), "\n");
+  }
   return out;
 }
 

@@ -168,8 +168,13 @@ absl::Status EnterSandbox(const SandboxPolicy& p, int* landlock_abi) {
     if (auto s = SetLimit(RLIMIT_STACK, p.stack_bytes, "STACK"); !s.ok()) return s;
   }
   if (auto s = SetLimit(RLIMIT_CORE, 0, "CORE"); !s.ok()) return s;
-  // Root ignores RLIMIT_NPROC; seccomp's clone rule is what stops fork bombs.
-  if (auto s = SetLimit(RLIMIT_NPROC, 64, "NPROC"); !s.ok()) return s;
+  // RLIMIT_NPROC counts every thread of the user, the server's and other
+  // jobs' included, so a tight value would starve a legitimate job when the
+  // service runs as a non-root user; it only bounds thread floods (seccomp's
+  // clone rule stops new processes; root ignores the limit).
+  if (p.max_user_tasks > 0) {
+    if (auto s = SetLimit(RLIMIT_NPROC, p.max_user_tasks, "NPROC"); !s.ok()) return s;
+  }
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Errno("no_new_privs");
   const int abi = LandlockAbi();
   if (landlock_abi != nullptr) *landlock_abi = abi;

@@ -5,7 +5,7 @@
 //   1. process: own process group, dies with its parent, every inherited fd
 //      closed except the result pipe, stdio redirected to /dev/null;
 //   2. rlimits: address space, CPU seconds, file size 0, open files, stack,
-//      core 0;
+//      user tasks, core 0;
 //   3. PR_SET_NO_NEW_PRIVS;
 //   4. Landlock: read-only access to the job's two input files and the
 //      directories of already-loaded libraries; nothing writable but the
@@ -32,6 +32,7 @@ struct SandboxPolicy {
   int64_t cpu_seconds = 0;                  // RLIMIT_CPU (soft; hard +2 s); 0 = unlimited.
   int64_t open_files = 64;                  // RLIMIT_NOFILE.
   int64_t stack_bytes = 8 << 20;            // RLIMIT_STACK; 0 = inherited.
+  int64_t max_user_tasks = 4096;            // RLIMIT_NPROC (per user!); 0 = inherited.
 };
 
 // Applies every layer, in order. Call in the child only: it is

@@ -7,6 +7,7 @@ namespace preflight::client {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(ParseCheckArgs, DefaultsAndOverrides) {
   auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch=b.pt", "--lr", "0.01", "--steps",
@@ -89,6 +90,16 @@ TEST(ReportToJson, CanonicalNamesAndDefaults) {
   EXPECT_THAT(j, HasSubstr("\"verdict\": \"FAIL\""));
   EXPECT_THAT(j, HasSubstr("\"code\": \"LOSS_PLATEAU\""));
   EXPECT_THAT(j, HasSubstr("\"stepsRun\": 0"));
+}
+
+TEST(RenderReport, NamesTheSandboxOnlyWhenThereWasOne) {
+  v1::Report r;
+  r.set_verdict(v1::PASS);
+  EXPECT_THAT(RenderReport(r, "m.pt", "b.pt"), Not(HasSubstr("sandbox")))
+      << "local checks run in a plain child";
+  r.mutable_environment()->set_sandbox("landlock v3 (read: inputs + 2 dirs; write: nothing)");
+  EXPECT_THAT(RenderReport(r, "m.pt", "b.pt"),
+              HasSubstr("\n  sandbox landlock v3 (read: inputs + 2 dirs; write: nothing)\n"));
 }
 
 }  // namespace

@@ -10,6 +10,9 @@
 
 #include <cstdlib>
 #include <functional>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -17,10 +20,11 @@ namespace preflight::worker {
 namespace {
 
 // Runs `attempt` in a sandboxed child; returns the wait status.
-int InSandbox(const std::function<int()>& attempt, SandboxPolicy policy = {}) {
+int InSandbox(const std::function<int()>& attempt, SandboxPolicy policy = {},
+              bool enter = true) {
   const pid_t pid = fork();
   if (pid == 0) {
-    if (!EnterSandbox(policy, nullptr).ok()) _exit(99);
+    if (enter && !EnterSandbox(policy, nullptr).ok()) _exit(99);
     _exit(attempt());
   }
   int status = 0;
@@ -96,6 +100,40 @@ TEST(Sandbox, DeviceFilesAreWritableAndNothingElse) {
   unlink(gpu.c_str());
   unlink(other.c_str());
   rmdir(dir);
+}
+
+// The task limit is per user: a service running as a non-root user whose
+// other processes already have many threads must still start job threads.
+TEST(Sandbox, JobThreadsStartWhenTheUserAlreadyRunsManyTasks) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to become an unprivileged user";
+  const int s = InSandbox([] {
+    // Only this child becomes `nobody` (fork below happens before the sandbox).
+    if (setgid(65534) != 0 || setuid(65534) != 0) return 3;
+    std::vector<pid_t> others;
+    for (int i = 0; i < 150; ++i) {  // The server's and other jobs' tasks.
+      const pid_t pid = fork();
+      if (pid == 0) {
+        pause();
+        _exit(0);
+      }
+      if (pid < 0) return 4;
+      others.push_back(pid);
+    }
+    int rc = 0;
+    if (!EnterSandbox(SandboxPolicy{}, nullptr).ok()) {
+      rc = 5;
+    } else {
+      try {
+        std::thread([] {}).join();
+      } catch (const std::system_error&) {
+        rc = 6;  // EAGAIN from the user's task limit.
+      }
+    }
+    for (pid_t pid : others) kill(pid, SIGKILL);
+    return rc;
+  }, SandboxPolicy{}, /*enter=*/false);
+  ASSERT_TRUE(WIFEXITED(s)) << "signal " << WTERMSIG(s);
+  EXPECT_EQ(WEXITSTATUS(s), 0);
 }
 
 TEST(Sandbox, AddressSpaceLimitRefusesHugeAllocations) {
