@@ -4,7 +4,8 @@ to the real server, whose job children run in the real sandbox.
 
   infinite loop, segfault, abort, 512 GiB allocation, fork bomb (native fork
   and TorchScript's torch.jit.fork), read of a file outside the inputs, write
-  of a file, network socket, exec.
+  of a file, network socket, exec; and, against the store itself, reading
+  another submitter's model blob and planting a file among the blobs.
 
 For each: the exact finding (and the signal behind it), the server still up,
 and a healthy check (a fresh seed, so not a cache hit) passing right after.
@@ -18,6 +19,7 @@ model that reached native code (tests/worker/hostile_ops.cc).
 
 Usage: hostile_test.py BUILD_DIR ZOO_DIR HOSTILE_WORKER
 """
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +67,34 @@ def make_native_models(out_dir):
         path = os.path.join(out_dir, f"native_{op}.model.pt")
         torch.jit.script(Native()).save(path)
         models[op] = path
+    return models
+
+
+def make_store_models(out_dir, store, victim_sha):
+    """Models aimed at the server's own store: read another submitter's
+    model blob, and plant a file among the blobs."""
+    import torch  # noqa: PLC0415
+
+    class FromFile(torch.nn.Module):
+        path: str
+        shared: bool
+
+        def __init__(self, path, shared):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.path = path
+            self.shared = shared
+
+        def forward(self, x):
+            t = torch.from_file(self.path, shared=self.shared, size=16, dtype=torch.uint8)
+            return self.fc(x) + t.float().sum() * 0
+
+    models = {}
+    for name, path, shared in (("read_other_blob", f"{store}/blobs/{victim_sha}", False),
+                               ("plant_blob", f"{store}/blobs/{'e' * 64}", True)):
+        torch.manual_seed(0)
+        models[name] = os.path.join(out_dir, f"store_{name}.model.pt")
+        torch.jit.script(FromFile(path, shared)).save(models[name])
     return models
 
 
@@ -129,9 +159,12 @@ def main():
             os.unlink(t)
     work = tempfile.mkdtemp(prefix="preflight-hostile-")
     native = make_native_models(work)
+    store = os.path.join(work, "store")
+    with open(zoo_case(ZOO, "mlp")["model"], "rb") as f:
+        victim_sha = hashlib.sha256(f.read()).hexdigest()  # Stored by the first healthy check.
+    on_store = make_store_models(work, store, victim_sha)
     batch = zoo_case(ZOO, "hostile_read_file")["batch"]  # 4 samples x 4 features, 3 classes.
     mlp = zoo_case(ZOO, "mlp")
-    store = os.path.join(work, "store")
     tmp_before = set(os.listdir("/tmp"))
 
     def zoo(name):
@@ -154,6 +187,11 @@ def main():
         ("write a file", zoo("hostile_write_file"), "SANDBOX_VIOLATION", None),
         ("network socket", (native["inet_socket"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
         ("exec a shell", (native["exec_shell"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
+        # Tenant isolation: the store holds every submitter's artifacts.
+        ("read another submitter's model blob", (on_store["read_other_blob"], batch, []),
+         "SANDBOX_VIOLATION", None),
+        ("plant a file in the store", (on_store["plant_blob"], batch, []),
+         "SANDBOX_VIOLATION", None),
     ]
 
     # Dashed flag spellings, as documented, on purpose.
@@ -161,6 +199,9 @@ def main():
                                 "--queue-size", "4")
     try:
         for seed, (name, (model, b, flags), code, sig) in enumerate(cases, start=1):
+            if "blob" in name:
+                expect(f"{name}: the victim blob exists (the attempt is real)",
+                       os.path.exists(f"{store}/blobs/{victim_sha}"))
             with JobWatcher(server.pid) as watch:
                 p, report = cli_check(addr, model, b, *flags)
             findings = report["findings"] if report else []
@@ -188,7 +229,7 @@ def main():
                    "seccomp" in sandbox and "rlimits" in sandbox
                    and ("landlock v" in sandbox or "no landlock" in sandbox), sandbox)
 
-        for t in WRITE_TARGETS:
+        for t in WRITE_TARGETS + [f"{store}/blobs/{'e' * 64}"]:
             expect(f"nothing written: {t} absent", not os.path.exists(t))
         new_tmp = sorted(set(os.listdir("/tmp")) - tmp_before - {os.path.basename(work)})
         expect("nothing new in /tmp besides the test's own directory", not new_tmp, new_tmp)
