@@ -49,10 +49,29 @@ uid=$(podman "${STORAGE[@]}" exec "$NAME" id -u)
 [ "$uid" != 0 ] || { echo "FAIL: the server runs as root"; exit 1; }
 echo "ok   server process runs as uid $uid"
 mkdir -p build/examples
-python3 tools/zoo/make_zoo.py build/examples --only mlp 2>/dev/null
+python3 tools/zoo/make_zoo.py build/examples --only mlp hostile_read_file hostile_segfault \
+  hostile_allocation 2>/dev/null
 build/client/preflight-thin check --server "127.0.0.1:$PORT" --model build/examples/mlp.model.pt \
-  --batch build/examples/mlp.batch.pt --job-id image-test | head -3
+  --batch build/examples/mlp.batch.pt --job-id image-test | grep -E "Preflight|sandbox"
 build/client/preflight-thin verdict --server "127.0.0.1:$PORT" --job-id image-test
+# The sandbox inside the container (the runtime's own seccomp profile and
+# user namespace must leave Landlock and our filter working).
+for spec in hostile_read_file:SANDBOX_VIOLATION hostile_segfault:WORKER_CRASHED \
+            hostile_allocation:WORKER_OOM; do
+  name=${spec%%:*} code=${spec##*:}
+  # An ERROR verdict exits 3: keep pipefail from reading that as a failure.
+  out=$(build/client/preflight-thin check --server "127.0.0.1:$PORT" --json \
+      --model "build/examples/$name.model.pt" --batch "build/examples/$name.batch.pt" || true)
+  if echo "$out" | python3 -c "import json, sys; r = json.load(sys.stdin)['report']; \
+sys.exit(0 if '$code' in [f['code'] for f in r['findings']] \
+and ('$code' == 'WORKER_CRASHED' or 'landlock v' in r['environment'].get('sandbox', '')) \
+else 1)"; then
+    echo "ok   hostile $name in the image: $code"
+  else
+    echo "FAIL: hostile $name in the image did not give $code (under Landlock)"
+    exit 1
+  fi
+done
 # grpc.health.v1.Health/Check with an empty request; SERVING encodes as 08 01.
 python3 - "$PORT" <<'PY'
 import sys
