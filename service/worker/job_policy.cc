@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "service/engine/report_util.h"
 
 namespace preflight::worker {
 namespace {
@@ -81,6 +82,24 @@ SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>
     p.address_space_bytes = 0;
   }
   return p;
+}
+
+void NoteCudaFallback(const SandboxPolicy& policy, const v1::CheckConfig& config,
+                      v1::Report* report) {
+  const std::string& device = config.device();
+  if (policy.device_files.empty() || !(device.empty() || device == "auto")) return;
+  if (report->environment().device() != "cpu") return;  // CUDA, or never resolved.
+  v1::Finding* f = engine::AddFinding(
+      report, v1::DEVICE_UNAVAILABLE, v1::Finding::WARN, "environment",
+      absl::StrCat("this node has NVIDIA GPUs (", policy.device_files.size(),
+                   " device nodes were given to the job) but CUDA did not start inside the "
+                   "job, so device=auto checked on the CPU"));
+  f->set_hint(
+      "GPU-specific faults (CUDA kernel nondeterminism, GPU memory) were not checked. Tell the "
+      "Preflight operators (the driver may need a path the sandbox does not grant); pass "
+      "--device cuda to make this an error instead.");
+  engine::AddNumber(f, "device_nodes", static_cast<double>(policy.device_files.size()));
+  report->set_verdict(engine::ComputeVerdict(*report));
 }
 
 std::string DescribePolicy(const SandboxPolicy& p, int landlock_abi) {

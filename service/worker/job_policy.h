@@ -38,6 +38,14 @@ SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>
                         const std::vector<std::string>& nvidia_devices, int usable_cpus,
                         int result_fd);
 
+// After the check: a job given the GPU device nodes whose `auto` device still
+// resolved to the CPU means CUDA could not start inside the sandbox (a driver
+// file the policy lacks, a driver/runtime mismatch). The check is valid on the
+// CPU, but GPU-specific faults went unchecked: adds a WARN DEVICE_UNAVAILABLE
+// so nobody mistakes it for a GPU check. No-op otherwise.
+void NoteCudaFallback(const SandboxPolicy& policy, const v1::CheckConfig& config,
+                      v1::Report* report);
+
 // One line for Report.environment.sandbox: what the child ran under.
 std::string DescribePolicy(const SandboxPolicy& policy, int landlock_abi);
 

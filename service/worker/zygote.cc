@@ -80,6 +80,7 @@ int UsableCpus() {
       return report.SerializeAsString();
     }
     report = engine::RunCheck(job.config(), input);
+    NoteCudaFallback(policy, job.config(), &report);
     report.mutable_environment()->set_sandbox(DescribePolicy(policy, landlock_abi));
     return report.SerializeAsString();
   });

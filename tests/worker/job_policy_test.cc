@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -101,6 +102,39 @@ TEST(DescribePolicy, SaysWhatTheJobRanUnder) {
   p = JobPolicy(Job("auto"), {"/lib"}, {"/dev/nvidia0"}, 2, 7);
   EXPECT_THAT(DescribePolicy(p, 0), ::testing::HasSubstr("no landlock"));
   EXPECT_THAT(DescribePolicy(p, 0), ::testing::HasSubstr("address space unlimited (CUDA"));
+}
+
+v1::Report CheckedOn(const std::string& device) {
+  v1::Report r;
+  r.mutable_environment()->set_device(device);
+  r.add_findings()->set_code(v1::OVERFIT_CONVERGED);
+  r.mutable_findings(0)->set_severity(v1::Finding::INFO);
+  r.set_verdict(v1::PASS);
+  return r;
+}
+
+TEST(NoteCudaFallback, GpuNodeAutoOnCpuIsAWarning) {
+  const SandboxPolicy p = JobPolicy(Job("auto"), {}, {"/dev/nvidia0", "/dev/nvidiactl"}, 2, 7);
+  v1::Report r = CheckedOn("cpu");
+  NoteCudaFallback(p, Job("auto").config(), &r);
+  ASSERT_EQ(r.findings_size(), 2);
+  EXPECT_EQ(r.findings(1).code(), v1::DEVICE_UNAVAILABLE);
+  EXPECT_EQ(r.findings(1).severity(), v1::Finding::WARN);
+  EXPECT_THAT(r.findings(1).message(), ::testing::HasSubstr("2 device nodes"));
+  EXPECT_EQ(r.verdict(), v1::WARN);
+}
+
+TEST(NoteCudaFallback, NothingToSayOtherwise) {
+  const SandboxPolicy gpu = JobPolicy(Job("auto"), {}, {"/dev/nvidia0"}, 2, 7);
+  const SandboxPolicy cpu_node = JobPolicy(Job("auto"), {}, {}, 2, 7);
+  for (const auto& [policy, device, resolved] :
+       {std::tuple{gpu, "auto", "cuda:0"}, std::tuple{cpu_node, "auto", "cpu"},
+        std::tuple{gpu, "auto", ""}}) {
+    v1::Report r = CheckedOn(resolved);
+    NoteCudaFallback(policy, Job(device).config(), &r);
+    EXPECT_EQ(r.findings_size(), 1) << device << " -> " << resolved;
+    EXPECT_EQ(r.verdict(), v1::PASS);
+  }
 }
 
 }  // namespace
