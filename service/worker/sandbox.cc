@@ -21,6 +21,12 @@
 #ifndef LANDLOCK_ACCESS_FS_TRUNCATE
 #define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)
 #endif
+// Newer than Debian bookworm's kernel headers (values from the kernel UAPI).
+constexpr uint64_t kLandlockFsIoctlDev = 1ULL << 15;       // ABI 5.
+constexpr uint64_t kLandlockNetBindTcp = 1ULL << 0;        // ABI 4.
+constexpr uint64_t kLandlockNetConnectTcp = 1ULL << 1;     // ABI 4.
+constexpr uint64_t kLandlockScopeAbstractUnix = 1ULL << 0; // ABI 6.
+constexpr uint64_t kLandlockScopeSignal = 1ULL << 1;       // ABI 6.
 
 namespace preflight::worker {
 namespace {
@@ -72,10 +78,29 @@ absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
   uint64_t handled = (1ULL << 13) - 1;  // ABI 1: every filesystem right.
   if (abi >= 2) handled |= LANDLOCK_ACCESS_FS_REFER;
   if (abi >= 3) handled |= LANDLOCK_ACCESS_FS_TRUNCATE;
-  landlock_ruleset_attr attr{};
-  attr.handled_access_fs = handled;
+  if (abi >= 5) handled |= kLandlockFsIoctlDev;
+  // The kernel's landlock_ruleset_attr grew by one u64 per feature; pass the
+  // prefix this kernel understands.
+  struct {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+  } attr{handled, 0, 0};
+  size_t attr_size = sizeof(uint64_t);
+  if (abi >= 4) {
+    // No TCP bind or connect at all (a second wall behind seccomp's socket
+    // rule, which io_uring or a filter gap could sidestep).
+    attr.handled_access_net = kLandlockNetBindTcp | kLandlockNetConnectTcp;
+    attr_size = 2 * sizeof(uint64_t);
+  }
+  if (abi >= 6) {
+    // No signals to, and no abstract Unix sockets of, processes outside this
+    // job: the server, the zygote, other jobs.
+    attr.scoped = kLandlockScopeAbstractUnix | kLandlockScopeSignal;
+    attr_size = 3 * sizeof(uint64_t);
+  }
   const int ruleset =
-      static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0));
+      static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0));
   if (ruleset < 0) return Errno("landlock_create_ruleset");
   const uint64_t read_file = LANDLOCK_ACCESS_FS_READ_FILE;
   const uint64_t read_dir = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR |
@@ -87,8 +112,10 @@ absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
   for (const auto& d : p.readable_dirs) {
     if (s.ok()) s = AddPathRule(ruleset, d, read_dir);
   }
+  const uint64_t device = read_file | LANDLOCK_ACCESS_FS_WRITE_FILE |
+                          (abi >= 5 ? kLandlockFsIoctlDev : 0);  // The GPU driver's ioctls.
   for (const auto& f : p.device_files) {
-    if (s.ok()) s = AddPathRule(ruleset, f, read_file | LANDLOCK_ACCESS_FS_WRITE_FILE);
+    if (s.ok()) s = AddPathRule(ruleset, f, device);
   }
   if (s.ok() && syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
     s = Errno("landlock_restrict_self");
@@ -100,10 +127,10 @@ absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
 absl::Status ApplySeccomp() {
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
   if (ctx == nullptr) return absl::InternalError("sandbox: seccomp_init failed");
-  const uint32_t kill = SCMP_ACT_KILL_PROCESS;
+  const uint32_t die = SCMP_ACT_KILL_PROCESS;
   int rc = 0;
   auto deny = [&](int nr) {
-    if (rc == 0) rc = seccomp_rule_add(ctx, kill, nr, 0);
+    if (rc == 0) rc = seccomp_rule_add(ctx, die, nr, 0);
   };
   for (int nr : {SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace),
                  SCMP_SYS(process_vm_readv), SCMP_SYS(process_vm_writev), SCMP_SYS(fork),
@@ -112,17 +139,32 @@ absl::Status ApplySeccomp() {
                  SCMP_SYS(setns), SCMP_SYS(unshare), SCMP_SYS(bpf), SCMP_SYS(keyctl),
                  SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(chroot),
                  SCMP_SYS(pivot_root), SCMP_SYS(init_module), SCMP_SYS(finit_module),
-                 SCMP_SYS(kexec_load)}) {
+                 SCMP_SYS(kexec_load),
+                 // io_uring performs opens, connects and sockets without the
+                 // syscalls this filter inspects.
+                 SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
+                 SCMP_SYS(io_uring_register),
+                 // Signals and fds of other processes by pidfd.
+                 SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd)}) {
     deny(nr);
+  }
+  // Signals only to itself (abort() and thread cancellation use tgkill on
+  // their own pid): never to the zygote, the server or another job, which
+  // run as the same user. Landlock's signal scope adds tkill on kernels with
+  // ABI 6. The pid argument is an int: compare its low 32 bits.
+  const auto self = static_cast<scmp_datum_t>(static_cast<uint32_t>(getpid()));
+  for (int nr : {SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(rt_sigqueueinfo),
+                 SCMP_SYS(rt_tgsigqueueinfo)}) {
+    if (rc == 0) rc = seccomp_rule_add(ctx, die, nr, 1, SCMP_A0_32(SCMP_CMP_NE, self));
   }
   // Sockets: only AF_UNIX (LibTorch never needs more; nothing needs it here).
   if (rc == 0) {
-    rc = seccomp_rule_add(ctx, kill, SCMP_SYS(socket), 1,
+    rc = seccomp_rule_add(ctx, die, SCMP_SYS(socket), 1,
                           SCMP_A0(SCMP_CMP_NE, static_cast<scmp_datum_t>(AF_UNIX)));
   }
   // New processes: clone without CLONE_THREAD (threads stay allowed).
   if (rc == 0) {
-    rc = seccomp_rule_add(ctx, kill, SCMP_SYS(clone), 1,
+    rc = seccomp_rule_add(ctx, die, SCMP_SYS(clone), 1,
                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0));
   }
   // clone3 passes its flags in memory seccomp cannot read: make glibc fall
@@ -181,7 +223,7 @@ absl::Status EnterSandbox(const SandboxPolicy& p, int* landlock_abi) {
   if (abi > 0) {
     if (auto s = ApplyLandlock(p, abi); !s.ok()) return s;
   }
-  return ApplySeccomp();
+  return p.seccomp ? ApplySeccomp() : absl::OkStatus();
 }
 
 std::vector<std::string> LoadedLibraryDirs() {

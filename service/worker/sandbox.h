@@ -11,8 +11,12 @@
 //      directories of already-loaded libraries; nothing writable but the
 //      GPU device nodes a CUDA job is given (job_policy.h);
 //   5. seccomp: network sockets, exec, ptrace, new processes (fork, vfork,
-//      clone without CLONE_THREAD), namespaces, mounts, bpf kill the child
-//      with SIGSYS, reported as SANDBOX_VIOLATION.
+//      clone without CLONE_THREAD), io_uring, signals to other processes,
+//      namespaces, mounts, bpf kill the child with SIGSYS, reported as
+//      SANDBOX_VIOLATION.
+// Landlock also denies TCP bind/connect (ABI 4+), ioctl on devices other
+// than the job's GPU nodes (ABI 5+), and signals and abstract Unix sockets
+// across the job's boundary (ABI 6+).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +37,7 @@ struct SandboxPolicy {
   int64_t open_files = 64;                  // RLIMIT_NOFILE.
   int64_t stack_bytes = 8 << 20;            // RLIMIT_STACK; 0 = inherited.
   int64_t max_user_tasks = 4096;            // RLIMIT_NPROC (per user!); 0 = inherited.
+  bool seccomp = true;  // false only in tests that probe the layers beneath it.
 };
 
 // Applies every layer, in order. Call in the child only: it is

@@ -4,8 +4,9 @@ to the real server, whose job children run in the real sandbox.
 
   infinite loop, segfault, abort, 512 GiB allocation, fork bomb (native fork
   and TorchScript's torch.jit.fork), read of a file outside the inputs, write
-  of a file, network socket, exec; and, against the store itself, reading
-  another submitter's model blob and planting a file among the blobs.
+  of a file, network socket, exec, killing the zygote, io_uring; and, against
+  the store itself, reading another submitter's model blob and planting a
+  file among the blobs.
 
 For each: the exact finding (and the signal behind it), the server still up,
 and a healthy check (a fresh seed, so not a cache hit) passing right after.
@@ -51,7 +52,7 @@ def make_native_models(out_dir):
     warnings.filterwarnings("ignore")
     lib = torch.library.Library("preflight_hostile", "DEF")
     models = {}
-    for op in ("inet_socket", "fork_bomb", "exec_shell", "abort"):
+    for op in ("inet_socket", "fork_bomb", "exec_shell", "abort", "kill_zygote", "io_uring"):
         lib.define(f"{op}(Tensor x) -> Tensor")
         fn = getattr(torch.ops.preflight_hostile, op)
 
@@ -187,6 +188,10 @@ def main():
         ("write a file", zoo("hostile_write_file"), "SANDBOX_VIOLATION", None),
         ("network socket", (native["inet_socket"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
         ("exec a shell", (native["exec_shell"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
+        ("kill the zygote (and every other job)", (native["kill_zygote"], batch, []),
+         "SANDBOX_VIOLATION", SIGSYS),
+        ("io_uring (syscalls seccomp cannot see)", (native["io_uring"], batch, []),
+         "SANDBOX_VIOLATION", SIGSYS),
         # Tenant isolation: the store holds every submitter's artifacts.
         ("read another submitter's model blob", (on_store["read_other_blob"], batch, []),
          "SANDBOX_VIOLATION", None),
@@ -198,6 +203,7 @@ def main():
     server, addr = start_server(BUILD, store, "--worker", WORKER, "--job-slots", "1",
                                 "--queue-size", "4")
     try:
+        zygote = children(server.pid)
         for seed, (name, (model, b, flags), code, sig) in enumerate(cases, start=1):
             if "blob" in name:
                 expect(f"{name}: the victim blob exists (the attempt is real)",
@@ -229,6 +235,8 @@ def main():
                    "seccomp" in sandbox and "rlimits" in sandbox
                    and ("landlock v" in sandbox or "no landlock" in sandbox), sandbox)
 
+        expect(f"the zygote survived every hostile model (pid {zygote})",
+               len(zygote) == 1 and children(server.pid) == zygote, children(server.pid))
         for t in WRITE_TARGETS + [f"{store}/blobs/{'e' * 64}"]:
             expect(f"nothing written: {t} absent", not os.path.exists(t))
         new_tmp = sorted(set(os.listdir("/tmp")) - tmp_before - {os.path.basename(work)})

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -64,9 +65,27 @@ at::Tensor Abort(const at::Tensor& x) {
   return x;
 }
 
+// Kills its parent, the zygote (and with it every other running job). The
+// server would restart it; the sandbox must not let it happen at all.
+at::Tensor KillZygote(const at::Tensor& x) {
+  kill(getppid(), SIGKILL);
+  return x;
+}
+
+// Sets up an io_uring, through which opens, sockets and connects would run
+// without the syscalls seccomp inspects.
+at::Tensor IoUring(const at::Tensor& x) {
+  char params[120] = {};  // struct io_uring_params
+  const long fd = syscall(SYS_io_uring_setup, 4, params);
+  if (fd >= 0) close(static_cast<int>(fd));
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(preflight_hostile, m) {
+  m.def("kill_zygote(Tensor x) -> Tensor", &KillZygote);
+  m.def("io_uring(Tensor x) -> Tensor", &IoUring);
   m.def("inet_socket(Tensor x) -> Tensor", &InetSocket);
   m.def("fork_bomb(Tensor x) -> Tensor", &ForkBomb);
   m.def("exec_shell(Tensor x) -> Tensor", &ExecShell);
