@@ -37,6 +37,9 @@ ABSL_FLAG(int64_t, max_upload_mb, 2048, "largest uploaded artifact, MiB");
 ABSL_FLAG(int64_t, job_memory_mb, 8192, "address-space limit of each job process, MiB");
 ABSL_FLAG(double, max_job_timeout, 1800, "largest per-check timeout a request may ask, s");
 ABSL_FLAG(double, grace, 30, "on SIGTERM: seconds running checks may take to finish");
+ABSL_FLAG(bool, require_landlock, false,
+          "refuse to start on a kernel without Landlock (jobs would then be confined by "
+          "seccomp and rlimits only)");
 
 namespace {
 
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
   config.store_dir = absl::GetFlag(FLAGS_store);
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
+  config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
   if (config.core.job_slots == 0) config.core.job_slots = UsableCpus();
   config.core.queue_size = absl::GetFlag(FLAGS_queue_size);
@@ -140,6 +144,13 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   std::fprintf(stderr, "preflight-server: zygote worker pid %d ready in %.2f s (LibTorch load)\n",
                (*server)->worker_pid(), (*server)->worker_start_seconds());
+  if ((*server)->landlock_abi() > 0) {
+    std::fprintf(stderr, "preflight-server: job sandbox: Landlock ABI %d, seccomp, rlimits\n",
+                 (*server)->landlock_abi());
+  } else {
+    std::fprintf(stderr, "preflight-server: WARNING: this kernel has no Landlock; jobs are "
+                         "confined by seccomp and rlimits only (--require_landlock refuses)\n");
+  }
 
   int sig = 0;
   sigwait(&stop, &sig);

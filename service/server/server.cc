@@ -190,6 +190,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   auto pool = worker::WorkerPool::Start(wc);
   if (!pool.ok()) return pool.status();
   impl->pool = *std::move(pool);
+  if (config.require_landlock && impl->pool->landlock_abi() == 0) {
+    return absl::FailedPreconditionError(
+        "require_landlock: this kernel has no Landlock, so jobs could read any file the "
+        "server's user can");
+  }
   // The device the node offers; the server itself never touches CUDA.
   const bool gpu = access("/dev/nvidia0", F_OK) == 0;
   impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
@@ -219,6 +224,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
 int Server::port() const { return impl_->port; }
 double Server::worker_start_seconds() const { return impl_->pool->last_start_seconds(); }
 int Server::worker_pid() const { return impl_->pool->zygote_pid(); }
+int Server::landlock_abi() const { return impl_->pool->landlock_abi(); }
 
 void Server::Shutdown(absl::Duration grace) {
   if (!impl_->grpc_server) return;

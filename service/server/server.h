@@ -24,6 +24,9 @@ struct ServerConfig {
   std::string store_dir = "preflight-store";  // verdicts.db and blobs/ live here.
   std::string worker_binary;                  // preflight-worker; empty: next to this binary.
   int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
+  // Refuse to start on a kernel without Landlock instead of running jobs
+  // with seccomp and rlimits only.
+  bool require_landlock = false;
   CoreConfig core;
 
   // INVALID_ARGUMENT naming the field.
@@ -42,6 +45,9 @@ class Server {
   // Seconds the zygote took to start (exec + LibTorch load), and its pid.
   double worker_start_seconds() const;
   int worker_pid() const;
+  // The kernel's Landlock ABI inside a job (0: jobs run without the file
+  // sandbox; see ServerConfig::require_landlock).
+  int landlock_abi() const;
   // Stops taking new checks (UNAVAILABLE, health NOT_SERVING), lets running
   // ones finish for up to `grace`, then stops.
   void Shutdown(absl::Duration grace);

@@ -84,7 +84,15 @@ absl::Status WorkerPool::Spawn() {
     return absl::UnavailableError(
         absl::StrCat("worker '", config_.worker_binary, "' did not start: ", s.message()));
   }
+  if (!hello.sandbox_error().empty()) {
+    close(sv[0]);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the job sandbox cannot be applied on this host: ", hello.sandbox_error()));
+  }
   last_start_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
+  landlock_abi_ = hello.landlock_abi();
   engine_version_ = hello.engine_version();
   torch_version_ = hello.torch_version();
   fd_ = sv[0];

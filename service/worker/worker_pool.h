@@ -57,6 +57,8 @@ class WorkerPool : public JobRunner {
   int zygote_pid() const;
   // Wall time of the last zygote start until its hello (LibTorch load).
   double last_start_seconds() const { return last_start_seconds_.load(); }
+  // The kernel's Landlock ABI as a job sandbox sees it (0: no file sandbox).
+  int landlock_abi() const { return landlock_abi_.load(); }
 
  private:
   explicit WorkerPool(WorkerPoolConfig config) : config_(std::move(config)) {}
@@ -82,6 +84,7 @@ class WorkerPool : public JobRunner {
   std::thread reader_;
   std::atomic<int> restarts_{0};
   std::atomic<double> last_start_seconds_{0};
+  std::atomic<int> landlock_abi_{0};
   std::string engine_version_;  // From the zygote's hello; guarded by mu_.
   std::string torch_version_;   // Likewise.
 };

@@ -134,6 +134,48 @@ std::string ExitReason(const v1::Report& r) {
   return "";
 }
 
+// Forks a child that enters the job sandbox (as a job would, minus the
+// inputs) and reports back, so a host or container runtime that cannot apply
+// it fails the server's start instead of every check. Runs before any
+// LibTorch op, like every fork of the zygote.
+std::string ProbeSandbox(const std::vector<std::string>& lib_dirs, int* landlock_abi) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return absl::StrCat("pipe: ", std::strerror(errno));
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return absl::StrCat("fork: ", std::strerror(errno));
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    SandboxPolicy policy;
+    policy.readable_dirs = lib_dirs;
+    policy.keep_fd = fds[1];
+    int abi = 0;
+    const absl::Status s = EnterSandbox(policy, &abi);
+    const std::string reply = s.ok() ? absl::StrCat("ok ", abi) : std::string(s.message());
+    (void)!write(fds[1], reply.data(), reply.size());
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string reply;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof(buf))) > 0) reply.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status)) {
+    return absl::StrCat("the sandbox probe died from signal ", WTERMSIG(status));
+  }
+  if (reply.rfind("ok ", 0) == 0) {
+    *landlock_abi = std::atoi(reply.c_str() + 3);
+    return "";
+  }
+  return reply.empty() ? "the sandbox probe said nothing" : reply;
+}
+
 }  // namespace
 
 int RunZygote(int control_fd) {
@@ -145,6 +187,9 @@ int RunZygote(int control_fd) {
   hello.set_torch_version(engine::TorchVersion());
   hello.set_engine_version(engine::EngineVersion());
   hello.set_pid(getpid());
+  int landlock_abi = 0;
+  hello.set_sandbox_error(ProbeSandbox(lib_dirs, &landlock_abi));
+  hello.set_landlock_abi(landlock_abi);
   if (!WriteFrame(control_fd, hello).ok()) return 1;
 
   std::vector<Running> running;

@@ -8,6 +8,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -34,6 +37,12 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+TEST_F(ServerTest, ReportsTheLandlockAbiItsJobsRunUnder) {
+  // What a sandboxed job sees must be what this kernel offers.
+  const long abi = syscall(SYS_landlock_create_ruleset, nullptr, 0, 1 /*VERSION*/);
+  EXPECT_EQ(server_->landlock_abi(), abi < 0 ? 0 : abi);
+}
 
 TEST_F(ServerTest, HealthServiceReportsServing) {
   // grpc.health.v1.Health/Check with an empty HealthCheckRequest; the
