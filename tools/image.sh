@@ -45,6 +45,14 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 echo "image: server ready in $(python3 -c "import time; print(round(time.time() - $t0, 2))") s"
+# The zygote's start-up probe entered the job sandbox inside the container.
+if podman "${STORAGE[@]}" logs "$NAME" 2>&1 | grep -q "job sandbox: Landlock ABI"; then
+  echo "ok   $(podman "${STORAGE[@]}" logs "$NAME" 2>&1 | grep -o "job sandbox: .*")"
+else
+  echo "FAIL: no Landlock for jobs in the container:"
+  podman "${STORAGE[@]}" logs "$NAME" 2>&1 | tail -5
+  exit 1
+fi
 uid=$(podman "${STORAGE[@]}" exec "$NAME" id -u)
 [ "$uid" != 0 ] || { echo "FAIL: the server runs as root"; exit 1; }
 echo "ok   server process runs as uid $uid"
