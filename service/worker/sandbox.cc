@@ -145,7 +145,20 @@ absl::Status ApplySeccomp() {
                  SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
                  SCMP_SYS(io_uring_register),
                  // Signals and fds of other processes by pidfd.
-                 SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd)}) {
+                 SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd),
+                 // File metadata: Landlock does not cover it, and a server
+                 // run as root would let a job chmod or chown any file.
+                 SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown),
+                 SCMP_SYS(fchown), SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(setxattr),
+                 SCMP_SYS(lsetxattr), SCMP_SYS(fsetxattr), SCMP_SYS(removexattr),
+                 SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
+                 // Host-wide state a root job could change; kernel attack
+                 // surface no check needs.
+                 SCMP_SYS(reboot), SCMP_SYS(swapon), SCMP_SYS(swapoff),
+                 SCMP_SYS(settimeofday), SCMP_SYS(clock_settime), SCMP_SYS(clock_adjtime),
+                 SCMP_SYS(adjtimex), SCMP_SYS(sethostname), SCMP_SYS(setdomainname),
+                 SCMP_SYS(acct), SCMP_SYS(quotactl), SCMP_SYS(iopl), SCMP_SYS(ioperm),
+                 SCMP_SYS(perf_event_open), SCMP_SYS(userfaultfd)}) {
     deny(nr);
   }
   // Signals only to itself (abort() and thread cancellation use tgkill on
@@ -157,10 +170,18 @@ absl::Status ApplySeccomp() {
                  SCMP_SYS(rt_tgsigqueueinfo)}) {
     if (rc == 0) rc = seccomp_rule_add(ctx, die, nr, 1, SCMP_A0_32(SCMP_CMP_NE, self));
   }
-  // Sockets: only AF_UNIX (LibTorch never needs more; nothing needs it here).
+  // Sockets: only AF_UNIX (LibTorch never needs more; nothing needs it here),
+  // and no datagram ones: connect is killed above, but sendto on a datagram
+  // socket reaches any named socket the user may write (syslog, journald).
   if (rc == 0) {
     rc = seccomp_rule_add(ctx, die, SCMP_SYS(socket), 1,
                           SCMP_A0(SCMP_CMP_NE, static_cast<scmp_datum_t>(AF_UNIX)));
+  }
+  if (rc == 0) {
+    // The type may carry SOCK_CLOEXEC/SOCK_NONBLOCK above its low 4 bits.
+    rc = seccomp_rule_add(ctx, die, SCMP_SYS(socket), 2,
+                          SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(AF_UNIX)),
+                          SCMP_A1(SCMP_CMP_MASKED_EQ, 0xf, SOCK_DGRAM));
   }
   // New processes: clone without CLONE_THREAD (threads stay allowed).
   if (rc == 0) {

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +60,40 @@ TEST(Sandbox, SeccompKillsExecAndFork) {
   })));
   // glibc's fork() is clone(SIGCHLD): no CLONE_THREAD, so it is a new process.
   EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return fork() >= 0 ? 0 : 1; })));
+}
+
+TEST(Sandbox, SeccompKillsUnixDatagramSockets) {
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
+    return socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) >= 0 ? 0 : 1;
+  })));
+  const int s = InSandbox([] {
+    int sv[2];
+    return socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0 ? 0 : 1;
+  });
+  ASSERT_TRUE(WIFEXITED(s));
+  EXPECT_EQ(WEXITSTATUS(s), 0) << "a socketpair reaches nothing outside the job";
+}
+
+TEST(Sandbox, SeccompKillsMetadataAndHostWideCalls) {
+  char path[] = "/tmp/preflight-sandbox-meta-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  const std::string file = path;
+  // Landlock does not cover chmod/chown: a root job could open up any file.
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([&] { return chmod(file.c_str(), 0777) == 0 ? 0 : 1; })));
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([&] { return chown(file.c_str(), 0, 0) == 0 ? 0 : 1; })));
+  // Wrong magic numbers: reboot(2) would refuse with EINVAL if it got that far.
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
+    return syscall(SYS_reboot, 0, 0, 0, nullptr) == 0 ? 0 : 1;
+  })));
+  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
+    return syscall(SYS_perf_event_open, nullptr, 0, -1, -1, 0) >= 0 ? 0 : 1;
+  })));
+  struct stat st{};
+  ASSERT_EQ(stat(file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600) << "the file's mode is untouched";
+  unlink(path);
 }
 
 TEST(Sandbox, SeccompKillsIoUring) {
