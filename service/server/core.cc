@@ -1,8 +1,13 @@
 #include "service/server/core.h"
 
 #include <algorithm>
+#include <fstream>
+#include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "service/engine/config.h"
 #include "service/store/sha256.h"
@@ -38,6 +43,33 @@ PreflightCore::PreflightCore(CoreConfig config, store::BlobStore* blobs,
   metrics_->SetQueueDepth(0);
 }
 
+namespace {
+
+// Both artifacts are zip archives (torch.jit.save, torch.save): bytes that do
+// not even start with a zip local-file header are a malformed request, told
+// apart here without LibTorch. A zip that is not valid TorchScript still goes
+// to a worker and comes back as an ERROR verdict (ARTIFACT_INVALID).
+constexpr absl::string_view kZipMagic("PK\x03\x04", 4);
+
+absl::Status CheckZipHead(absl::string_view head, const std::string& field) {
+  if (absl::StartsWith(head, kZipMagic)) return absl::OkStatus();
+  std::string shown;
+  for (unsigned char c : head.substr(0, 4)) absl::StrAppendFormat(&shown, " %02x", c);
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": not a TorchScript or torch.save archive (no zip header; starts with", shown,
+      ")"));
+}
+
+std::string ReadHead(const std::string& path, size_t n) {
+  std::string head(n, '\0');
+  std::ifstream in(path, std::ios::binary);
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
+  return head;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a,
                                                            const char* field) {
   switch (a.source_case()) {
@@ -49,6 +81,9 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
         return absl::ResourceExhaustedError(absl::StrCat(
             field, ".inline: ", a.inline_().size(), " bytes is over the inline limit of ",
             config_.max_inline_bytes, "; send it with Upload and pass its sha256"));
+      }
+      if (absl::Status s = CheckZipHead(a.inline_(), absl::StrCat(field, ".inline")); !s.ok()) {
+        return s;
       }
       auto info = blobs_->Put(a.inline_());
       if (!info.ok()) {
@@ -66,6 +101,11 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
       if (!blobs_->Has(a.sha256())) {
         return absl::NotFoundError(absl::StrCat(field, ".sha256: no uploaded artifact ",
                                                 a.sha256(), "; Upload it first"));
+      }
+      if (absl::Status s = CheckZipHead(ReadHead(blobs_->PathOf(a.sha256()), 4),
+                                        absl::StrCat(field, ".sha256 (uploaded artifact)"));
+          !s.ok()) {
+        return s;
       }
       return a.sha256();
     }

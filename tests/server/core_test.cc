@@ -70,8 +70,9 @@ class CoreTest : public ::testing::Test {
   }
   v1::CheckRequest Valid() {
     v1::CheckRequest r;
-    r.mutable_model()->set_inline_("model-bytes");
-    r.mutable_batch()->set_inline_("batch-bytes");
+    // The core only looks at the zip header; the fake runner at nothing.
+    r.mutable_model()->set_inline_(std::string("PK\x03\x04" "model-bytes", 15));
+    r.mutable_batch()->set_inline_(std::string("PK\x03\x04" "batch-bytes", 15));
     return r;
   }
   absl::Time Deadline() { return absl::Now() + absl::Seconds(30); }
@@ -125,6 +126,10 @@ TEST_F(CoreTest, MalformedRequestsNameTheField) {
        absl::StatusCode::kNotFound, "model.sha256"},
       {"inline too large", [](auto* r) { r->mutable_model()->set_inline_(std::string(2000, 'x')); },
        absl::StatusCode::kResourceExhausted, "model.inline"},
+      {"garbage model bytes", [](auto* r) { r->mutable_model()->set_inline_("not a zip"); },
+       absl::StatusCode::kInvalidArgument, "model.inline: not a TorchScript"},
+      {"garbage batch bytes", [](auto* r) { r->mutable_batch()->set_inline_("\x80\x02}q"); },
+       absl::StatusCode::kInvalidArgument, "batch.inline: not a TorchScript or torch.save"},
       {"bad job id", [](auto* r) { r->set_job_id("has space"); },
        absl::StatusCode::kInvalidArgument, "job_id"},
       {"timeout over cap", [](auto* r) { r->mutable_config()->set_timeout_seconds(99999); },
@@ -139,6 +144,20 @@ TEST_F(CoreTest, MalformedRequestsNameTheField) {
     EXPECT_EQ(resp.status().code(), tc.code);
     EXPECT_THAT(std::string(resp.status().message()), HasSubstr(tc.field));
   }
+  EXPECT_EQ(runner_.runs.load(), 0);
+}
+
+TEST_F(CoreTest, UploadedGarbageIsRefusedByItsDigestField) {
+  auto garbage = blobs_->Put("an uploaded text file, not a model");
+  ASSERT_TRUE(garbage.ok());
+  v1::CheckRequest r = Valid();
+  r.mutable_model()->set_sha256(garbage->sha256);
+  auto resp = core_->Check(r, Deadline());
+  ASSERT_FALSE(resp.ok());
+  EXPECT_EQ(resp.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(resp.status().message()),
+              HasSubstr("model.sha256 (uploaded artifact): not a TorchScript"));
+  EXPECT_THAT(std::string(resp.status().message()), HasSubstr("61 6e 20 75"));  // "an u"
   EXPECT_EQ(runner_.runs.load(), 0);
 }
 
@@ -166,6 +185,17 @@ TEST_F(CoreTest, RepeatIsCacheHitAndJobIdPointsAtIt) {
   EXPECT_NE(third->request_digest(), first->request_digest());
 }
 
+// Spins until `cond` holds or `limit` passes: a check that never reaches the
+// awaited state fails the test instead of hanging it.
+bool Eventually(const std::function<bool()>& cond, absl::Duration limit = absl::Seconds(30)) {
+  const absl::Time end = absl::Now() + limit;
+  while (!cond()) {
+    if (absl::Now() > end) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
   runner_.hold = true;
   auto make = [&](uint64_t seed) {
@@ -174,9 +204,15 @@ TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
     return r;
   };
   std::thread running([&] { (void)core_->Check(make(1), Deadline()); });
-  while (core_->running() < 1) std::this_thread::yield();
+  const bool started = Eventually([&] { return core_->running() >= 1; });
   std::thread queued([&] { (void)core_->Check(make(2), Deadline()); });
-  while (core_->queued() < 1) std::this_thread::yield();
+  const bool waiting = started && Eventually([&] { return core_->queued() >= 1; });
+  if (!waiting) {
+    runner_.Release();
+    running.join();
+    queued.join();
+    FAIL() << "the first check never " << (started ? "queued the second" : "started");
+  }
   const absl::Time start = absl::Now();
   auto third = core_->Check(make(3), Deadline());
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
@@ -193,7 +229,11 @@ TEST_F(CoreTest, IdenticalConcurrentRequestsRunOnce) {
   v1::CheckRequest r = Valid();
   absl::StatusOr<v1::CheckResponse> a, b;
   std::thread first([&] { a = core_->Check(r, Deadline()); });
-  while (core_->running() < 1) std::this_thread::yield();
+  if (!Eventually([&] { return core_->running() >= 1; })) {
+    runner_.Release();
+    first.join();
+    FAIL() << "the first check never started: " << a.status();
+  }
   std::thread second([&] { b = core_->Check(r, Deadline()); });
   absl::SleepFor(absl::Milliseconds(50));  // Let the second one reach the wait.
   runner_.Release();

@@ -97,11 +97,25 @@ TEST_F(ServerTest, MissingModelIsInvalidArgumentNamingTheField) {
   EXPECT_NE(s.error_message().find("model: is required"), std::string::npos);
 }
 
-TEST_F(ServerTest, GarbageModelIsAnOkRpcWithAnErrorVerdict) {
+TEST_F(ServerTest, GarbageBytesAreInvalidArgumentNamingTheField) {
   auto stub = v1::Preflight::NewStub(channel_);
   v1::CheckRequest req;
   req.mutable_model()->set_inline_("definitely not a zip archive");
   req.mutable_batch()->set_inline_("nor this");
+  grpc::ClientContext ctx;
+  v1::CheckResponse resp;
+  const grpc::Status s = stub->Check(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("model.inline: not a TorchScript"), std::string::npos)
+      << s.error_message();
+}
+
+TEST_F(ServerTest, ZipThatIsNotTorchScriptIsAnOkRpcWithAnErrorVerdict) {
+  // Past the zip header only the worker can tell: verdicts are data.
+  auto stub = v1::Preflight::NewStub(channel_);
+  v1::CheckRequest req;
+  req.mutable_model()->set_inline_(std::string("PK\x03\x04 truncated zip", 19));
+  req.mutable_batch()->set_inline_(std::string("PK\x03\x04 nor this", 13));
   grpc::ClientContext ctx;
   v1::CheckResponse resp;
   const grpc::Status s = stub->Check(&ctx, req, &resp);
