@@ -1,6 +1,5 @@
 // preflight-server: flags -> ServerConfig -> Start -> wait for SIGTERM ->
 // drain -> exit 0.
-#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include <prometheus/registry.h>
 
 #include "service/server/server.h"
+#include "service/worker/child_process.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50051",
           "HOST:PORT to serve gRPC on; port 0 picks a free port (printed at start)");
@@ -78,12 +78,6 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
   std::exit(0);
 }
 
-int UsableCpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,7 +105,7 @@ int main(int argc, char** argv) {
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
-  if (config.core.job_slots == 0) config.core.job_slots = UsableCpus();
+  if (config.core.job_slots == 0) config.core.job_slots = preflight::worker::UsableCpus();
   config.core.queue_size = absl::GetFlag(FLAGS_queue_size);
   config.core.max_inline_bytes = absl::GetFlag(FLAGS_max_inline_mb) << 20;
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;

@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -75,7 +77,18 @@ namespace {
 
 }  // namespace
 
+int UsableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
 ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration deadline) {
+  return RunInChild([&fn](int) { return fn(); }, deadline);
+}
+
+ChildOutcome RunInChild(const std::function<std::string(int result_fd)>& fn,
+                        absl::Duration deadline) {
   ChildOutcome out;
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
@@ -93,7 +106,7 @@ ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration d
   }
   if (pid == 0) {
     close(fds[0]);
-    ChildMain(fds[1], parent, fn);
+    ChildMain(fds[1], parent, [&] { return fn(fds[1]); });
   }
   // Also set it from the parent side: no race with the child's own setpgid.
   setpgid(pid, pid);

@@ -43,6 +43,13 @@ struct ChildOutcome {
 // Forks, runs `fn` in the child and returns its result. `fn` runs in the
 // child only; exceptions escaping it end the child with exit code 70.
 ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration deadline);
+// The same, handing `fn` the descriptor its result travels on (for a child
+// that must keep it open through a sandbox that closes every other one).
+ChildOutcome RunInChild(const std::function<std::string(int result_fd)>& fn,
+                        absl::Duration deadline);
+
+// CPUs this process may run on (its affinity mask, so cpusets count), >= 1.
+int UsableCpus();
 
 // The child side, for callers that fork themselves (the zygote): runs `fn`
 // and sends its result (or the exception message) on `write_fd`, then _exits.

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -47,12 +46,6 @@ bool ReadFile(const std::string& path, std::string* out) {
   ss << in.rdbuf();
   *out = std::move(ss).str();
   return !in.bad();
-}
-
-int UsableCpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
 }
 
 [[noreturn]] void JobChild(const v1::WorkerJob& job, int write_fd, pid_t zygote,
@@ -134,46 +127,34 @@ std::string ExitReason(const v1::Report& r) {
   return "";
 }
 
-// Forks a child that enters the job sandbox (as a job would, minus the
-// inputs) and reports back, so a host or container runtime that cannot apply
-// it fails the server's start instead of every check. Runs before any
-// LibTorch op, like every fork of the zygote.
+// Runs a child that enters the job sandbox (as a job would, minus the
+// inputs), so a host or container runtime that cannot apply it fails the
+// server's start instead of every check. Runs before any LibTorch op, like
+// every fork of the zygote. Returns why it failed, or "" and the ABI.
 std::string ProbeSandbox(const std::vector<std::string>& lib_dirs, int* landlock_abi) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return absl::StrCat("pipe: ", std::strerror(errno));
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return absl::StrCat("fork: ", std::strerror(errno));
+  const ChildOutcome o = RunInChild(
+      [&](int result_fd) {
+        SandboxPolicy policy;
+        policy.readable_dirs = lib_dirs;
+        policy.keep_fd = result_fd;
+        int abi = 0;
+        if (absl::Status s = EnterSandbox(policy, &abi); !s.ok()) {
+          throw std::runtime_error(std::string(s.message()));
+        }
+        return std::to_string(abi);
+      },
+      absl::Seconds(30));
+  switch (o.status) {
+    case ChildStatus::kOk:
+      *landlock_abi = std::atoi(o.payload.c_str());
+      return "";
+    case ChildStatus::kTimeout:
+      return "the sandbox probe did not finish in 30 s";
+    case ChildStatus::kSignaled:
+      return absl::StrCat("the sandbox probe died from signal ", o.signal);
+    default:
+      return o.error.empty() ? absl::StrCat("the sandbox probe exited ", o.exit_code) : o.error;
   }
-  if (pid == 0) {
-    close(fds[0]);
-    SandboxPolicy policy;
-    policy.readable_dirs = lib_dirs;
-    policy.keep_fd = fds[1];
-    int abi = 0;
-    const absl::Status s = EnterSandbox(policy, &abi);
-    const std::string reply = s.ok() ? absl::StrCat("ok ", abi) : std::string(s.message());
-    (void)!write(fds[1], reply.data(), reply.size());
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string reply;
-  char buf[512];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof(buf))) > 0) reply.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (WIFSIGNALED(status)) {
-    return absl::StrCat("the sandbox probe died from signal ", WTERMSIG(status));
-  }
-  if (reply.rfind("ok ", 0) == 0) {
-    *landlock_abi = std::atoi(reply.c_str() + 3);
-    return "";
-  }
-  return reply.empty() ? "the sandbox probe said nothing" : reply;
 }
 
 }  // namespace

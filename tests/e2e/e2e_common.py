@@ -56,6 +56,17 @@ def stop(p, timeout=60):
         p.wait(timeout=timeout)
 
 
+def cli_check(cli, addr, model, batch, *flags, timeout=600):
+    """`preflight check --json --server ADDR`: (process, response dict or None)."""
+    p = subprocess.run([cli, "check", "--model", model, "--batch", batch, "--json",
+                        "--server", addr, *flags], capture_output=True, text=True,
+                       timeout=timeout)
+    try:
+        return p, json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return p, None
+
+
 def zoo_case(zoo, name):
     with open(f"{zoo}/manifest.json") as f:
         return next(c for c in json.load(f) if c["name"] == name)

@@ -21,7 +21,6 @@ model that reached native code (tests/worker/hostile_ops.cc).
 Usage: hostile_test.py BUILD_DIR ZOO_DIR HOSTILE_WORKER
 """
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ import threading
 import time
 import warnings
 
-from e2e_common import Results, start_server, zoo_case
+from e2e_common import Results, cli_check, start_server, zoo_case
 
 BUILD, ZOO, WORKER = sys.argv[1], sys.argv[2], sys.argv[3]
 CLI = os.path.join(BUILD, "client/preflight")
@@ -99,13 +98,9 @@ def make_store_models(out_dir, store, victim_sha):
     return models
 
 
-def cli_check(addr, model, batch, *flags):
-    p = subprocess.run([CLI, "check", "--model", model, "--batch", batch, "--json",
-                        "--server", addr, *flags], capture_output=True, text=True, timeout=600)
-    try:
-        return p, json.loads(p.stdout)["report"]
-    except (json.JSONDecodeError, KeyError):
-        return p, None
+def check(addr, model, batch, *flags):
+    p, response = cli_check(CLI, addr, model, batch, *flags)
+    return p, response, (response or {}).get("report")
 
 
 def children(pid):
@@ -162,7 +157,7 @@ def main():
     native = make_native_models(work)
     store = os.path.join(work, "store")
     with open(zoo_case(ZOO, "mlp")["model"], "rb") as f:
-        victim_sha = hashlib.sha256(f.read()).hexdigest()  # Stored by the first healthy check.
+        victim_sha = hashlib.sha256(f.read()).hexdigest()  # Stored by the baseline check.
     on_store = make_store_models(work, store, victim_sha)
     batch = zoo_case(ZOO, "hostile_read_file")["batch"]  # 4 samples x 4 features, 3 classes.
     mlp = zoo_case(ZOO, "mlp")
@@ -204,12 +199,14 @@ def main():
                                 "--queue-size", "4")
     try:
         zygote = children(server.pid)
+        # A healthy baseline first; it also stores the blob the store models aim at.
+        _, _, baseline = check(addr, mlp["model"], mlp["batch"])
+        expect("baseline check PASS", baseline is not None and baseline["verdict"] == "PASS")
+        expect("the victim blob exists (the store attempts are real)",
+               os.path.exists(f"{store}/blobs/{victim_sha}"))
         for seed, (name, (model, b, flags), code, sig) in enumerate(cases, start=1):
-            if "blob" in name:
-                expect(f"{name}: the victim blob exists (the attempt is real)",
-                       os.path.exists(f"{store}/blobs/{victim_sha}"))
             with JobWatcher(server.pid) as watch:
-                p, report = cli_check(addr, model, b, *flags)
+                p, _, report = check(addr, model, b, *flags)
             findings = report["findings"] if report else []
             got = [(f["code"], next((e["number"] for e in f.get("evidence", [])
                                      if e["name"] == "signal"), None)) for f in findings]
@@ -226,10 +223,10 @@ def main():
                 expect(f"{name}: job threads bounded (max {watch.max_threads})",
                        0 < watch.max_threads <= 32, watch.max_threads)
             expect(f"{name}: server still up", server.poll() is None)
-            hp, healthy = cli_check(addr, mlp["model"], mlp["batch"], "--seed", str(seed))
+            hp, response, healthy = check(addr, mlp["model"], mlp["batch"], "--seed", str(seed))
             expect(f"{name}: a healthy check right after is PASS",
                    healthy is not None and healthy["verdict"] == "PASS"
-                   and not (json.loads(hp.stdout).get("cached")), hp.stderr[-400:])
+                   and not response.get("cached"), hp.stderr[-400:])
             sandbox = (healthy or {}).get("environment", {}).get("sandbox", "")
             expect(f"{name}: the report names the sandbox it ran in",
                    "seccomp" in sandbox and "rlimits" in sandbox

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from e2e_common import Results, zoo_case
+from e2e_common import Results, cli_check, zoo_case
 
 BUILD, ZOO = sys.argv[1], sys.argv[2]
 CLI = os.path.join(BUILD, "client/preflight")
@@ -51,12 +51,7 @@ def case(name):
 
 
 def check(addr, c, *extra):
-    p = cli("check", "--model", c["model"], "--batch", c["batch"], "--json", *c["flags"],
-            "--server", addr, *extra)
-    try:
-        return p, json.loads(p.stdout)
-    except json.JSONDecodeError:
-        return p, None
+    return cli_check(CLI, addr, c["model"], c["batch"], *c["flags"], *extra)
 
 
 def main():

@@ -27,6 +27,25 @@ TEST(RunInChild, ReturnsPayload) {
   EXPECT_EQ(o.payload, big);
 }
 
+TEST(RunInChild, BodyMayCloseEveryDescriptorButItsResultFd) {
+  // What a sandbox does before the result is sent.
+  const ChildOutcome o = RunInChild(
+      [](int result_fd) {
+        for (int fd = 0; fd < 1024; ++fd) {
+          if (fd != result_fd) close(fd);
+        }
+        return std::string("still delivered");
+      },
+      absl::Seconds(30));
+  ASSERT_EQ(o.status, ChildStatus::kOk) << o.error;
+  EXPECT_EQ(o.payload, "still delivered");
+}
+
+TEST(UsableCpus, AtLeastOneAndAtMostTheMachine) {
+  EXPECT_GE(UsableCpus(), 1);
+  EXPECT_LE(UsableCpus(), static_cast<int>(sysconf(_SC_NPROCESSORS_CONF)));
+}
+
 TEST(RunInChild, KillsAtDeadline) {
   auto o = RunInChild(
       [] {
