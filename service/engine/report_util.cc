@@ -143,6 +143,8 @@ std::string CanonicalHint(v1::FindingCode code) {
              "input).";
     case v1::DEVICE_UNAVAILABLE:
       return "Run on a node with the requested GPU, or pass --device cpu/auto.";
+    case v1::CONFIG_INVALID:
+      return "Fix the named configuration field (preflight check --help lists the ranges).";
     case v1::INTERNAL_ERROR:
       return "Preflight itself failed; please report this with the message.";
     default:
