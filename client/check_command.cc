@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "service/engine/config.h"
+#include "service/engine/losses.h"
 
 namespace preflight::client {
 namespace {
@@ -26,8 +27,8 @@ absl::StatusOr<double> ParseDouble(const std::string& flag, const std::string& v
   return d;
 }
 
-absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v) {
-  int64_t i = 0;
+absl::StatusOr<int32_t> ParseInt(const std::string& flag, const std::string& v) {
+  int32_t i = 0;
   if (!absl::SimpleAtoi(v, &i)) return Bad(flag, "expected an integer, got '" + v + "'");
   return i;
 }
@@ -73,7 +74,8 @@ absl::Status ToFlagError(const absl::Status& s) {
 }  // namespace
 
 std::string CheckUsage() {
-  return R"(Usage: preflight check --model MODEL.pt --batch BATCH.pt [options]
+  // Defaults come from config.h, the one place they are set.
+  return absl::StrFormat(R"(Usage: preflight check --model MODEL.pt --batch BATCH.pt [options]
 
 Trains the model on one fixed batch in an isolated child process and reports
 whether it can fit it, with NaN/Inf, gradient-flow, init and determinism checks.
@@ -83,25 +85,25 @@ Required:
   --batch PATH          torch.save'd {"inputs": ..., "targets": ...} or (inputs, targets)
 
 Training:
-  --loss NAME           cross_entropy (default), nll, mse, l1, smooth_l1,
-                        bce_with_logits, bce. A model method loss(output, target)
+  --loss NAME           one of %s
+                        (default %s). A model method loss(output, target)
                         overrides it.
-  --optimizer NAME      adam (default), adamw, sgd
-  --lr X                learning rate (default 0.001)
+  --optimizer NAME      adam, adamw, sgd (default %s)
+  --lr X                learning rate (default %g)
   --weight-decay W      weight decay (default 0)
   --momentum M          SGD momentum (default 0)
-  --steps N             maximum overfit steps (default 500)
-  --target-ratio R      converged when |loss| <= R * initial loss (default 0.01)
+  --steps N             maximum overfit steps (default %d)
+  --target-ratio R      converged when |loss| <= R * initial loss (default %g)
   --target-loss L       converged when |loss| <= L (overrides --target-ratio)
   --eval-mode           train in eval mode (dropout off, running BN stats)
 
 Run:
   --seed S              seed of every generator (default 0)
   --device D            auto (default), cpu, cuda, cuda:N
-  --threads N           intra-op threads (default 1; results are pinned per value)
-  --timeout SEC         wall-clock limit of the whole check (default 300)
+  --threads N           intra-op threads (default %d; results are pinned per value)
+  --timeout SEC         wall-clock limit of the whole check (default %g)
   --determinism-steps N steps replayed for the bitwise determinism check
-                        (default 20, 0 disables)
+                        (default %d, 0 disables)
   --no-diagnose         skip the follow-up experiments on a failing curve
   --json                print the report as JSON (protobuf canonical mapping);
                         with --server, the whole CheckResponse (report,
@@ -115,7 +117,11 @@ Service:
 
 Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR,
 5 the server could not answer.
-)";
+)",
+                         engine::BuiltinLossNames(), engine::kDefaultLoss,
+                         engine::kDefaultOptimizer, engine::kDefaultLr, engine::kDefaultMaxSteps,
+                         engine::kDefaultTargetRatio, engine::kDefaultIntraOpThreads,
+                         engine::kDefaultTimeoutSeconds, engine::kDefaultDeterminismSteps);
 }
 
 std::string VerdictUsage() {
@@ -224,42 +230,28 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       c.set_device(value);
     } else if (name == "lr" || name == "weight-decay" || name == "momentum" ||
                name == "timeout" || name == "target-ratio" || name == "target-loss") {
+      // Syntax only: ranges (and what 0 means) are config.cc's, reported
+      // below under the flag's name.
       auto d = ParseDouble(name, value);
       if (!d.ok()) return d.status();
-      if (name == "lr") {
-        if (*d <= 0) return Bad(name, "must be > 0");
-        c.set_lr(*d);
-      } else if (name == "weight-decay") {
-        c.set_weight_decay(*d);
-      } else if (name == "momentum") {
-        c.set_momentum(*d);
-      } else if (name == "timeout") {
-        if (*d <= 0) return Bad(name, "must be > 0");
-        c.set_timeout_seconds(*d);
-      } else if (name == "target-ratio") {
-        if (*d <= 0) return Bad(name, "must be > 0");
-        c.set_target_ratio(*d);
-      } else {
-        c.set_target_loss(*d);
+      if (name == "lr") c.set_lr(*d);
+      if (name == "weight-decay") c.set_weight_decay(*d);
+      if (name == "momentum") c.set_momentum(*d);
+      if (name == "timeout") c.set_timeout_seconds(*d);
+      if (name == "target-ratio") c.set_target_ratio(*d);
+      if (name == "target-loss") c.set_target_loss(*d);
+    } else if (name == "seed") {
+      uint64_t seed = 0;
+      if (!absl::SimpleAtoi(value, &seed)) {
+        return Bad(name, "expected a non-negative integer, got '" + value + "'");
       }
-    } else if (name == "steps" || name == "seed" || name == "threads" ||
-               name == "determinism-steps") {
+      c.set_seed(seed);
+    } else if (name == "steps" || name == "threads" || name == "determinism-steps") {
       auto n = ParseInt(name, value);
       if (!n.ok()) return n.status();
-      if (name == "seed") {
-        if (*n < 0) return Bad(name, "must be >= 0");
-        c.set_seed(static_cast<uint64_t>(*n));
-      } else if (*n < 0 || *n > engine::kMaxSteps) {
-        return Bad(name, absl::StrCat("must be in [0, ", engine::kMaxSteps, "]"));
-      } else if (name == "steps") {
-        if (*n == 0) return Bad(name, "must be >= 1");
-        c.set_max_steps(static_cast<int>(*n));
-      } else if (name == "threads") {
-        if (*n == 0) return Bad(name, "must be >= 1");
-        c.set_intra_op_threads(static_cast<int>(*n));
-      } else {
-        c.set_determinism_steps(static_cast<int>(*n));
-      }
+      if (name == "steps") c.set_max_steps(*n);
+      if (name == "threads") c.set_intra_op_threads(*n);
+      if (name == "determinism-steps") c.set_determinism_steps(*n);
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name,
                                                      " (see preflight check --help)"));

@@ -1,19 +1,27 @@
-// Check configuration: defaults and validation.
+// Check configuration: the one home of its defaults, ranges and parsers.
 //
 // The configuration travels as v1::CheckConfig (it is recorded verbatim in
-// every report). Callers fill what the user gave, then:
+// every report). Clients parse syntax only (a number is a number) and leave
+// unset what the user did not give; then, wherever the check is accepted
+// (the CLI, the server), exactly this runs:
 //
 //   v1::CheckConfig config = ...;
 //   ApplyDefaults(&config);
 //   if (absl::Status s = ValidateConfig(config); !s.ok()) ... INVALID_ARGUMENT
+//
+// The engine runs ValidateConfig again on what it is given (RunCheck turns a
+// bad config into an ERROR report, CONFIG_INVALID), so no layer can hand it
+// a config it does not understand.
 #pragma once
 
+#include <string>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "preflight/v1/report.pb.h"
 
 namespace preflight::engine {
 
-inline constexpr char kDefaultLoss[] = "cross_entropy";
 inline constexpr char kModelLoss[] = "model.loss";
 inline constexpr char kDefaultOptimizer[] = "adam";
 inline constexpr double kDefaultLr = 1e-3;
@@ -24,19 +32,41 @@ inline constexpr int kDefaultMaxSteps = 500;
 inline constexpr double kDefaultTargetRatio = 0.01;
 inline constexpr int kDefaultDeterminismSteps = 20;
 inline constexpr double kDefaultTimeoutSeconds = 300;
+inline constexpr int kDefaultIntraOpThreads = 1;
 // Upper bounds that keep one check bounded in time and memory.
 inline constexpr int kMaxSteps = 100000;
+inline constexpr double kMaxLr = 1e3;
+inline constexpr int kMaxIntraOpThreads = 1024;
+inline constexpr double kMaxTimeoutSeconds = 86400;
 
-// Fills unset fields (empty strings, zero numbers where zero is not a valid
-// choice) with the documented defaults. Loss stays empty when unset: the
-// engine then uses the model's own `loss` method if present, else
-// kDefaultLoss.
+// Fills unset fields with the documented defaults. Loss stays empty when
+// unset: the engine then uses the model's own `loss` method if present, else
+// the default built-in loss (losses.h).
 void ApplyDefaults(v1::CheckConfig* config);
 
-// INVALID_ARGUMENT naming the field for anything out of range or unknown.
+// INVALID_ARGUMENT whose message starts with the field name ("lr: ...") for
+// anything unset, out of range or unknown. Expects ApplyDefaults to have run.
 absl::Status ValidateConfig(const v1::CheckConfig& config);
 
-// True for the built-in loss names (not kModelLoss).
-bool IsBuiltinLoss(const std::string& name);
+// The optimizers a check can train with.
+enum class Optimizer { kAdam, kAdamW, kSgd };
+// INVALID_ARGUMENT ("optimizer: ...") for an unknown name.
+absl::StatusOr<Optimizer> ParseOptimizer(const std::string& name);
+
+// A parsed --device value: auto | cpu | cuda | cuda:N.
+struct DeviceSpec {
+  enum Kind { kAuto, kCpu, kCuda };
+  Kind kind = kAuto;
+  int index = 0;  // CUDA device index; 0 for "cuda".
+  // True when the check may initialise CUDA (auto on a GPU node, or cuda).
+  bool MayUseCuda() const { return kind != kCpu; }
+};
+// INVALID_ARGUMENT ("device: ...") for anything else.
+absl::StatusOr<DeviceSpec> ParseDevice(const std::string& device);
+
+// The absolute |loss| the overfit run must reach: target_loss when set,
+// else target_ratio x |initial loss|. One rule for the main run and for
+// every diagnosis experiment (each against its own initial loss).
+double OverfitTarget(const v1::CheckConfig& config, double initial_loss);
 
 }  // namespace preflight::engine

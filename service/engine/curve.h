@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "preflight/v1/report.pb.h"
+#include "service/engine/thresholds.h"
 
 namespace preflight::engine {
 
@@ -30,45 +31,6 @@ enum class CurveClass {
   kOscillating,
   kNoisy,
   kPlateau,
-};
-
-// Thresholds, with where each comes from. They are relative to the curve's
-// own scale so that they hold for any loss magnitude, and were checked on the
-// model zoo (tools/zoo) across MLP, CNN, ResNet, LSTM, Transformer,
-// regression and multi-label models (see README "Thresholds").
-struct CurveThresholds {
-  // |loss| growing past this multiple of the initial |loss| is divergence:
-  // a healthy overfit never leaves the neighbourhood of its starting loss
-  // upwards by an order of magnitude.
-  double diverge_factor = 10.0;
-  // A curve whose every point lies within this relative distance of the
-  // first point did not move at all (float32 rounding of a constant loss is
-  // ~1e-7 relative; anything that trains moves by percent within steps).
-  double flat_rel_tol = 1e-5;
-  // Ending this fraction above the start is "rising": Adam/SGD on one fixed
-  // batch decreases a consistent objective monotonically in expectation, so
-  // 5% net growth is not noise.
-  double rise_rel_tol = 0.05;
-  // Fraction of the late curve's movement that goes upward. A smooth descent
-  // has ~0; an oscillation close to 0.5. 0.3 separates them on the zoo.
-  double rough_upward_share = 0.3;
-  // Mean absolute step change in the late curve relative to the initial
-  // loss: above this, swings are "oscillation" (lr too high); below,
-  // "noise" (dropout-like). 5% of the starting loss per step is far above
-  // dropout noise on the zoo.
-  double oscillation_rel_amplitude = 0.05;
-  // Below this relative amplitude upward moves are float noise, not "noisy".
-  double noise_rel_amplitude = 0.002;
-  // A rise counts as steady (not a blow-up) when this share of all movement
-  // is upward and the second half grows the loss less than this factor (quadratic growth
-  // gives 4x; compounding instability far more).
-  double steady_rise_share = 0.9;
-  double compounding_growth = 10.0;
-  // A plateau that is still falling: the last 20% of steps cut the loss by
-  // at least this share, after cutting it by this share overall. The model
-  // can fit the batch; only the step budget (or the learning rate) is short.
-  double still_falling_tail_drop = 0.2;
-  double still_falling_total_drop = 0.9;
 };
 
 struct CurveAnalysis {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace preflight::engine {
@@ -203,6 +204,12 @@ std::string TrimTorchMessage(absl::string_view what, size_t max_chars) {
   }
   if (out.size() > max_chars) out = out.substr(0, max_chars - 3) + "...";
   return out;
+}
+
+std::string JoinFirst(const std::vector<std::string>& names, size_t max_shown) {
+  const size_t n = std::min(max_shown, names.size());
+  return absl::StrCat(absl::StrJoin(names.begin(), names.begin() + n, ", "),
+                      names.size() > n ? ", ..." : "");
 }
 
 }  // namespace preflight::engine

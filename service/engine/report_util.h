@@ -10,6 +10,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "preflight/v1/report.pb.h"
@@ -34,6 +35,9 @@ bool HasFinding(const v1::Report& report, v1::FindingCode code);
 // What to do about a finding, in one or two sentences. Documented in the
 // README's code table; keep both in step.
 std::string CanonicalHint(v1::FindingCode code);
+
+// "a, b, c, ..." listing at most `max_shown` names, for finding messages.
+std::string JoinFirst(const std::vector<std::string>& names, size_t max_shown = 8);
 
 // Trims a LibTorch exception message to its first meaningful lines: the
 // C++ backtrace LibTorch appends is noise to a model author.

@@ -33,11 +33,11 @@ TEST(ParseCheckArgs, ErrorsNameTheFlag) {
   } cases[] = {
       {{"--batch", "b"}, "--model: is required"},
       {{"--model", "m"}, "--batch: is required"},
-      {{"--model", "m", "--batch", "b", "--lr", "-1"}, "--lr: must be > 0"},
+      {{"--model", "m", "--batch", "b", "--lr", "-1"}, "--lr: must be a finite number in (0, 1000], got -1"},
       {{"--model", "m", "--batch", "b", "--lr", "fast"}, "--lr: expected a number"},
       {{"--model", "m", "--batch", "b", "--loss", "hinge"}, "--loss: unknown loss 'hinge'"},
       {{"--model", "m", "--batch", "b", "--optimizer", "lbfgs"}, "--optimizer: unknown"},
-      {{"--model", "m", "--batch", "b", "--steps", "0"}, "--steps: must be >= 1"},
+      {{"--model", "m", "--batch", "b", "--steps", "0"}, "--steps: must be in [1, 100000], got 0"},
       {{"--model", "m", "--batch", "b", "--device", "tpu"}, "--device: expected auto"},
       {{"--model", "m", "--batch", "b", "--momentum", "0.9"}, "--momentum: only applies"},
       {{"--model", "m", "--batch", "b", "--frobnicate"}, "unknown flag --frobnicate"},

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "service/engine/losses.h"
+
 namespace preflight::engine {
 namespace {
 
@@ -89,6 +91,85 @@ TEST(ValidateConfig, AcceptsEveryBuiltinLossAndDevice) {
   sgd.set_optimizer("sgd");
   sgd.set_momentum(0.9);
   EXPECT_TRUE(ValidateConfig(sgd).ok());
+}
+
+}  // namespace
+}  // namespace preflight::engine
+
+namespace preflight::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ParseDevice, OneParserForEveryLayer) {
+  EXPECT_EQ(ParseDevice("auto")->kind, DeviceSpec::kAuto);
+  EXPECT_EQ(ParseDevice("cpu")->kind, DeviceSpec::kCpu);
+  EXPECT_FALSE(ParseDevice("cpu")->MayUseCuda());
+  EXPECT_TRUE(ParseDevice("auto")->MayUseCuda());
+  EXPECT_EQ(ParseDevice("cuda")->index, 0);
+  EXPECT_EQ(ParseDevice("cuda:3")->index, 3);
+  for (const char* bad : {"", "gpu", "cuda:", "cuda:-1", "cuda:1024", "cuda:1x", "CPU"}) {
+    SCOPED_TRACE(bad);
+    const auto d = ParseDevice(bad);
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr("device: expected auto, cpu"));
+  }
+}
+
+TEST(ParseOptimizer, KnownNamesOnly) {
+  EXPECT_EQ(*ParseOptimizer("adam"), Optimizer::kAdam);
+  EXPECT_EQ(*ParseOptimizer("adamw"), Optimizer::kAdamW);
+  EXPECT_EQ(*ParseOptimizer("sgd"), Optimizer::kSgd);
+  EXPECT_THAT(std::string(ParseOptimizer("lbfgs").status().message()),
+              HasSubstr("optimizer: unknown optimizer 'lbfgs'"));
+}
+
+TEST(OverfitTarget, AbsoluteTargetWinsElseRatioOfInitialMagnitude) {
+  v1::CheckConfig c;
+  ApplyDefaults(&c);
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 2.3), 0.023);
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, -2.3), 0.023);
+  c.set_target_loss(0.5);
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 2.3), 0.5);
+}
+
+TEST(ApplyDefaults, ExplicitOutOfRangeValuesAreValidatedNotReplaced) {
+  struct Case {
+    std::string field;
+    std::function<void(v1::CheckConfig*)> set;
+  } cases[] = {
+      {"lr:", [](auto* c) { c->set_lr(0); }},
+      {"max_steps:", [](auto* c) { c->set_max_steps(0); }},
+      {"intra_op_threads:", [](auto* c) { c->set_intra_op_threads(0); }},
+      {"target_ratio:", [](auto* c) { c->set_target_ratio(0); }},
+      {"timeout_seconds:", [](auto* c) { c->set_timeout_seconds(0); }},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.field);
+    v1::CheckConfig c;
+    tc.set(&c);
+    ApplyDefaults(&c);
+    const absl::Status s = ValidateConfig(c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.message()), HasSubstr(tc.field));
+  }
+}
+
+TEST(Losses, OneTableForValidationAndTheEngine) {
+  EXPECT_EQ(BuiltinLossNames(), "cross_entropy, nll, mse, l1, smooth_l1, bce_with_logits, bce");
+  ASSERT_NE(FindLoss(kDefaultLoss), nullptr);
+  EXPECT_EQ(FindLoss("bce_with_logits")->family, LossFamily::kBinary);
+  EXPECT_TRUE(FindLoss("bce_with_logits")->takes_logits);
+  EXPECT_FALSE(FindLoss("bce")->takes_logits);
+  EXPECT_EQ(FindLoss("smooth_l1")->family, LossFamily::kRegression);
+  EXPECT_EQ(FindLoss(kModelLoss), nullptr);
+  for (const LossInfo& l : BuiltinLosses()) {
+    v1::CheckConfig c;
+    c.set_loss(l.name);
+    ApplyDefaults(&c);
+    EXPECT_TRUE(ValidateConfig(c).ok()) << l.name;
+  }
 }
 
 }  // namespace

@@ -12,7 +12,9 @@
 
 #include "service/engine/config.h"
 #include "service/engine/report_util.h"
-#include "service/engine/torch_internal.h"
+#include "service/engine/batch.h"
+#include "service/engine/loss_fn.h"
+#include "service/engine/model_loader.h"
 
 namespace preflight::engine {
 namespace {
@@ -319,6 +321,7 @@ TEST(RunCheck, ExplodingPerLayerGradientRatio) {
   }
   v1::CheckConfig c = Config();
   c.set_max_steps(5);
+  c.set_determinism_steps(5);  // Valid only up to max_steps (RunCheck validates).
   c.set_diagnose(false);
   const v1::Report r = RunCheck(c, {Save(m), ClassBatch(8, 16, 4)});
   const v1::Finding* f = Find(r, v1::EXPLODING_GRADIENT);
@@ -417,6 +420,7 @@ TEST(RunCheck, DeepSigmoidStackVanishes) {
   m.define(body);
   v1::CheckConfig c = Config();
   c.set_max_steps(3);
+  c.set_determinism_steps(3);  // Valid only up to max_steps (RunCheck validates).
   c.set_diagnose(false);
   const v1::Report r = RunCheck(c, {Save(m), ClassBatch(8, 16, 4)});
   const v1::Finding* f = Find(r, v1::VANISHING_GRADIENT);

@@ -1,33 +1,37 @@
-// The overfit-one-batch training loop with numerics and gradient-flow
-// tracking. Everything per step is reduced to one small tensor of norms so
-// that tracking stays a small fraction of the forward/backward cost.
+// Everything per step is reduced to one small tensor of norms so that
+// tracking stays a small fraction of the forward/backward cost.
+#include "service/engine/overfit.h"
+
 #include <cmath>
 #include <memory>
+#include <optional>
 
 #include <torch/torch.h>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "service/engine/curve.h"
+#include "service/engine/loss_fn.h"
 #include "service/engine/report_util.h"
-#include "service/engine/torch_internal.h"
+#include "service/engine/tensor_util.h"
+#include "service/engine/thresholds.h"
+#include "service/engine/torch_error.h"
 
 namespace preflight::engine::internal {
 namespace {
 
-// Update/weight ratios and dead units are sampled every this many steps
-// (from step 0): they need a copy of every parameter or a pass over every
-// gradient row, and both change slowly.
-constexpr int kUpdateRatioEvery = 10;
-
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const RunOptions& o,
                                                        std::vector<torch::Tensor> params) {
-  if (o.optimizer == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
-  }
-  if (o.optimizer == "adamw") {
-    return std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  switch (o.optimizer) {
+    case Optimizer::kSgd:
+      return std::make_unique<torch::optim::SGD>(
+          params,
+          torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+    case Optimizer::kAdamW:
+      return std::make_unique<torch::optim::AdamW>(
+          params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+    case Optimizer::kAdam:
+      break;
   }
   return std::make_unique<torch::optim::Adam>(
       params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
@@ -42,7 +46,7 @@ struct UnitPair {
   size_t bias = 0;
 };
 
-std::vector<UnitPair> FindUnitPairs(const std::vector<NamedParam>& params) {
+std::vector<UnitPair> FindUnitPairs(const std::vector<NamedTensor>& params) {
   std::vector<UnitPair> pairs;
   for (size_t i = 0; i < params.size(); ++i) {
     const std::string& n = params[i].name;
@@ -63,7 +67,7 @@ std::vector<UnitPair> FindUnitPairs(const std::vector<NamedParam>& params) {
 }
 
 // Rows whose weight and bias gradients are exactly zero.
-torch::Tensor ZeroGradRows(const NamedParam& w, const NamedParam& b) {
+torch::Tensor ZeroGradRows(const NamedTensor& w, const NamedTensor& b) {
   const auto& gw = w.tensor.grad();
   const auto& gb = b.tensor.grad();
   if (!gw.defined() || !gb.defined()) return torch::ones({w.tensor.size(0)}, torch::kBool);
@@ -105,31 +109,14 @@ double NormInDouble(const torch::Tensor& t) {
 
 }  // namespace
 
-torch::jit::Module FreshCopy(const torch::jit::Module& base) {
-  torch::jit::Module copy;
-  {
-    // Cloned under grad mode, parameters would become non-leaf tensors.
-    torch::NoGradGuard no_grad;
-    copy = base.clone();
-  }
-  auto src = base.named_parameters(true);
-  auto dst = copy.named_parameters(true);
-  auto it = src.begin();
-  for (auto p : dst) {
-    p.value.requires_grad_((*it).value.requires_grad());
-    ++it;
-  }
-  return copy;
-}
-
-RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOptions& o) {
+RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
   RunTrace trace;
   // Seeds the CPU generator and, when CUDA is up, every CUDA generator.
   torch::manual_seed(o.seed);
 
-  torch::jit::Module module = FreshCopy(base);
-  module.train(o.train_mode);
-  std::vector<NamedParam> params = TrainableParams(module);
+  std::unique_ptr<Model> model = base.Clone();
+  model->SetTraining(o.train_mode);
+  std::vector<NamedTensor> params = TrainableParams(*model);
   std::vector<torch::Tensor> tensors;
   for (const auto& p : params) tensors.push_back(p.tensor);
   auto optimizer = MakeOptimizer(o, tensors);
@@ -168,14 +155,13 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
     std::optional<torch::autograd::DetectAnomalyGuard> anomaly;
     if (step == o.anomaly_step) anomaly.emplace();
 
-    torch::jit::IValue output;
-    try {
-      output = module.forward(batch.inputs);
-    } catch (const std::exception& e) {
-      fail(v1::FORWARD_ERROR, step, "", TrimTorchMessage(e.what()));
+    absl::StatusOr<torch::jit::IValue> output_or = model->Forward(batch.inputs);
+    if (!output_or.ok()) {
+      fail(v1::FORWARD_ERROR, step, "", std::string(output_or.status().message()));
       break;
     }
-    auto loss_or = ComputeLoss(module, o.loss, output, batch.targets);
+    const torch::jit::IValue& output = *output_or;
+    auto loss_or = ComputeLoss(*model, o.loss, output, batch.targets);
     if (!loss_or.ok()) {
       fail(v1::LOSS_ERROR, step, "", std::string(loss_or.status().message()));
       break;
@@ -211,7 +197,7 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
       }
       break;
     }
-    if (std::fabs(value) <= o.target) {
+    if (ReachedTarget(value, o.target)) {
       trace.converged = true;
       break;
     }
@@ -226,7 +212,7 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
           trace.anomaly_message = TrimTorchMessage(e.what());
           fail(v1::GRAD_NON_FINITE, step, "", trace.anomaly_message);
         } else {
-          fail(v1::BACKWARD_ERROR, step, "", TrimTorchMessage(e.what()));
+          fail(v1::BACKWARD_ERROR, step, "", std::string(TorchErrorStatus(e).message()));
         }
         break;
       }
@@ -272,7 +258,7 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
         t.received_grad |= grad_norms[i] > 0;
       }
     }
-    const bool sample_ratio = o.collect_stats && step % kUpdateRatioEvery == 0;
+    const bool sample_ratio = o.collect_stats && step % kSampleEvery == 0;
     if (sample_ratio) {
       for (size_t k = 0; k < unit_pairs.size(); ++k) {
         auto rows = ZeroGradRows(params[unit_pairs[k].weight], params[unit_pairs[k].bias]);
@@ -289,7 +275,7 @@ RunTrace Train(const torch::jit::Module& base, const Batch& batch, const RunOpti
       optimizer->step();
     } catch (const std::exception& e) {
       fail(v1::BACKWARD_ERROR, step, "", absl::StrCat("optimizer step failed: ",
-                                                      TrimTorchMessage(e.what())));
+                                                      TorchErrorStatus(e).message()));
       break;
     }
     ++trace.updates;

@@ -1,0 +1,23 @@
+#include "service/engine/checks/check.h"
+
+#include "service/engine/config.h"
+
+namespace preflight::engine::internal {
+
+RunOptions RunOptionsFor(const CheckContext& ctx) {
+  const v1::CheckConfig& c = ctx.config;
+  RunOptions o;
+  o.loss = ctx.loss;
+  // The config was validated before any check ran.
+  o.optimizer = ParseOptimizer(c.optimizer()).value_or(Optimizer::kAdam);
+  o.lr = c.lr();
+  o.weight_decay = c.weight_decay();
+  o.momentum = c.momentum();
+  o.train_mode = c.train_mode();
+  o.max_steps = c.max_steps();
+  o.target = ctx.target;
+  o.seed = c.seed();
+  return o;
+}
+
+}  // namespace preflight::engine::internal

@@ -1,0 +1,88 @@
+// The differential diagnosis as policy: which follow-up experiments a failing
+// loss curve calls for, how an experiment's outcome is graded, and which
+// cause the hint may state. No LibTorch: the runner (checks/diagnosis.cc)
+// trains; this decides, and is unit-tested on hand-made curves.
+//
+// The rule the hint follows is the seeds' recipe made strict: a cause is
+// named only when an experiment that changes exactly that setting makes the
+// loss converge (CONFIRMED); an IMPROVED experiment is reported as partial
+// evidence; otherwise the hint says "inconclusive".
+//
+//   auto plan = PlanExperiments(analysis, {.train_mode = true, ...});
+//   for (ExperimentKind k : plan) { ... run with ChangeFor(k) ...
+//     results.push_back({k, change, GradeExperiment(analysis, run), run, ...}); }
+//   finding->set_hint(DiagnosisHint(results, plan_inputs, finding->hint()));
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "preflight/v1/report.pb.h"
+#include "service/engine/curve.h"
+
+namespace preflight::engine {
+
+enum class ExperimentKind { kNegatedLoss, kLrDiv10, kLrDiv100, kLrMul10, kNoWeightDecay, kEvalMode };
+
+struct ExperimentSpec {
+  ExperimentKind kind;
+  const char* name;        // Stable id in reports: "negated_loss", "lr_div_10", ...
+  const char* hypothesis;  // What it tests, in words.
+  const char* cause;       // Stated in the hint when confirmed.
+  const char* action;      // What to change, when confirmed.
+};
+const ExperimentSpec& SpecOf(ExperimentKind kind);
+
+// The one setting an experiment changes relative to the original run.
+struct ExperimentChange {
+  bool negate_loss = false;   // Train on -loss.
+  // The learning rate becomes lr / lr_divisor * lr_multiplier (written as a
+  // division so that lr / 10 is the same double a user would type).
+  double lr_divisor = 1;
+  double lr_multiplier = 1;
+  double Lr(double base_lr) const { return base_lr / lr_divisor * lr_multiplier; }
+  bool zero_weight_decay = false;
+  bool eval_mode = false;     // Train with train-mode behaviour off.
+};
+ExperimentChange ChangeFor(ExperimentKind kind);
+// "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode".
+std::string DescribeChange(ExperimentKind kind, double base_lr);
+
+// Facts about the original run the plan depends on.
+struct PlanInputs {
+  bool train_mode = true;      // Eval mode is a change only from train mode.
+  bool weight_decay = false;   // Weight decay 0 is a change only from > 0.
+  bool any_grad = false;       // Some parameter received a gradient.
+  int updates = 0;             // Optimizer steps the original run took.
+};
+
+// The experiments, in the order they run, for a curve that did not
+// converge. Empty when no training setting can change the outcome (a
+// NaN/Inf before the first update; a flat curve with no gradient at all).
+std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& original,
+                                            const PlanInputs& inputs);
+
+// CONFIRMED: the experiment's run converged. IMPROVED: a different, finite
+// curve whose final |loss| is below kImprovedShare of the better of the
+// original's final and initial |loss|. NO_EFFECT otherwise.
+v1::Experiment::Outcome GradeExperiment(const CurveAnalysis& original,
+                                        const CurveAnalysis& experiment);
+
+struct ExperimentResult {
+  ExperimentKind kind;
+  std::string change;             // DescribeChange().
+  v1::Experiment::Outcome outcome;
+  CurveAnalysis analysis;         // Of the experiment's own run.
+  double last_loss = 0;           // The experiment's last recorded loss.
+  int steps = 0;                  // Points in its curve.
+};
+
+// "experiment (change): summary", the evidence line of one experiment.
+std::string DescribeResult(const ExperimentResult& result);
+
+// The hint of the curve finding after the experiments in `results` ran.
+// `fallback` is the finding's canonical hint, kept when nothing explains it.
+std::string DiagnosisHint(const std::vector<ExperimentResult>& results,
+                          const PlanInputs& inputs, const std::string& fallback);
+
+}  // namespace preflight::engine

@@ -1,0 +1,70 @@
+// The model as the checks see it, whatever file format it came in.
+//
+// Every check, the training loop, the diagnosis experiments and the
+// determinism replay talk to this interface only; a format is one folder
+// behind it (torchscript/ today). Private to service/engine: it speaks
+// LibTorch types.
+//
+//   absl::StatusOr<std::unique_ptr<Model>> m = LoadModel(bytes, device);  // model_loader.h
+//   std::unique_ptr<Model> run = (*m)->Clone();   // initial weights, leaf params
+//   run->SetTraining(true);
+//   absl::StatusOr<torch::jit::IValue> out = run->Forward(batch.inputs);
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "absl/status/statusor.h"
+#include "preflight/v1/report.pb.h"
+
+namespace preflight::engine::internal {
+
+struct NamedTensor {
+  std::string name;  // Qualified, e.g. "encoder.0.weight".
+  torch::Tensor tensor;
+};
+
+// What a format can do beyond the common contract.
+struct ModelCapabilities {
+  // The model defines its own loss(output, targets) (overrides --loss).
+  bool own_loss = false;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  virtual v1::ArtifactFormat format() const = 0;
+  virtual ModelCapabilities capabilities() const = 0;
+
+  // A deep copy at this model's current weights whose parameters are leaf
+  // tensors with the same requires_grad flags. The loaded model is never
+  // trained: every run clones it, so every run starts from the initial
+  // weights.
+  virtual std::unique_ptr<Model> Clone() const = 0;
+
+  // Every parameter, trainable or frozen, in registration order (input side
+  // first for ordinary models).
+  virtual std::vector<NamedTensor> Parameters() const = 0;
+
+  // Train mode (dropout on, batch statistics) or eval mode.
+  virtual void SetTraining(bool training) = 0;
+
+  // Runs forward on the positional inputs. INVALID_ARGUMENT with the
+  // trimmed LibTorch message when the model raises.
+  virtual absl::StatusOr<torch::jit::IValue> Forward(
+      const std::vector<torch::jit::IValue>& inputs) = 0;
+
+  // The model's own loss; only when capabilities().own_loss. Errors as for
+  // Forward.
+  virtual absl::StatusOr<torch::Tensor> OwnLoss(const torch::jit::IValue& output,
+                                                const torch::Tensor& targets) = 0;
+};
+
+// The trainable parameters (requires_grad), in registration order.
+std::vector<NamedTensor> TrainableParams(const Model& model);
+
+}  // namespace preflight::engine::internal

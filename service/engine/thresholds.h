@@ -1,0 +1,109 @@
+// Every named threshold of the engine, with where it comes from. The ranges
+// quoted were measured on the model zoo (tools/zoo, tools/zoo/calibrate.py)
+// and are kept in the README's "Thresholds" table: change one here, re-run
+// the calibration and update that table in the same commit. Each bound is
+// relative to the model's own scale unless it says otherwise, and none is
+// fitted to one fixture: each sits well outside the healthy zoo range.
+#pragma once
+
+#include <cstdint>
+
+namespace preflight::engine {
+
+// --- Input ---------------------------------------------------------------
+
+// A sample batch larger than this per tensor is not a sample: refusing it
+// keeps a crafted file (a stride-0 view declaring 10^12 elements in a few
+// bytes) from turning into a multi-terabyte allocation later.
+inline constexpr int64_t kMaxTensorElements = int64_t{1} << 28;
+
+// --- At initialisation ---------------------------------------------------
+
+// Cross-entropy-like losses start near ln C when logits are small. Allowed
+// distance: the larger of 1 nat and half of ln C. Healthy zoo models start
+// at 0.95..1.17 x ln C; a 50x-scaled output layer at 6.8 x ln C.
+inline constexpr double kInitLossAbsTol = 1.0;
+inline constexpr double kInitLossRelTol = 0.5;
+// Regression: outputs at init this many times larger (RMS) than the targets
+// (or than 1, for tiny targets) mean a mis-scaled output layer.
+inline constexpr double kRegressionInitScale = 10.0;
+// Outputs within this of each other count as identical (float32 noise).
+inline constexpr double kSameOutputRelTol = 1e-6;
+// A row-sum this close to 1 with all values in [0, 1] is a probability row.
+inline constexpr double kProbabilitySumTol = 1e-3;
+// bce_with_logits outputs all inside [0, 1] look like sigmoid outputs only
+// with enough of them to rule out chance.
+inline constexpr int64_t kMinOutputsForSigmoidTest = 8;
+
+// --- Gradient flow -------------------------------------------------------
+
+// DEAD_UNITS: at least this share of a layer's units, in a layer of at least
+// kDeadMinUnits units. Healthy zoo layers show 0-6% dead units; the
+// dead-bias fault 80%.
+inline constexpr double kDeadFraction = 0.5;
+inline constexpr int64_t kDeadMinUnits = 8;
+// Gradient RMS of the first weight over the last weight at step 0. Healthy
+// zoo models (MLP, CNN, ResNet-style, 2-layer LSTM, Transformer) measure
+// 0.016..0.48; a 12-layer sigmoid stack measures 6e-11. The bounds sit two
+// decades outside the healthy range on either side.
+inline constexpr double kVanishingRatio = 1e-4;
+inline constexpr double kExplodingRatio = 1e4;
+// The global gradient norm growing this many times over its step-0 value
+// within one run is an explosion. Healthy zoo runs peak at <= 2.4x (an
+// oscillating or sign-flipped run at 8x and 36x); SGD past its stability
+// limit reached 2.7e9x within five steps.
+inline constexpr double kExplodingGrowth = 1e3;
+// Update/weight ratios and dead units are sampled every this many steps
+// (from step 0): they need a copy of every parameter or a pass over every
+// gradient row, and both change slowly. A cost bound, not a judgement.
+inline constexpr int kSampleEvery = 10;
+
+// --- Differential diagnosis ----------------------------------------------
+
+// An experiment "improves" when its final |loss| is below this share of the
+// better of the original run's final |loss| and its initial |loss|.
+inline constexpr double kImprovedShare = 0.5;
+
+// --- Loss-curve classification (curve.h) -----------------------------------
+
+// Thresholds, with where each comes from. They are relative to the curve's
+// own scale so that they hold for any loss magnitude, and were checked on the
+// model zoo (tools/zoo) across MLP, CNN, ResNet, LSTM, Transformer,
+// regression and multi-label models (see README "Thresholds").
+struct CurveThresholds {
+  // |loss| growing past this multiple of the initial |loss| is divergence:
+  // a healthy overfit never leaves the neighbourhood of its starting loss
+  // upwards by an order of magnitude.
+  double diverge_factor = 10.0;
+  // A curve whose every point lies within this relative distance of the
+  // first point did not move at all (float32 rounding of a constant loss is
+  // ~1e-7 relative; anything that trains moves by percent within steps).
+  double flat_rel_tol = 1e-5;
+  // Ending this fraction above the start is "rising": Adam/SGD on one fixed
+  // batch decreases a consistent objective monotonically in expectation, so
+  // 5% net growth is not noise.
+  double rise_rel_tol = 0.05;
+  // Fraction of the late curve's movement that goes upward. A smooth descent
+  // has ~0; an oscillation close to 0.5. 0.3 separates them on the zoo.
+  double rough_upward_share = 0.3;
+  // Mean absolute step change in the late curve relative to the initial
+  // loss: above this, swings are "oscillation" (lr too high); below,
+  // "noise" (dropout-like). 5% of the starting loss per step is far above
+  // dropout noise on the zoo.
+  double oscillation_rel_amplitude = 0.05;
+  // Below this relative amplitude upward moves are float noise, not "noisy".
+  double noise_rel_amplitude = 0.002;
+  // A rise counts as steady (not a blow-up) when this share of all movement
+  // is upward and the second half grows the loss less than this factor (quadratic growth
+  // gives 4x; compounding instability far more).
+  double steady_rise_share = 0.9;
+  double compounding_growth = 10.0;
+  // A plateau that is still falling: the last 20% of steps cut the loss by
+  // at least this share, after cutting it by this share overall. The model
+  // can fit the batch; only the step budget (or the learning rate) is short.
+  double still_falling_tail_drop = 0.2;
+  double still_falling_total_drop = 0.9;
+};
+
+
+}  // namespace preflight::engine
