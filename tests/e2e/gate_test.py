@@ -18,10 +18,9 @@ import time
 import urllib.error
 import urllib.request
 
-from e2e_common import Results, start_server, stop, zoo_case
+from e2e_common import ROOT, Results, Server, Zoo, cli_path, store_verdicts
 
-BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 GATE = f"{ROOT}/client/gates/k8s/preflight_gate.py"
 R = Results()
 expect = R.expect
@@ -83,17 +82,12 @@ def main():
     d = tempfile.mkdtemp(prefix="preflight-gate-")
     make_certs(d)
     ca = f"{d}/ca.crt"
-    server, addr = start_server(BUILD, f"{d}/store")
+    server = Server(BUILD, f"{d}/store")
+    addr = server.addr
     gates = []
     try:
-        cli = f"{BUILD}/client/preflight"
-        digests = {}
-        for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
-            c = zoo_case(ZOO, name)
-            p = subprocess.run([cli, "check", "--model", c["model"], "--batch", c["batch"],
-                                "--json", "--server", addr, "--job-id", job],
-                               capture_output=True, text=True, timeout=300)
-            digests[job] = json.loads(p.stdout)["requestDigest"]
+        digests = store_verdicts(cli_path(BUILD), addr, ZOO,
+                                 {"train/pass": "mlp", "train/fail": "loss_flat"})
 
         gate, port = start_gate(d, addr)
         gates.append(gate)
@@ -139,7 +133,7 @@ def main():
                r["response"]["allowed"] and r["response"].get("warnings"), r)
 
         # The service goes down: both policies.
-        stop(server)
+        server.stop()
         code, r, secs = post(port, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
         expect("service down, on-unavailable=allow (default): allowed with a warning",
                r["response"]["allowed"] and "did not answer" in r["response"]["warnings"][0], r)
@@ -154,7 +148,7 @@ def main():
         for g in gates:
             g.send_signal(signal.SIGTERM)
             g.wait(timeout=30)
-        stop(server)
+        server.stop()
     return R.finish()
 
 

@@ -12,7 +12,6 @@ against a real preflight-server. Starts and stops everything it runs.
 Skipped, with a message, only where Slurm is not installed.
 Usage: slurm_test.py BUILD_DIR ZOO_DIR
 """
-import json
 import os
 import shutil
 import signal
@@ -21,17 +20,11 @@ import sys
 import tempfile
 import time
 
-from e2e_common import Results, free_port, start_server, stop, zoo_case
+from e2e_common import ROOT, Results, Server, Zoo, cli_path, free_port, store_verdicts
 
-BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLI = f"{BUILD}/client/preflight"
+BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 R = Results()
 expect = R.expect
-
-
-def case(name):
-    return zoo_case(ZOO, name)
 
 
 def kill_stepds(marker):
@@ -62,16 +55,12 @@ def main():
         return 0
     tmp = tempfile.mkdtemp(prefix="preflight-slurm-")
     procs = []
-    server, addr = start_server(BUILD, f"{tmp}/store")
+    server = Server(BUILD, f"{tmp}/store")
+    addr = server.addr
     try:
         # Stored verdicts: train/pass (PASS) and train/fail (FAIL).
-        digests = {}
-        for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
-            c = case(name)
-            p = subprocess.run([CLI, "check", "--model", c["model"], "--batch", c["batch"],
-                                "--json", "--server", addr, "--job-id", job],
-                               capture_output=True, text=True, timeout=300)
-            digests[job] = json.loads(p.stdout)["requestDigest"]
+        digests = store_verdicts(cli_path(BUILD), addr, ZOO,
+                                 {"train/pass": "mlp", "train/fail": "loss_flat"})
 
         conf_dir = f"{tmp}/etc"
         os.makedirs(conf_dir)
@@ -80,7 +69,7 @@ def main():
         shutil.copy(f"{ROOT}/client/gates/slurm/job_submit.lua", conf_dir)
 
         def gate(**kw):
-            settings = {"server": addr, "cli": f"{BUILD}/client/preflight-thin", "timeout": "10", "on_missing": "reject",
+            settings = {"server": addr, "cli": cli_path(BUILD, thin=True), "timeout": "10", "on_missing": "reject",
                         "on_unavailable": "admit", "require_tag": "no"}
             settings.update(kw)
             with open(f"{conf_dir}/preflight_gate.conf", "w") as f:
@@ -202,7 +191,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("require_tag=yes refuses untagged jobs",
                p.returncode != 0 and "requires a Preflight verdict" in p.stderr, p.stderr)
 
-        stop(server)
+        server.stop()
         gate(on_unavailable="admit")
         p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
         expect("server down, on_unavailable=admit: admitted with a message",
@@ -214,7 +203,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     except RuntimeError:
         pass
     finally:
-        stop(server)
+        server.stop()
         subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True,
                        env=dict(os.environ, SLURM_CONF=f"{tmp}/etc/slurm.conf"))
         for p in reversed(procs):
