@@ -141,13 +141,19 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         if not ready:
             raise RuntimeError("slurm did not start")
 
+        def admitted(tag):
+            """How often the gate logged that it looked `tag` up and admitted
+            the job (an untagged job is admitted too, without that line)."""
+            with open(f"{tmp}/log/slurmctld.log") as f:
+                return f.read().count(f"preflight: {tag} admitted")
+
         def sbatch(*args, **kw):
             return subprocess.run(["sbatch", f"--output={tmp}/out/%j.out", *args], env=env,
                                   capture_output=True, text=True, timeout=120, **kw)
 
         p = sbatch("--comment=preflight:train/pass", "--wrap", "echo ran-pass")
-        expect("PASS-tagged batch job is admitted", p.returncode == 0 and "Submitted" in p.stdout,
-               p.stderr)
+        expect("PASS-tagged batch job is admitted",
+               p.returncode == 0 and "Submitted" in p.stdout and admitted("train/pass") == 1, p.stderr)
         job = p.stdout.split()[-1] if p.returncode == 0 else ""
         ran = False
         for _ in range(150):
@@ -164,7 +170,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
         p = subprocess.run(["srun", "--comment=preflight:train/pass", "echo", "srun-pass"],
                            env=env, capture_output=True, text=True, timeout=120)
-        expect("srun with a PASS tag runs", p.returncode == 0 and "srun-pass" in p.stdout,
+        expect("srun with a PASS tag runs",
+               p.returncode == 0 and "srun-pass" in p.stdout and admitted("train/pass") == 2,
                p.stderr)
         p = subprocess.run(["srun", "--comment=preflight:train/fail", "echo", "x"], env=env,
                            capture_output=True, text=True, timeout=120)
@@ -175,7 +182,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("PREFLIGHT_DIGEST in the environment is gated (FAIL refused)",
                p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
         p = sbatch(f"--export=ALL,PREFLIGHT_DIGEST={digests['train/pass']}", "--wrap", "true")
-        expect("PREFLIGHT_DIGEST of a PASS verdict is admitted", p.returncode == 0, p.stderr)
+        expect("PREFLIGHT_DIGEST of a PASS verdict is admitted",
+               p.returncode == 0 and admitted(digests["train/pass"]) == 1, p.stderr)
 
         p = sbatch("--comment=preflight:train/unknown", "--wrap", "true")
         expect("unknown id, on_missing=reject: refused with a message",
