@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from e2e_common import ROOT, Results, Server, Zoo, cli_path, free_port, store_verdicts
+from e2e_common import (ROOT, Results, Server, Zoo, cli_path, free_port, store_verdicts,
+                        wait_for)
 
 BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 R = Results()
@@ -113,22 +113,14 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
              f"--pid-file={tmp}/munge/munged.pid", f"--log-file={tmp}/log/munged.log",
              f"--seed-file={tmp}/munge/munge.seed"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.1)
+        wait_for(lambda: os.path.exists(sock), 10)
         procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ready = False
-        for _ in range(150):
-            p = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
-                               text=True)
-            if p.stdout.strip() in ("idle", "mix", "alloc"):
-                ready = True
-                break
-            time.sleep(0.2)
+        ready = wait_for(lambda: subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+            text=True).stdout.strip() in ("idle", "mix", "alloc"), 30)
         logs = ""
         if not ready:
             for name in ("slurmctld.log", "slurmd.log", "munged.log"):
@@ -155,14 +147,13 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("PASS-tagged batch job is admitted",
                p.returncode == 0 and "Submitted" in p.stdout and admitted("train/pass") == 1, p.stderr)
         job = p.stdout.split()[-1] if p.returncode == 0 else ""
-        ran = False
-        for _ in range(150):
-            out = f"{tmp}/out/{job}.out"
-            if job and os.path.exists(out) and "ran-pass" in open(out).read():
-                ran = True
-                break
-            time.sleep(0.2)
-        expect("the admitted job runs", ran)
+        def ran(out=f"{tmp}/out/{job}.out"):
+            if not (job and os.path.exists(out)):
+                return False
+            with open(out) as f:
+                return "ran-pass" in f.read()
+
+        expect("the admitted job runs", wait_for(ran, 30))
 
         p = sbatch("--comment=preflight:train/fail", "--wrap", "echo should-not-run")
         expect("FAIL-tagged batch job is refused with its findings on stderr",
