@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
 """End-to-end: the CLI's usage paths and exit codes (no model needed)."""
 import os
-import subprocess
 import sys
 import tempfile
 
-from e2e_common import Results
+from e2e_common import Results, run_cli
 
 BIN = sys.argv[1]
 
 
 def run(*args):
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120)
+    return run_cli(BIN, *args, timeout=120)
 
 
 def main():
@@ -36,12 +35,12 @@ def main():
         expect("empty model file is ERROR/ARTIFACT_INVALID, exit 3",
                p.returncode == 3 and '"ARTIFACT_INVALID"' in p.stdout, p)
     thin = os.path.join(os.path.dirname(BIN), "preflight-thin")
-    if os.path.exists(thin):
-        p = subprocess.run([thin, "version"], capture_output=True, text=True, timeout=60)
+    # Built with every client (client/CMakeLists.txt): missing is a failure, not a skip.
+    if expect("preflight-thin is built beside preflight", os.path.exists(thin), thin):
+        p = run_cli(thin, "version", timeout=60)
         expect("preflight-thin runs without LibTorch",
                p.returncode == 0 and "thin client" in p.stdout, p)
-        p = subprocess.run([thin, "check", "--model", "m", "--batch", "b"], capture_output=True,
-                           text=True, timeout=60)
+        p = run_cli(thin, "check", "--model", "m", "--batch", "b", timeout=60)
         expect("preflight-thin local check is a usage error pointing at --server",
                p.returncode == 2 and "--server" in p.stderr, p)
     return results.finish()

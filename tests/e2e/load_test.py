@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from e2e_common import start_server, stop
+from e2e_common import Results, Server, Zoo
 
 
 def main():
@@ -24,14 +24,15 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--distinct", type=int, default=60)
     args = ap.parse_args()
+    zoo = Zoo(args.zoo)
     store = tempfile.mkdtemp(prefix="preflight-load-")
-    server, addr = start_server(args.build, store, "--queue_size", "64")
-    z = args.zoo
-    cases = [f"{z}/mlp.model.pt,{z}/mlp.batch.pt,PASS",
-             f"{z}/loss_flat.model.pt,{z}/loss_flat.batch.pt,FAIL",
-             f"{z}/regression.model.pt,{z}/regression.batch.pt,PASS,mse",
-             f"{z}/data_non_finite.model.pt,{z}/data_non_finite.batch.pt,FAIL"]
-    cmd = [f"{args.build}/tools/bench/preflight_load", "--server", addr,
+    server = Server(args.build, store, "--queue_size", "64")
+    cases = []  # MODEL,BATCH,VERDICT[,LOSS]: the manifest's expectations and --loss.
+    for name in ("mlp", "loss_flat", "regression", "data_non_finite"):
+        c, flags = zoo[name], zoo[name]["flags"]
+        loss = [flags[flags.index("--loss") + 1]] if "--loss" in flags else []
+        cases.append(",".join([c["model"], c["batch"], c["verdict"], *loss]))
+    cmd = [f"{args.build}/tools/bench/preflight_load", "--server", server.addr,
            "--clients", str(args.clients), "--requests", str(args.requests),
            "--distinct", str(args.distinct)]
     for c in cases:
@@ -39,16 +40,17 @@ def main():
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     finally:
-        stop(server)
+        server.stop()
     print(p.stdout.strip(), p.stderr.strip())
     result = json.loads(p.stdout)
-    ok = p.returncode == 0 and result["ok"] == args.requests and result["mismatches"] == 0
-    print(f"{'ok  ' if ok else 'FAIL'} {args.requests} checks from {args.clients} clients: "
-          f"every client got its own verdict ({result['cache_hits']} cache hits), "
-          f"p50 {result['p50_seconds']:.3f}s p95 {result['p95_seconds']:.3f}s, "
-          f"{result['throughput_per_second']:.1f} checks/s")
-    print(f"{1 if ok else 0} passed, {0 if ok else 1} failed")
-    return 0 if ok else 1
+    R = Results()
+    R.expect(f"{args.requests} checks from {args.clients} clients: "
+             f"every client got its own verdict ({result['cache_hits']} cache hits), "
+             f"p50 {result['p50_seconds']:.3f}s p95 {result['p95_seconds']:.3f}s, "
+             f"{result['throughput_per_second']:.1f} checks/s",
+             p.returncode == 0 and result["ok"] == args.requests and result["mismatches"] == 0,
+             result)
+    return R.finish()
 
 
 if __name__ == "__main__":

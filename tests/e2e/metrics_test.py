@@ -23,12 +23,11 @@ import time
 import urllib.parse
 import urllib.request
 
-from e2e_common import Results, free_port, zoo_case
+from e2e_common import ROOT, Results, Server, Zoo, cli_path, free_port, run_cli, wait_for
 
-BUILD, ZOO = sys.argv[1], sys.argv[2]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD, ZOO = sys.argv[1], Zoo(sys.argv[2])
 MON = os.path.join(ROOT, "k8s", "monitoring")
-CLI = os.path.join(BUILD, "client/preflight")
+CLI = cli_path(BUILD)
 R = Results()
 expect = R.expect
 
@@ -43,8 +42,12 @@ def query(prom, expr):
     return json.loads(get(url))
 
 
-def case(name):
-    return zoo_case(ZOO, name)
+def samples(prom, expr):
+    """[(time, value)] of an instant query; none while Prometheus is not up yet."""
+    try:
+        return [v["value"] for v in query(prom, expr)["data"]["result"]]
+    except OSError:
+        return []
 
 
 def main():
@@ -52,17 +55,8 @@ def main():
         expect("prometheus and promtool are installed (tools/setup.sh installs them)", False)
         return R.finish()
     tmp = tempfile.mkdtemp(prefix="preflight-metrics-")
-    server = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
-                               "--metrics_address", "127.0.0.1:0", "--store", f"{tmp}/store",
-                               "--max_upload_mb", "1"],
-                              stdout=subprocess.PIPE, text=True)
-    metrics_port = addr = None
-    for line in server.stdout:
-        if "metrics on port" in line:
-            metrics_port = int(line.split()[-1])
-        if "listening on port" in line:
-            addr = f"127.0.0.1:{line.split()[-1]}"
-            break
+    server = Server(BUILD, f"{tmp}/store", "--max_upload_mb", "1", metrics=True)
+    addr, metrics_port = server.addr, server.metrics_port
     prom_addr = f"127.0.0.1:{free_port()}"
     with open(f"{tmp}/prometheus.yml", "w") as f:
         f.write(f"""global:
@@ -79,16 +73,9 @@ scrape_configs:
                              f"--storage.tsdb.path={tmp}/tsdb", f"--web.listen-address={prom_addr}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        up = False
-        while time.time() < deadline and not up:
-            try:
-                r = query(prom_addr, 'up{job="preflight"}')
-                up = any(v["value"][1] == "1" for v in r["data"]["result"])
-            except OSError:
-                pass
-            time.sleep(0.5)
-        expect("Prometheus scrapes the server (up == 1)", up)
+        expect("Prometheus scrapes the server (up == 1)",
+               wait_for(lambda: any(v[1] == "1" for v in samples(prom_addr, 'up{job="preflight"}')),
+                        60))
 
         scrape = get(f"http://127.0.0.1:{metrics_port}/metrics")
         lint = subprocess.run(["promtool", "check", "metrics"], input=scrape,
@@ -99,22 +86,22 @@ scrape_configs:
         # Real traffic: PASS, FAIL, timeout, sandbox violation, cache hit, NOT_FOUND.
         for name, extra in [("mlp", []), ("loss_flat", []), ("hostile_infinite_loop", []),
                             ("hostile_read_file", []), ("mlp", []), ("regression", [])]:
-            c = case(name)
-            subprocess.run([CLI, "check", "--model", c["model"], "--batch", c["batch"],
-                            *c["flags"], *extra, "--server", addr], capture_output=True,
-                           timeout=300)
-        subprocess.run([CLI, "verdict", "--server", addr, "--job-id", "nope"],
-                       capture_output=True, timeout=60)
+            c = ZOO[name]
+            run_cli(CLI, "check", "--model", c["model"], "--batch", c["batch"], *c["flags"],
+                    *extra, "--server", addr, timeout=300)
+        run_cli(CLI, "verdict", "--server", addr, "--job-id", "nope", timeout=60)
         # A server-side refusal: a 5 MiB artifact goes through Upload, over
         # this server's 1 MiB limit -> RESOURCE_EXHAUSTED.
         with open(f"{tmp}/big.pt", "wb") as f:
             f.write(os.urandom(5 << 20))
-        p = subprocess.run([CLI, "check", "--model", f"{tmp}/big.pt", "--batch",
-                            case("mlp")["batch"], "--server", addr],
-                           capture_output=True, text=True, timeout=120)
+        p = run_cli(CLI, "check", "--model", f"{tmp}/big.pt", "--batch", ZOO["mlp"]["batch"],
+                    "--server", addr, timeout=120)
         expect("an upload over the limit is RESOURCE_EXHAUSTED",
                p.returncode == 5 and "RESOURCE_EXHAUSTED" in p.stderr, p.stderr)
-        time.sleep(4)  # Several scrapes after the traffic.
+        # Several scrapes (and rule evaluations) after the traffic.
+        after = time.time() + 4
+        wait_for(lambda: any(float(v[1]) >= after for v in samples(
+            prom_addr, 'timestamp(up{job="preflight"})')), 60)
 
         with open(f"{MON}/grafana-dashboard.json") as f:
             dash = json.load(f)
@@ -151,9 +138,8 @@ scrape_configs:
                len(r["data"]["result"]) > 0, r)
     finally:
         prom.send_signal(signal.SIGTERM)
-        server.send_signal(signal.SIGTERM)
+        server.stop()
         prom.wait(timeout=60)
-        server.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
 
     return R.finish()

@@ -19,65 +19,51 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from e2e_common import Results, cli_check, zoo_case
+from e2e_common import (Results, Server, Zoo, check_case, children, cli_path, run_cli,
+                        spawn_check, wait_for)
 
-BUILD, ZOO = sys.argv[1], sys.argv[2]
-CLI = os.path.join(BUILD, "client/preflight")
+BUILD, ZOO = sys.argv[1], Zoo(sys.argv[2])
+CLI = cli_path(BUILD)
 SERVER = os.path.join(BUILD, "service/preflight-server")
 HERE = os.path.dirname(os.path.abspath(__file__))
 R = Results()
 expect = R.expect
 
 
-def start_server(store, *extra):
-    p = subprocess.Popen([SERVER, "--address", "127.0.0.1:0", "--metrics_address",
-                          "127.0.0.1:0", "--store", store, *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # ... "preflight-server listening on port N" comes last.
-        if "listening on port" in line:
-            return p, f"127.0.0.1:{line.split()[-1]}"
-    p.kill()
-    raise SystemExit(f"server did not start: {p.stderr.read()}")
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def case(name):
-    return zoo_case(ZOO, name)
+def cli(*args):
+    return run_cli(CLI, *args)
 
 
 def check(addr, c, *extra):
-    return cli_check(CLI, addr, c["model"], c["batch"], *c["flags"], *extra)
+    return check_case(CLI, c, *extra, server=addr)
 
 
 def main():
-    h = subprocess.run([SERVER, "--help"], capture_output=True, text=True, timeout=60)
+    h = run_cli(SERVER, "--help", timeout=60)
     expect("preflight-server --help exits 0 and lists the dashed flags",
            h.returncode == 0 and "--job-slots" in h.stdout and "--metrics-address" in h.stdout, h)
-    h = subprocess.run([SERVER, "--job-slots=0x"], capture_output=True, text=True, timeout=60)
+    h = run_cli(SERVER, "--job-slots=0x", timeout=60)
     expect("a bad flag value is a start-up error naming the flag",
            h.returncode != 0 and "job_slots" in h.stderr, h)
     store = tempfile.mkdtemp(prefix="preflight-store-")
-    server, addr = start_server(store)
+    server = Server(BUILD, store, metrics=True)
+    addr = server.addr
     try:
         # 1-2. The zoo through the server.
         hostile_target = "/tmp/preflight-hostile-write"
         if os.path.exists(hostile_target):
             os.unlink(hostile_target)
-        p = subprocess.run([sys.executable, os.path.join(HERE, "zoo_test.py"), CLI, ZOO,
+        p = subprocess.run([sys.executable, os.path.join(HERE, "zoo_test.py"), CLI, ZOO.path,
                             "--server", addr, "--determinism-cases"],
                            capture_output=True, text=True, timeout=1800)
         print(p.stdout)
         expect("zoo through the server: same verdicts and codes", p.returncode == 0, p.stdout[-2000:])
-        expect("server survived every hostile model", server.poll() is None)
+        expect("server survived every hostile model", server.alive())
         expect("hostile write left no file", not os.path.exists(hostile_target))
 
         # 3. Cache and the verdict gate.
-        mlp, bad = case("mlp"), case("loss_flat")
+        mlp, bad = ZOO["mlp"], ZOO["loss_flat"]
         p1, r1 = check(addr, mlp, "--job-id", "train/mlp-1")
         p2, r2 = check(addr, mlp, "--job-id", "train/mlp-2")
         expect("first check PASS", r1 and r1["report"]["verdict"] == "PASS", p1.stderr)
@@ -108,21 +94,25 @@ def main():
             torch.jit.script(big).save(f"{d}/big.pt")
             size = os.path.getsize(f"{d}/big.pt")
             p, r = check(addr, {"model": f"{d}/big.pt", "batch": mlp["batch"], "flags": []})
+            # Over the threshold, or this would not test Upload at all.
             expect(f"{size >> 20} MiB model via Upload checks PASS",
-                   r is not None and r["report"]["verdict"] == "PASS", p.stderr)
+                   size > 4 << 20 and r is not None and r["report"]["verdict"] == "PASS",
+                   (size, p.stderr))
 
         # 4b. A dead zygote: the in-flight check gets an ERROR report, not a
         # hang, and the next check runs on a restarted zygote.
-        zygote = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "preflight-worker"],
-                                capture_output=True, text=True).stdout.split()
+        zygote = [int(pid) for pid in subprocess.run(
+            ["pgrep", "-P", str(server.pid), "-f", "preflight-worker"],
+            capture_output=True, text=True).stdout.split()]
         expect("zygote is a child of the server", len(zygote) == 1, zygote)
-        loop = case("hostile_infinite_loop")
-        hung = subprocess.Popen([CLI, "check", "--model", loop["model"], "--batch", loop["batch"],
-                                 "--json", "--timeout", "60", "--server", addr, "--seed", "99"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        loop = ZOO["hostile_infinite_loop"]
+        hung = spawn_check(CLI, loop["model"], loop["batch"], "--timeout", "60", "--seed", "99",
+                           server=addr)
+        # Kill it while the check runs: once the zygote has forked its job.
+        expect("the hung check's job started",
+               bool(zygote) and wait_for(lambda: children(zygote[0]), 60), zygote)
         if zygote:
-            os.kill(int(zygote[0]), signal.SIGKILL)
+            os.kill(zygote[0], signal.SIGKILL)
         out, _ = hung.communicate(timeout=60)
         try:
             codes = [f["code"] for f in json.loads(out)["report"]["findings"]]
@@ -130,46 +120,40 @@ def main():
             codes = []
         expect("in-flight check on a killed zygote is ERROR/WORKER_CRASHED",
                hung.returncode == 3 and "WORKER_CRASHED" in codes, out[-500:])
-        p, r = check(addr, case("cnn"))
+        p, r = check(addr, ZOO["cnn"])
         expect("next check runs on the restarted zygote",
                r is not None and r["report"]["verdict"] == "PASS", p.stderr)
 
         # 5a. SIGTERM: drain, exit 0; restart keeps verdicts.
-        server.send_signal(signal.SIGTERM)
-        rc = server.wait(timeout=60)
-        expect("SIGTERM exits 0", rc == 0, server.stderr.read())
-        server, addr = start_server(store)
+        expect("SIGTERM exits 0", server.stop() == 0)
+        server = server.restart()
+        addr = server.addr
         v = cli("verdict", "--server", addr, "--job-id", "train/flat-1")
         expect("restart keeps verdicts", v.returncode == 1 and "LOSS_FLAT" in v.stdout, v)
 
         # 5b. kill -9 during a burst: every verdict a client saw stays stored.
         procs = []
         for i in range(12):
-            c = case(["mlp", "cnn", "lstm", "regression"][i % 4])
-            procs.append((f"burst-{i}", subprocess.Popen(
-                [CLI, "check", "--model", c["model"], "--batch", c["batch"], "--json",
-                 *c["flags"], "--server", addr, "--job-id", f"burst-{i}", "--seed", str(i)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            c = ZOO[["mlp", "cnn", "lstm", "regression"][i % 4]]
+            procs.append((f"burst-{i}", spawn_check(CLI, c["model"], c["batch"], *c["flags"],
+                                                    "--job-id", f"burst-{i}", "--seed", str(i),
+                                                    server=addr)))
         # Kill once some checks were answered and others are still running.
-        deadline = time.time() + 120
-        while sum(p.poll() is not None for _, p in procs) < 4 and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: sum(p.poll() is not None for _, p in procs) >= 4, 120)
         in_flight = sum(p.poll() is None for _, p in procs)
-        server.send_signal(signal.SIGKILL)
-        server.wait()
+        server.kill()
         answered = [job for job, p in procs if p.wait(timeout=120) == 0]
         expect(f"kill -9 hit with {in_flight} checks in flight and {len(answered)} answered",
                in_flight > 0 and len(answered) >= 4, (in_flight, answered))
-        server, addr = start_server(store)
+        server = server.restart()
+        addr = server.addr
         lost = [j for j in answered
                 if cli("verdict", "--server", addr, "--job-id", j).returncode != 0]
         expect(f"kill -9: {len(answered)} answered checks all still stored", not lost, lost)
         p, r = check(addr, mlp)
         expect("store usable after kill -9", r is not None and r["report"]["verdict"] == "PASS", p)
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+        server.stop()
 
     return R.finish()
 

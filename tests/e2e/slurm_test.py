@@ -12,26 +12,19 @@ against a real preflight-server. Starts and stops everything it runs.
 Skipped, with a message, only where Slurm is not installed.
 Usage: slurm_test.py BUILD_DIR ZOO_DIR
 """
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from e2e_common import Results, free_port, start_server, stop, zoo_case
+from e2e_common import (ROOT, Results, Server, Zoo, cli_path, free_port, store_verdicts,
+                        wait_for)
 
-BUILD, ZOO = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLI = f"{BUILD}/client/preflight"
+BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 R = Results()
 expect = R.expect
-
-
-def case(name):
-    return zoo_case(ZOO, name)
 
 
 def kill_stepds(marker):
@@ -62,16 +55,12 @@ def main():
         return 0
     tmp = tempfile.mkdtemp(prefix="preflight-slurm-")
     procs = []
-    server, addr = start_server(BUILD, f"{tmp}/store")
+    server = Server(BUILD, f"{tmp}/store")
+    addr = server.addr
     try:
         # Stored verdicts: train/pass (PASS) and train/fail (FAIL).
-        digests = {}
-        for job, name in (("train/pass", "mlp"), ("train/fail", "loss_flat")):
-            c = case(name)
-            p = subprocess.run([CLI, "check", "--model", c["model"], "--batch", c["batch"],
-                                "--json", "--server", addr, "--job-id", job],
-                               capture_output=True, text=True, timeout=300)
-            digests[job] = json.loads(p.stdout)["requestDigest"]
+        digests = store_verdicts(cli_path(BUILD), addr, ZOO,
+                                 {"train/pass": "mlp", "train/fail": "loss_flat"})
 
         conf_dir = f"{tmp}/etc"
         os.makedirs(conf_dir)
@@ -80,7 +69,7 @@ def main():
         shutil.copy(f"{ROOT}/client/gates/slurm/job_submit.lua", conf_dir)
 
         def gate(**kw):
-            settings = {"server": addr, "cli": f"{BUILD}/client/preflight-thin", "timeout": "10", "on_missing": "reject",
+            settings = {"server": addr, "cli": cli_path(BUILD, thin=True), "timeout": "10", "on_missing": "reject",
                         "on_unavailable": "admit", "require_tag": "no"}
             settings.update(kw)
             with open(f"{conf_dir}/preflight_gate.conf", "w") as f:
@@ -124,22 +113,14 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
              f"--pid-file={tmp}/munge/munged.pid", f"--log-file={tmp}/log/munged.log",
              f"--seed-file={tmp}/munge/munge.seed"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.1)
+        wait_for(lambda: os.path.exists(sock), 10)
         procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ready = False
-        for _ in range(150):
-            p = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
-                               text=True)
-            if p.stdout.strip() in ("idle", "mix", "alloc"):
-                ready = True
-                break
-            time.sleep(0.2)
+        ready = wait_for(lambda: subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+            text=True).stdout.strip() in ("idle", "mix", "alloc"), 30)
         logs = ""
         if not ready:
             for name in ("slurmctld.log", "slurmd.log", "munged.log"):
@@ -152,22 +133,27 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         if not ready:
             raise RuntimeError("slurm did not start")
 
+        def admitted(tag):
+            """How often the gate logged that it looked `tag` up and admitted
+            the job (an untagged job is admitted too, without that line)."""
+            with open(f"{tmp}/log/slurmctld.log") as f:
+                return f.read().count(f"preflight: {tag} admitted")
+
         def sbatch(*args, **kw):
             return subprocess.run(["sbatch", f"--output={tmp}/out/%j.out", *args], env=env,
                                   capture_output=True, text=True, timeout=120, **kw)
 
         p = sbatch("--comment=preflight:train/pass", "--wrap", "echo ran-pass")
-        expect("PASS-tagged batch job is admitted", p.returncode == 0 and "Submitted" in p.stdout,
-               p.stderr)
+        expect("PASS-tagged batch job is admitted",
+               p.returncode == 0 and "Submitted" in p.stdout and admitted("train/pass") == 1, p.stderr)
         job = p.stdout.split()[-1] if p.returncode == 0 else ""
-        ran = False
-        for _ in range(150):
-            out = f"{tmp}/out/{job}.out"
-            if job and os.path.exists(out) and "ran-pass" in open(out).read():
-                ran = True
-                break
-            time.sleep(0.2)
-        expect("the admitted job runs", ran)
+        def ran(out=f"{tmp}/out/{job}.out"):
+            if not (job and os.path.exists(out)):
+                return False
+            with open(out) as f:
+                return "ran-pass" in f.read()
+
+        expect("the admitted job runs", wait_for(ran, 30))
 
         p = sbatch("--comment=preflight:train/fail", "--wrap", "echo should-not-run")
         expect("FAIL-tagged batch job is refused with its findings on stderr",
@@ -175,7 +161,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
         p = subprocess.run(["srun", "--comment=preflight:train/pass", "echo", "srun-pass"],
                            env=env, capture_output=True, text=True, timeout=120)
-        expect("srun with a PASS tag runs", p.returncode == 0 and "srun-pass" in p.stdout,
+        expect("srun with a PASS tag runs",
+               p.returncode == 0 and "srun-pass" in p.stdout and admitted("train/pass") == 2,
                p.stderr)
         p = subprocess.run(["srun", "--comment=preflight:train/fail", "echo", "x"], env=env,
                            capture_output=True, text=True, timeout=120)
@@ -186,7 +173,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("PREFLIGHT_DIGEST in the environment is gated (FAIL refused)",
                p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
         p = sbatch(f"--export=ALL,PREFLIGHT_DIGEST={digests['train/pass']}", "--wrap", "true")
-        expect("PREFLIGHT_DIGEST of a PASS verdict is admitted", p.returncode == 0, p.stderr)
+        expect("PREFLIGHT_DIGEST of a PASS verdict is admitted",
+               p.returncode == 0 and admitted(digests["train/pass"]) == 1, p.stderr)
 
         p = sbatch("--comment=preflight:train/unknown", "--wrap", "true")
         expect("unknown id, on_missing=reject: refused with a message",
@@ -202,7 +190,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("require_tag=yes refuses untagged jobs",
                p.returncode != 0 and "requires a Preflight verdict" in p.stderr, p.stderr)
 
-        stop(server)
+        server.stop()
         gate(on_unavailable="admit")
         p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
         expect("server down, on_unavailable=admit: admitted with a message",
@@ -214,7 +202,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     except RuntimeError:
         pass
     finally:
-        stop(server)
+        server.stop()
         subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True,
                        env=dict(os.environ, SLURM_CONF=f"{tmp}/etc/slurm.conf"))
         for p in reversed(procs):

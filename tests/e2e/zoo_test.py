@@ -14,8 +14,9 @@ Usage: zoo_test.py PREFLIGHT_BINARY ZOO_DIR [--only NAME ...] [--jobs N] [--serv
 import argparse
 import concurrent.futures
 import json
-import subprocess
 import sys
+
+from e2e_common import Zoo, check_case
 
 EXIT_FOR = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
 
@@ -23,22 +24,15 @@ EXIT_FOR = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
 SERVER = None  # HOST:PORT when the cases go through a Preflight server.
 
 
-def run(binary, case, extra=()):
-    cmd = [binary, "check", "--model", case["model"], "--batch", case["batch"], "--json",
-           *case["flags"], *extra]
-    if SERVER:
-        cmd += ["--server", SERVER]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    try:
-        report = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        report = None
+def run(binary, case):
+    p, report = check_case(binary, case, server=SERVER)
     if SERVER and report is not None:
         report = report.get("report")
     return p, report
 
 
-def check_case(binary, case):
+def assess(binary, case):
+    """(problems with the case's outcome, its report or None)."""
     problems = []
     p, report = run(binary, case)
     if report is None:
@@ -79,17 +73,12 @@ def main():
     args = ap.parse_args()
     global SERVER
     SERVER = args.server
-    with open(f"{args.zoo}/manifest.json") as f:
-        cases = json.load(f)
-    if args.only:
-        cases = [c for c in cases if c["name"] in args.only]
     # Hostile models are only contained by the service's sandbox.
-    if not args.server:
-        cases = [c for c in cases if not c.get("service_only")]
+    cases = Zoo(args.zoo).select(args.only, service=bool(args.server))
 
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda c: (c, *check_case(args.binary, c)), cases))
+        results = list(pool.map(lambda c: (c, *assess(args.binary, c)), cases))
     for case, problems, report in results:
         codes = ",".join(f["code"] for f in report["findings"]) if report else "-"
         status = "ok  " if not problems else "FAIL"
@@ -101,18 +90,21 @@ def main():
         failures += bool(problems)
 
     # Determinism of whole reports: same inputs, same bytes (timing aside).
+    total = len(cases)
     for name in args.determinism_cases:
+        if args.only and name not in args.only:
+            continue  # Left out on purpose; a name the zoo lost is a failure.
+        total += 1
         case = next((c for c in cases if c["name"] == name), None)
-        if case is None:
-            continue
-        _, a = run(args.binary, case)
-        _, b = run(args.binary, case)
+        a = b = None
+        if case is not None:
+            _, a = run(args.binary, case)
+            _, b = run(args.binary, case)
         same = a is not None and b is not None and strip_timing(a) == strip_timing(b)
-        print(f"{'ok  ' if same else 'FAIL'} reproducible report: {name}")
+        print(f"{'ok  ' if same else 'FAIL'} reproducible report: {name}"
+              + ("" if case else " (no such zoo case)"))
         failures += not same
 
-    total = len(cases) + len([n for n in args.determinism_cases
-                              if any(c["name"] == n for c in cases)])
     print(f"{total - failures} passed, {failures} failed")
     return 1 if failures else 0
 

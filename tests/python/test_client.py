@@ -3,8 +3,8 @@
 Run with PYTHONPATH=BUILD/python and PREFLIGHT_BUILD=BUILD (ctest sets both).
 """
 import os
-import signal
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -13,25 +13,19 @@ import torch
 import torch.nn as nn
 
 import preflight
+from preflight._client import _config
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "e2e"))
+from e2e_common import Server, free_port  # noqa: E402  (the e2e tier's server helper)
 
 BUILD = os.environ.get("PREFLIGHT_BUILD", "build")
 
 
 @pytest.fixture(scope="module")
 def server():
-    store = tempfile.mkdtemp(prefix="preflight-pytest-")
-    p = subprocess.Popen([f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0",
-                          "--metrics_address", "", "--store", store],
-                         stdout=subprocess.PIPE, text=True)
-    addr = None
-    for line in p.stdout:
-        if "listening on port" in line:
-            addr = f"127.0.0.1:{line.split()[-1]}"
-            break
-    assert addr, "server did not start"
-    yield addr
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
+    with Server(BUILD, tempfile.mkdtemp(prefix="preflight-pytest-")) as s:
+        yield s.addr
 
 
 def batch(n=16, d=20, classes=5, seed=1):
@@ -121,8 +115,7 @@ def test_unknown_job_is_not_found(server):
 
 
 def test_server_unreachable():
-    with socket_free_port() as port:
-        pass
+    port = free_port()  # Bound, then released: nothing listens there.
     with pytest.raises(preflight.PreflightError) as e:
         preflight.check(mlp(), batch(), server=f"127.0.0.1:{port}", timeout=5)
     assert e.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -147,14 +140,62 @@ def test_console_script_mirrors_the_cli(server, tmp_path):
     assert "NOT_FOUND" in p.stderr
 
 
-class socket_free_port:
-    """A loopback port that nothing listens on (bound, then released)."""
 
-    def __enter__(self):
-        import socket
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
+def test_unset_settings_stay_unset():
+    # Only what the caller set travels; the server fills in the rest.
+    assert _config().ByteSize() == 0
+    assert _config(lr=None, seed=None, timeout=None).ByteSize() == 0
+    c = _config(lr=0.01, steps=50, timeout=30.0, train_mode=False)
+    assert [f.name for f, _ in c.ListFields()] == ["lr", "max_steps", "train_mode",
+                                                   "timeout_seconds"]
+    assert (c.lr, c.max_steps, c.timeout_seconds, c.train_mode) == (0.01, 50, 30.0, False)
+    with pytest.raises(TypeError, match="unknown check setting 'frobnicate'"):
+        _config(frobnicate=1)
+    with pytest.raises(TypeError, match="^lr: "):
+        _config(lr="fast")
 
-    def __exit__(self, *exc):
-        self.s.close()
+
+def test_report_config_holds_the_servers_defaults(server):
+    report = preflight.check(mlp(), batch(), server=server, seed=3)
+    c = report.config
+    # Everything unset came back filled in by the server, and is what the
+    # report prints; the one setting given is the one that ran.
+    assert c.seed == 3
+    assert c.optimizer and c.lr > 0 and c.max_steps > 0 and c.timeout_seconds > 0, c
+    assert f"{c.optimizer} lr {c.lr:g}, wd {c.weight_decay:g}, max {c.max_steps} steps" \
+        in str(report)
+    tuned = preflight.check(mlp(), batch(), server=server, seed=3, lr=c.lr / 2, steps=40)
+    assert (tuned.config.lr, tuned.config.max_steps) == (c.lr / 2, 40)
+    assert tuned.config.optimizer == c.optimizer
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"lr": -1.0}, "config.lr"),
+    ({"optimizer": "rmsprop"}, "config.optimizer"),
+    ({"steps": -5}, "config.max_steps"),
+    ({"device": "tpu"}, "config.device"),
+    ({"momentum": 0.9, "optimizer": "adam"}, "config.momentum"),
+    ({"loss": "hinge"}, "config.loss"),
+])
+def test_server_validates_settings_and_names_the_field(server, settings, field):
+    with pytest.raises(preflight.PreflightError) as e:
+        preflight.check(mlp(), batch(), server=server, **settings)
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert e.value.field == field, e.value.message
+    assert str(e.value).startswith(f"INVALID_ARGUMENT: {field}: ")
+
+
+def test_console_script_defers_to_the_server(server, tmp_path):
+    p = subprocess.run(["python3", "-m", "preflight", "check", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0
+    assert "default: server's" in p.stdout
+    assert "1e-3" not in p.stdout and "0.001" not in p.stdout
+    torch.jit.script(mlp()).save(str(tmp_path / "m.pt"))
+    x, y = batch()
+    torch.save({"inputs": x, "targets": y}, tmp_path / "b.pt")
+    p = subprocess.run(["python3", "-m", "preflight", "check", "--server", server, "--model",
+                        str(tmp_path / "m.pt"), "--batch", str(tmp_path / "b.pt"),
+                        "--lr", "-1"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "INVALID_ARGUMENT: config.lr: " in p.stderr

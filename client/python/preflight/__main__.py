@@ -1,6 +1,9 @@
 """`python -m preflight` / `preflight-py`: the C++ CLI's check and verdict for
 Python-only environments. Same exit codes: 0 PASS/WARN, 1 FAIL, 2 usage or
-invalid request, 3 ERROR, 4 no stored verdict, 5 service unreachable."""
+invalid request, 3 ERROR, 4 no stored verdict, 5 service unreachable.
+
+Check settings left out take the server's defaults (the report shows what ran:
+`--json` has them under "config"); the server validates every setting."""
 import argparse
 import json
 import sys
@@ -19,12 +22,17 @@ def main(argv=None):
     c.add_argument("--server", required=True)
     c.add_argument("--model", required=True, help="TorchScript file")
     c.add_argument("--batch", required=True, help="torch.save'd batch file")
-    c.add_argument("--loss")
-    c.add_argument("--optimizer", default="adam")
-    c.add_argument("--lr", type=float, default=1e-3)
-    c.add_argument("--steps", type=int, default=500)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--timeout", type=float, default=300)
+    server_default = "default: server's"
+    c.add_argument("--loss", help=f"built-in loss name or model.loss ({server_default})")
+    c.add_argument("--optimizer", help=f"adam, adamw or sgd ({server_default})")
+    c.add_argument("--lr", type=float, help=f"learning rate ({server_default})")
+    c.add_argument("--weight-decay", type=float, help=server_default)
+    c.add_argument("--momentum", type=float, help=f"sgd only ({server_default})")
+    c.add_argument("--steps", type=int, help=f"most optimizer steps ({server_default})")
+    c.add_argument("--seed", type=int, help=server_default)
+    c.add_argument("--device", help=f"auto, cpu, cuda or cuda:N ({server_default})")
+    c.add_argument("--timeout", type=float,
+                   help=f"wall-clock budget of the check, seconds ({server_default})")
     c.add_argument("--job-id", default="")
     c.add_argument("--json", action="store_true")
     v = sub.add_parser("verdict", help="print a stored verdict (a scheduler gate)")
@@ -41,8 +49,10 @@ def main(argv=None):
 
             batch = torch.load(args.batch)
             report = check(args.model, batch, server=args.server, loss=args.loss,
-                           optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-                           seed=args.seed, timeout=args.timeout, job_id=args.job_id)
+                           optimizer=args.optimizer, lr=args.lr,
+                           weight_decay=args.weight_decay, momentum=args.momentum,
+                           steps=args.steps, seed=args.seed, device=args.device,
+                           timeout=args.timeout, job_id=args.job_id)
         else:
             report = verdict(server=args.server, job_id=args.job_id, digest=args.digest,
                              timeout=args.timeout)

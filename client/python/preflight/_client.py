@@ -11,6 +11,12 @@ inputs; `report.conversion` says which), both model and batch are
 serialized in memory and streamed through Upload, and the check runs on the
 server. Errors are PreflightError with the gRPC status code and the server's
 message (which names the field), never a raw gRPC stack trace.
+
+Settings: only those you pass travel in the request; the rest stay unset and
+the server applies its defaults and validates everything (one home for both:
+service/engine/config.cc). `report.config` is the configuration that ran,
+defaults filled in. A setting the server refuses is a PreflightError
+INVALID_ARGUMENT whose `field` names it (e.g. "config.lr").
 """
 import dataclasses
 import io
@@ -32,6 +38,13 @@ class PreflightError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code          # gRPC status code name, e.g. "INVALID_ARGUMENT".
         self.message = message    # The server's message; names the field at fault.
+
+    @property
+    def field(self) -> str:
+        """For INVALID_ARGUMENT, the request field at fault ("config.lr",
+        "job_id", "model.inline"): the server's messages start "FIELD: ..."."""
+        head, sep, _ = self.message.partition(": ")
+        return head if sep and self.code == "INVALID_ARGUMENT" and " " not in head else ""
 
 
 @dataclasses.dataclass
@@ -58,9 +71,21 @@ class Report:
         """True for PASS and WARN: the job may be submitted."""
         return self.verdict in ("PASS", "WARN")
 
+    @property
+    def config(self):
+        """The preflight.v1.CheckConfig that ran: what was asked, with the
+        server's defaults for everything that was not."""
+        return self.proto.config if self.proto is not None else report_pb2.CheckConfig()
+
     def __str__(self) -> str:
         lines = [f"Preflight {self.verdict}"
                  + (f" (cached verdict {self.request_digest[:12]})" if self.cached else "")]
+        c = self.config
+        if c.optimizer:  # Absent from reports that never reached the engine.
+            device = (self.proto.environment.device if self.proto is not None else "") or c.device
+            lines.append(f"  loss {c.loss or '-'}, {c.optimizer} lr {c.lr:g}, "
+                         f"wd {c.weight_decay:g}, max {c.max_steps} steps, seed {c.seed}, "
+                         f"{device}")
         if self.loss_curve:
             lines.append(f"  loss {self.loss_curve[0]:.4g} -> {self.loss_curve[-1]:.4g} "
                          f"in {len(self.loss_curve)} steps")
@@ -145,35 +170,74 @@ def _upload(stub, data: bytes, timeout: float) -> str:
     return stub.Upload(chunks(), timeout=timeout).sha256
 
 
-def check(model, batch, *, server: str, loss: Optional[str] = None, optimizer: str = "adam",
-          lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.0,
-          steps: int = 500, seed: int = 0, device: str = "auto", timeout: float = 300.0,
-          job_id: str = "") -> Report:
+# Python spellings of CheckConfig fields (the CLI's flag names).
+_FIELD_FOR = {"steps": "max_steps", "timeout": "timeout_seconds"}
+_RPC_MARGIN_SECONDS = 300  # Queueing and transfer on top of the check's own timeout.
+
+
+def _config(**settings) -> "report_pb2.CheckConfig":
+    """A CheckConfig holding only the settings that are not None. Nothing is
+    defaulted or range-checked here: the server does both, for every client."""
+    config = report_pb2.CheckConfig()
+    fields = config.DESCRIPTOR.fields_by_name
+    for name, value in settings.items():
+        if value is None:
+            continue
+        field = fields.get(_FIELD_FOR.get(name, name))
+        if field is None:
+            raise TypeError(f"unknown check setting '{name}'; CheckConfig has "
+                            f"{', '.join(sorted(fields))}")
+        if field.enum_type is not None and isinstance(value, str):
+            if value not in field.enum_type.values_by_name:
+                raise ValueError(f"{name}: expected one of "
+                                 f"{', '.join(field.enum_type.values_by_name)}, got '{value}'")
+            value = field.enum_type.values_by_name[value].number
+        try:
+            setattr(config, field.name, value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: {e}") from None
+    return config
+
+
+def check(model, batch, *, server: str, loss: Optional[str] = None,
+          optimizer: Optional[str] = None, lr: Optional[float] = None,
+          weight_decay: Optional[float] = None, momentum: Optional[float] = None,
+          steps: Optional[int] = None, seed: Optional[int] = None,
+          device: Optional[str] = None, timeout: Optional[float] = None,
+          job_id: str = "", rpc_timeout: Optional[float] = None, **settings) -> Report:
     """Checks that `model` can fit `batch` and returns the verdict.
 
     model: an nn.Module (scripted, or traced when scripting fails), a
       ScriptModule, or the path of a TorchScript file.
     batch: (inputs, targets) or {"inputs": ..., "targets": ...}; inputs may be
       a tuple of tensors for multi-input models.
+    loss, optimizer, lr, weight_decay, momentum, steps (max_steps), seed,
+      device, timeout (timeout_seconds, the check's wall-clock budget) and any
+      other CheckConfig field as a keyword (target_ratio, train_mode, ...):
+      left out (None), the server's default applies; `report.config` says
+      which values ran.
+    rpc_timeout: seconds to wait for the answer. Default: `timeout` + 300 s
+      when `timeout` is given, otherwise no client-side limit (the server
+      bounds every check by its own timeout).
     """
     import torch
 
+    config = _config(loss=loss, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                     momentum=momentum, steps=steps, seed=seed, device=device,
+                     timeout=timeout, **settings)
     inputs, targets = _split_batch(batch)
     model_bytes, conversion = _serialize_model(model, inputs)
     buf = io.BytesIO()
     torch.save({"inputs": inputs, "targets": targets}, buf)
-    config = report_pb2.CheckConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                                    momentum=momentum, max_steps=steps, seed=seed,
-                                    device=device, timeout_seconds=timeout)
-    if loss:
-        config.loss = loss
+    if rpc_timeout is None and timeout is not None:
+        rpc_timeout = timeout + _RPC_MARGIN_SECONDS
     with grpc.insecure_channel(server) as channel:
         stub = preflight_pb2_grpc.PreflightStub(channel)
         try:
             req = preflight_pb2.CheckRequest(config=config, job_id=job_id)
             req.model.sha256 = _upload(stub, model_bytes, 600)
             req.batch.sha256 = _upload(stub, buf.getvalue(), 600)
-            resp = stub.Check(req, timeout=timeout + 300)
+            resp = stub.Check(req, timeout=rpc_timeout)
         except grpc.RpcError as e:
             raise _rpc_error(e) from None
     return _report(resp.report, resp.request_digest, resp.cached, conversion)
