@@ -64,13 +64,14 @@ elif ((DRY)); then
 fi
 [ -n "$REASON" ] && DRY=1
 
-if ((PROBE)); then
-  echo "== os";       (cat /etc/os-release 2>/dev/null | head -3; uname -r)
+# What this machine has for a build: printed by --probe, kept in the results.
+probe() {
+  echo "== os";       (grep PRETTY_NAME /etc/os-release 2>/dev/null; uname -r)
   echo "== gpu";      echo "${SMI_OUT:-$REASON}"
   echo "== tools";    for t in g++ c++ cmake ninja ccache pkg-config protoc grpc_cpp_plugin \
-                                 apt-get nvcc; do
+                                 dpkg-deb apt-get nvcc; do
                         printf '%-16s %s\n' "$t" "$(command -v $t || echo MISSING)"; done
-  g++ --version 2>/dev/null | head -1
+  g++ --version 2>/dev/null | head -1; cmake --version 2>/dev/null | head -1
   echo "== pkg-config"; for m in grpc++ protobuf libseccomp sqlite3 openssl absl_status; do
                         printf '%-12s %s\n' "$m" "$(pkg-config --modversion $m 2>/dev/null ||
                                                    echo MISSING)"; done
@@ -79,6 +80,10 @@ if ((PROBE)); then
                           /usr/lib/cmake/$d* /usr/local/lib/cmake/$d* 2>/dev/null | head -1)"; done
   echo "== python";   timeout 60 "$PYTHON" -c 'import torch, sys; print(sys.executable, torch.__version__,
     "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 | tail -2
+  echo "== bundle";   ls .gpu-bundle/debs 2>/dev/null | wc -l
+}
+if ((PROBE)); then
+  probe
   exit 0
 fi
 
@@ -91,6 +96,8 @@ STEPS="$WORK/steps.jsonl"
 : >"$STEPS"
 mkdir -p "$(dirname "$OUT")"
 [ -n "$SMI_OUT" ] && { echo "$SMI_OUT"; timeout 30 nvidia-smi 2>&1 | head -20; } >"$WORK/nvidia-smi.txt"
+
+probe >"$WORK/probe.txt" 2>&1
 
 # Records one wrapper step for the results file.
 record() {  # name ok seconds detail
@@ -119,9 +126,61 @@ if ((SETUP)); then
 else
   record setup 1 0 "skipped (--no-setup)"
 fi
+# A GPU machine without a package index lacks gRPC & co.: build against the
+# Debian packages of .gpu-bundle/ (tools/gpu/bundle.sh), unpacked under
+# $DEPS, never into /. Their libraries reach the binaries through an old-style
+# RPATH (searched for the libraries' own dependencies too, unlike RUNPATH:
+# libgrpc++ needs libgrpc), and protoc through LD_LIBRARY_PATH in the build only.
+DEPS="${PREFLIGHT_DEPS_PREFIX:-/tmp/preflight-deps}"
+CMAKE_EXTRA=()
+use_bundle() {
+  local lib="$DEPS/usr/lib/x86_64-linux-gnu" deb
+  mkdir -p "$DEPS"
+  for deb in .gpu-bundle/debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$DEPS" || return 1
+    else  # A .deb is an ar archive holding data.tar.*.
+      "$PYTHON" - "$deb" "$DEPS" <<'PY' || return 1
+import io, sys, tarfile
+data = open(sys.argv[1], "rb").read()
+pos = 8
+while pos < len(data):
+    name, size = data[pos:pos + 16].decode().strip(), int(data[pos + 48:pos + 58])
+    if name.startswith("data.tar"):
+        tar = tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size]))
+        try:  # Packages hold absolute symlinks; they stay under the prefix's tree.
+            tar.extractall(sys.argv[2], filter="fully_trusted")
+        except TypeError:  # Python without extraction filters.
+            tar.extractall(sys.argv[2])
+    pos += 60 + size + (size & 1)
+PY
+    fi
+  done
+  export PATH="$DEPS/usr/bin:$PATH"
+  export PKG_CONFIG_LIBDIR="$lib/pkgconfig:$DEPS/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$DEPS"
+  CMAKE_EXTRA=(-DCMAKE_PREFIX_PATH="$DEPS/usr" -DCMAKE_LIBRARY_PATH="$lib"
+               -DCMAKE_INCLUDE_PATH="$DEPS/usr/include" -DCMAKE_BUILD_RPATH="$lib"
+               -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags)  # RPATH: also for their deps
+  BUILD_LD_PATH="$lib"
+}
+BUILD_LD_PATH=""
+if ((DO_BUILD)) && ! pkg-config --exists grpc++ 2>/dev/null; then
+  if [ -d .gpu-bundle/debs ]; then
+    t0=$SECONDS
+    if use_bundle; then
+      record "unpack .gpu-bundle" 1 $((SECONDS - t0)) "$(ls .gpu-bundle/debs | wc -l) packages under $DEPS"
+    else
+      record "unpack .gpu-bundle" 0 $((SECONDS - t0)) "unpacking into $DEPS failed"
+    fi
+  else
+    record "build dependencies" 0 0 "no gRPC (pkg-config grpc++) and no .gpu-bundle/: run tools/gpu/bundle.sh where apt works and carry .gpu-bundle"
+  fi
+fi
+
 if ((DO_BUILD)); then
   if [ "$BUILD" = build ]; then
-    step build "$(( $(left) > 120 ? $(left) - 90 : 30 ))" tools/build.sh
+    step build "$(( $(left) > 120 ? $(left) - 90 : 30 ))" \
+      env ${BUILD_LD_PATH:+LD_LIBRARY_PATH="$BUILD_LD_PATH"} tools/build.sh "${CMAKE_EXTRA[@]}"
   else
     step build "$(( $(left) > 120 ? $(left) - 90 : 30 ))" cmake --build "$BUILD" -j "$(nproc)"
   fi
@@ -137,7 +196,8 @@ if ((BUILD_RC != 0)) || [ ! -x "$BUILD/client/preflight" ] ||
     echo "# Preflight GPU check (issue 17)"; echo
     echo "**NOTHING WAS MEASURED: the build failed** (mode: $( ((DRY)) && echo dry || echo gpu))."
     echo "Every CUDA case is SKIPPED: no build. ${REASON:+GPU: $REASON.}"; echo
-    echo '```'; tail -40 "$WORK/build.log" 2>/dev/null; echo '```'
+    echo '```'; tail -40 "$WORK/build.log" 2>/dev/null; echo '```'; echo
+    echo "Machine:"; echo; echo '```'; cat "$WORK/probe.txt"; echo '```'
   } >"$OUT"
   exit 1
 fi
@@ -149,7 +209,7 @@ MODE=gpu
 PYTHONUNBUFFERED=1 timeout --kill-after=15 $((MEASURE + 30)) "$PYTHON" \
   tools/gpu/gpu_check.py --build "$BUILD" --work "$WORK" --out "$OUT" --mode "$MODE" \
   --dry-reason "$REASON" --steps "$STEPS" --nvidia-smi "$WORK/nvidia-smi.txt" \
-  --budget "$MEASURE"
+  --probe "$WORK/probe.txt" --budget "$MEASURE"
 rc=$?
 echo "gpu-check: done in $((SECONDS - START)) s, exit $rc, results in $OUT" >&2
 exit $rc

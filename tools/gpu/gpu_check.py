@@ -657,6 +657,9 @@ class Check:
         if self.args.nvidia_smi and os.path.exists(self.args.nvidia_smi):
             with open(self.args.nvidia_smi) as f:
                 m["nvidia_smi"] = f.read().strip()[:3000]
+        if self.args.probe and os.path.exists(self.args.probe):
+            with open(self.args.probe) as f:
+                m["probe"] = f.read().strip()[:4000]
         for s in self.args.steps_in:
             m.setdefault("wrapper_steps", []).append(s)
         return m
@@ -677,6 +680,8 @@ class Check:
                 f"{res['machine']['cpus']} CPUs. Exit code {res['exit_code']}.", ""]
         smi = res["machine"].get("nvidia_smi")
         out += ["## GPU", "", "```", smi or "nvidia-smi: not available", "```", ""]
+        out += ["## Machine (what it has for a build)", "", "```",
+                res["machine"].get("probe", "not probed"), "```", ""]
         out += ["## Steps", "", "| step | ok | seconds | detail |", "|---|---|---|---|"]
         for s in list(res["machine"].get("wrapper_steps", [])) + res["steps"]:
             out.append(f"| {s['name']} | {'yes' if s['ok'] else 'NO'} | {s['seconds']} | "
@@ -740,6 +745,7 @@ def main():
     ap.add_argument("--steps", dest="steps_file", default="",
                     help="JSON list of the wrapper's steps (setup, build)")
     ap.add_argument("--nvidia-smi", default="")
+    ap.add_argument("--probe", default="", help="the wrapper's --probe output")
     ap.add_argument("--budget", type=float, default=330, help="seconds for this part")
     ap.add_argument("--only", nargs="*", default=[],
                     help="GPU mode: only these zoo cases (mlp is always added)")
