@@ -120,8 +120,10 @@ step() {  # name timeout cmd...
 echo "gpu-check: mode $( ((DRY)) && echo "dry ($REASON)" || echo gpu), budget ${BUDGET} s" >&2
 # Offline machines (a lent GPU box has no package index): fail fast, not after retries.
 export PIP_DEFAULT_TIMEOUT=10 PIP_RETRIES=0
+printf 'Acquire::Retries "0";\nAcquire::http::Timeout "10";\nAcquire::https::Timeout "10";\n' \
+  >"$WORK/apt.conf"
 if ((SETUP)); then
-  step setup 240 tools/setup.sh ||
+  APT_CONFIG="$WORK/apt.conf" step setup 150 tools/setup.sh ||
     echo "gpu-check: setup failed; building with what this machine has" >&2
 else
   record setup 1 0 "skipped (--no-setup)"
