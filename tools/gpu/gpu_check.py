@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -91,6 +92,8 @@ def run_cli(cli, case, device, extra=(), server=None, timeout=300):
     except subprocess.TimeoutExpired:
         return {"rc": None, "wall": now() - t0, "report": None,
                 "error": f"no answer within {timeout:.0f} s"}
+    except OSError as e:
+        return {"rc": None, "wall": now() - t0, "report": None, "error": f"cannot run: {e}"}
     wall = now() - t0
     try:
         out = json.loads(p.stdout)
@@ -251,6 +254,7 @@ class Check:
         self.steps = []
         self.zoo = []
         self.gpu_cases = []
+        self.expected = []      # (id, what) of every CUDA row of a complete run
         self.server_walls = {}  # case -> wall seconds of its CUDA check through the server
         self.t0 = now()
 
@@ -351,28 +355,48 @@ class Check:
                     self.cli, c, "cuda", timeout=self.budget.cap(300))))
         return cases, self.parallel(tasks, self.args.jobs)
 
+    def phase(self, name, fn, *args):
+        """Runs one phase; a bug in it is recorded as a failed step, the
+        results so far are written, and the run goes on (one GPU session may
+        be all there is: a crash must not lose what was measured)."""
+        t0 = now()
+        try:
+            out = fn(*args)
+            self.step(name, True, now() - t0)
+        except Exception:  # noqa: BLE001  (reported in the results, never hidden)
+            out = None
+            self.step(name, False, now() - t0, traceback.format_exc()[-600:])
+        self.finish(final=False)
+        return out
+
     def run(self):
         self.make_artifacts()
         all_cases = self.full_case_list()
+        self.expected = self.expected_ids(all_cases)
         names = {c["name"] for c in self.zoo}
         timed = [n for n in (DRY_TIMED if self.dry else TIMED) if n in names]
-
-        t0 = now()
-        self.timed_runs(timed)
-        self.step("timed runs (serial)", True, now() - t0)
-
-        t0 = now()
-        cases, local = self.local_cases()
-        self.step("zoo locally (parallel)", True, now() - t0)
-        self.judge_local(all_cases, cases, local)
-
-        t0 = now()
-        self.service(all_cases, local)
-        self.step("through preflight-server", True, now() - t0)
-
-        self.judge_timing(timed)
-        self.judge_determinism(local)
+        self.phase("timed runs (serial)", self.timed_runs, timed)
+        cases, local = self.phase("zoo locally (parallel)", self.local_cases) or ([], {})
+        self.phase("judge local runs", self.judge_local, all_cases, cases, local)
+        self.phase("through preflight-server", self.service, all_cases, local)
+        self.phase("judge timing", self.judge_timing, timed)
+        self.phase("judge determinism", self.judge_determinism, local)
         return self.finish()
+
+    def expected_ids(self, all_cases):
+        """Every CUDA row a complete run has: rows a crashed phase never wrote
+        are added as SKIPPED at the end, so none can go missing silently."""
+        local = [c["name"] for c in all_cases if not c["service_only"]] + [
+            g["name"] for g in self.gpu_cases if g["name"] != "gpu_memory_hog"]
+        ids = [(f"cuda-local/{n}", "verdict CPU vs CUDA, local CLI") for n in local]
+        ids += self.service_row_ids(all_cases)
+        ids += [(f"cuda-server/{n}", "verdict through preflight-server, CUDA")
+                for n in CUDA_SERVICE_SKIPS]
+        ids += [(f"cuda-timing/{n}", "time-to-verdict CPU vs CUDA, local CLI") for n in TIMED]
+        ids += [("cuda-determinism/replay", "in-run bitwise replay on CUDA")]
+        ids += [(f"cuda-determinism/cross-process/{n}", "repeated CUDA runs, identical reports")
+                for n in TIMED]
+        return ids
 
     # --- judging ------------------------------------------------------------
     def judge_local(self, all_cases, cases, local):
@@ -625,7 +649,14 @@ class Check:
                       f"{len(runs)} runs {'identical' if same else 'DIFFER'}")
 
     # --- output -------------------------------------------------------------
-    def finish(self):
+    def finish(self, final=True):
+        if final:
+            have = {r["id"] for r in self.cuda_rows}
+            crashed = [s["name"] for s in self.steps if not s["ok"]]
+            for cid, what in self.expected:
+                if cid not in have:
+                    self.cuda(cid, what, "SKIPPED", self.skip_reason() or
+                              f"not run: phase failed ({', '.join(crashed) or 'unknown'})")
         cpu_fail = [r for r in self.cpu_rows if r["status"] != "PASS"]
         cuda_bad = [r for r in self.cuda_rows if r["status"] == "FAIL"
                     or (r["status"] == "SKIPPED" and not r["reason"])
@@ -635,13 +666,15 @@ class Check:
         result = dict(mode=self.args.mode, dry_reason=self.args.dry_reason if self.dry else "",
                       gpu_measured=not self.dry and any(r["status"] != "SKIPPED"
                                                         for r in self.cuda_rows),
-                      exit_code=exit_code, seconds=round(now() - self.t0, 1),
+                      exit_code=exit_code, complete=final, seconds=round(now() - self.t0, 1),
                       steps=self.steps, cpu_cases=self.cpu_rows, cuda_cases=self.cuda_rows,
                       sandbox=self.sandbox, machine=self.machine())
         with open(self.args.out.rsplit(".", 1)[0] + ".json", "w") as f:
             json.dump(result, f, indent=1)
         with open(self.args.out, "w") as f:
             f.write(self.markdown(result))
+        if not final:
+            return exit_code
         counts = {s: sum(r["status"] == s for r in self.cuda_rows)
                   for s in ("PASS", "FAIL", "SKIPPED")}
         print(f"gpu_check: {self.args.mode} run, {len(self.cpu_rows) - len(cpu_fail)}/"
@@ -667,6 +700,9 @@ class Check:
     def markdown(self, res):
         out = ["# Preflight GPU check (issue 17)", ""]
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if not res["complete"]:
+            out += ["**PARTIAL: written between phases; the run had not finished (if this is "
+                    "the last version, it was stopped).**", ""]
         if self.args.simulate_cuda_as:
             out += [f"**SIMULATION: no GPU result.** Every CUDA run used --device "
                     f"{self.args.simulate_cuda_as}; rows that check the device FAIL by design.",
