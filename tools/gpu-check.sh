@@ -14,7 +14,9 @@
 #                           [--no-build] [--budget SECONDS] [--probe]
 #   --out FILE      results markdown (default BENCHMARKS-gpu.md, or
 #                   BUILD/gpu-check/BENCHMARKS-gpu.dry.md in dry mode); FILE's
-#                   .json sibling holds the same results as data
+#                   .json sibling holds the same results as data, .log the
+#                   tails of the probe, setup, build and server logs. On a lent
+#                   GPU machine: --out "$OUT/BENCHMARKS-gpu.md" (they come back)
 #   --build-dir     build tree (default build/, built by tools/build.sh)
 #   --no-setup      skip tools/setup.sh;  --no-build: skip the build step
 #   --budget S      wall-clock budget of the whole script (default 470 s)
@@ -91,7 +93,18 @@ if [ -z "$OUT" ]; then
   if ((DRY)); then OUT="$BUILD/gpu-check/BENCHMARKS-gpu.dry.md"; else OUT="BENCHMARKS-gpu.md"; fi
 fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+# The logs' tails go beside the results (FILE without .md, plus .log), then
+# the scratch directory goes.
+keep_logs() {
+  local f
+  for f in "$WORK/probe.txt" "$WORK/setup.log" "$WORK/build.log" "$WORK/server.log"; do
+    [ -f "$f" ] || continue
+    echo "===== $(basename "$f") (last 200 lines)"
+    tail -200 "$f"
+  done >"${OUT%.md}.log" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap keep_logs EXIT
 STEPS="$WORK/steps.jsonl"
 : >"$STEPS"
 mkdir -p "$(dirname "$OUT")"
