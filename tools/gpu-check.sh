@@ -22,6 +22,9 @@
 #   --budget S      wall-clock budget of the whole script (default 470 s)
 #   --probe         only print what this machine has for a build (OS, compiler,
 #                   pkg-config modules, torch, GPU) and exit: ~20 s
+# On a lent GPU machine (no package index there): here, `tools/gpu/bundle.sh`
+# and `echo /.gpu-bundle/ >> .git/info/exclude`; then run there, carrying
+# .gpu-bundle: tools/gpu-check.sh --out "$OUT/BENCHMARKS-gpu.md" 2>&1
 # Exit: 0 when the CPU side met its expectations and every CUDA case either ran
 # and agreed or was skipped with a reason (on a GPU machine: only skips by
 # design); 1 otherwise; 2 usage.
