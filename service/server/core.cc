@@ -1,7 +1,6 @@
 #include "service/server/core.h"
 
 #include <algorithm>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -60,14 +59,6 @@ absl::Status CheckZipHead(absl::string_view head, const std::string& field) {
       ")"));
 }
 
-std::string ReadHead(const std::string& path, size_t n) {
-  std::string head(n, '\0');
-  std::ifstream in(path, std::ios::binary);
-  in.read(head.data(), static_cast<std::streamsize>(n));
-  head.resize(static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
-  return head;
-}
-
 }  // namespace
 
 absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a,
@@ -102,7 +93,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
         return absl::NotFoundError(absl::StrCat(field, ".sha256: no uploaded artifact ",
                                                 a.sha256(), "; Upload it first"));
       }
-      if (absl::Status s = CheckZipHead(ReadHead(blobs_->PathOf(a.sha256()), 4),
+      if (absl::Status s = CheckZipHead(blobs_->ReadHead(a.sha256(), 4),
                                         absl::StrCat(field, ".sha256 (uploaded artifact)"));
           !s.ok()) {
         return s;
@@ -219,7 +210,6 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   job.set_model_path(blobs_->PathOf(*model));
   job.set_batch_path(blobs_->PathOf(*batch));
   job.set_memory_limit_bytes(config_.job_memory_bytes);
-  job.set_wall_timeout_seconds(config.timeout_seconds());
   v1::WorkerResult result = runner_->Run(job);
   ReleaseSlot();
   metrics_->RecordWorkerExit(result.exit_reason());

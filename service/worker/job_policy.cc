@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "service/engine/budgets.h"
 #include "service/engine/report_util.h"
 
 namespace preflight::worker {
@@ -71,11 +72,9 @@ SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>
   p.readable_dirs = lib_dirs;
   p.keep_fd = result_fd;
   p.address_space_bytes = job.memory_limit_bytes();
-  // A backstop behind the zygote's wall-clock kill, not the limit itself: a
-  // job may keep every CPU it is allowed busy (inter-op pool, intra-op
-  // threads), so its CPU budget is the wall timeout times those CPUs.
-  p.cpu_seconds = static_cast<int64_t>(
-                      std::ceil(job.wall_timeout_seconds() * std::max(1, usable_cpus))) + 1;
+  // A backstop behind the zygote's wall-clock kill, not the limit itself.
+  p.cpu_seconds =
+      engine::DeriveBudgets(job.config().timeout_seconds(), usable_cpus).cpu_limit_seconds;
   if (!nvidia_devices.empty() && MayUseCuda(job.config().device())) {
     p.device_files = nvidia_devices;
     for (auto& d : CudaReadableDirs()) p.readable_dirs.push_back(std::move(d));

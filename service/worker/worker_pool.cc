@@ -12,15 +12,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "service/engine/budgets.h"
 #include "service/engine/report_util.h"
 #include "service/worker/framing.h"
 
 namespace preflight::worker {
 namespace {
-
-// Slack on top of a job's own deadline before the server gives up on the
-// zygote answering at all (the zygote enforces the deadline itself).
-constexpr absl::Duration kBackstop = absl::Seconds(30);
 
 v1::WorkerResult ErrorResult(uint64_t id, const v1::CheckConfig& config, v1::FindingCode code,
                              const std::string& message) {
@@ -166,8 +163,11 @@ v1::WorkerResult WorkerPool::Run(v1::WorkerJob job) {
     return ErrorResult(id, job.config(), v1::WORKER_CRASHED,
                        absl::StrCat("could not reach the worker process: ", s.message()));
   }
+  // The zygote enforces the job's deadline itself; this only bounds how long
+  // the server waits for it to answer at all.
   const absl::Time deadline =
-      absl::Now() + absl::Seconds(job.wall_timeout_seconds()) + kBackstop;
+      absl::Now() +
+      absl::Seconds(engine::DeriveBudgets(job.config().timeout_seconds()).backstop_seconds);
   while (!p->done) {
     if (cv_.wait_for(lock, std::chrono::milliseconds(
                                std::max<int64_t>(1, absl::ToInt64Milliseconds(

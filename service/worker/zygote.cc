@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "preflight/v1/worker.pb.h"
+#include "service/engine/budgets.h"
 #include "service/engine/engine.h"
 #include "service/engine/report_util.h"
 #include "service/worker/child_process.h"
@@ -204,7 +205,8 @@ int RunZygote(int control_fd) {
       Running r;
       r.job = job;
       r.start = absl::Now();
-      r.deadline = r.start + absl::Seconds(job.wall_timeout_seconds());
+      r.deadline = r.start + absl::Seconds(engine::DeriveBudgets(job.config().timeout_seconds())
+                                               .job_deadline_seconds);
       if (pipe2(pipefd, O_CLOEXEC) != 0) {
         v1::WorkerResult res;
         res.set_id(job.id());

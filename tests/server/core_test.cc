@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/time/clock.h"
+#include "service/store/store_factory.h"
 
 namespace preflight::server {
 namespace {
@@ -58,8 +59,10 @@ class CoreTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/preflight-core-test-XXXXXX";
     const std::string dir = mkdtemp(tmpl);
-    blobs_ = *store::BlobStore::Open(dir + "/blobs", 1 << 20);
-    verdicts_ = *store::SqliteVerdictStore::Open(dir + "/v.db");
+    auto stores = store::OpenStore(dir, 1 << 20);
+    ASSERT_TRUE(stores.ok()) << stores.status();
+    blobs_ = std::move(stores->blobs);
+    verdicts_ = std::move(stores->verdicts);
     CoreConfig c;
     c.job_slots = 1;
     c.queue_size = 1;
@@ -99,7 +102,7 @@ class CoreTest : public ::testing::Test {
   std::unique_ptr<ServiceMetrics> metrics_;
   FakeRunner runner_;
   std::unique_ptr<store::BlobStore> blobs_;
-  std::unique_ptr<store::SqliteVerdictStore> verdicts_;
+  std::unique_ptr<store::VerdictStore> verdicts_;
   std::unique_ptr<PreflightCore> core_;
 };
 

@@ -64,7 +64,7 @@ v1::WorkerJob Job(const std::string& device) {
   job.set_model_path("/store/blobs/m");
   job.set_batch_path("/store/blobs/b");
   job.set_memory_limit_bytes(int64_t{8} << 30);
-  job.set_wall_timeout_seconds(10);
+  job.mutable_config()->set_timeout_seconds(10);
   job.mutable_config()->set_device(device);
   return job;
 }
