@@ -28,7 +28,8 @@ class Service final : public v1::Preflight::Service {
   grpc::Status Check(grpc::ServerContext* ctx, const v1::CheckRequest* req,
                      v1::CheckResponse* resp) override {
     return Timed("Check", [&] {
-      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()));
+      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()),
+                            [ctx] { return ctx->IsCancelled(); });
       if (!r.ok()) return ToGrpcStatus(r.status());
       *resp = *std::move(r);
       return grpc::Status::OK;

@@ -67,8 +67,10 @@ SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>
                         const std::vector<std::string>& nvidia_devices, int usable_cpus,
                         int result_fd) {
   SandboxPolicy p;
-  // LibTorch reads /dev/urandom when it first creates a generator.
-  p.readable_files = {job.model_path(), job.batch_path(), "/dev/urandom"};
+  // LibTorch reads /dev/urandom when it first creates a generator. The
+  // job's inputs need no rule: they arrive as descriptors, read before the
+  // sandbox is entered, so no path of the store is readable at all.
+  p.readable_files = {"/dev/urandom"};
   p.readable_dirs = lib_dirs;
   p.keep_fd = result_fd;
   p.address_space_bytes = job.memory_limit_bytes();
