@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,6 +48,8 @@ struct Running {
 // open file description is shared with the server).
 bool ReadFd(int fd, std::string* out) {
   out->clear();
+  struct stat st;
+  if (fstat(fd, &st) == 0 && st.st_size > 0) out->reserve(static_cast<size_t>(st.st_size));
   char buf[1 << 16];
   for (off_t offset = 0;;) {
     const ssize_t n = pread(fd, buf, sizeof(buf), offset);
