@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "service/engine/budgets.h"
 #include "service/engine/engine.h"
 #include "service/worker/child_process.h"
 
@@ -50,7 +51,7 @@ int RunLocalCheck(const CheckCommand& cmd) {
   // client with it, and the parent always prints a report.
   const auto outcome = worker::RunInChild(
       [&] { return engine::RunCheck(cmd.config, input).SerializeAsString(); },
-      absl::Seconds(cmd.config.timeout_seconds()));
+      absl::Seconds(engine::DeriveBudgets(cmd.config.timeout_seconds()).job_deadline_seconds));
   const v1::Report report = worker::ReportFromOutcome(outcome, cmd.config);
   if (cmd.json) {
     std::cout << ReportToJson(report) << "\n";

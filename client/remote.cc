@@ -11,16 +11,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "preflight/v1/preflight.grpc.pb.h"
+#include "service/engine/budgets.h"
+#include "service/rpc/grpc_status.h"
 
 namespace preflight::client {
 namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 std::shared_ptr<grpc::Channel> Channel(const std::string& server) {
   grpc::ChannelArguments args;
@@ -70,7 +67,7 @@ absl::StatusOr<std::string> UploadWith(v1::Preflight::Stub* stub, const std::str
     if (!writer->Write(req)) break;  // The server ended the stream; Finish says why.
   }
   writer->WritesDone();
-  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) {
+  if (absl::Status s = rpc::FromGrpcStatus(writer->Finish()); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("upload of ", path, ": ", s.message()));
   }
   return resp.sha256();
@@ -105,10 +102,11 @@ absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
   *req.mutable_config() = config;
   req.set_job_id(job_id);
   grpc::ClientContext ctx;
-  // The check's own budget plus time to wait for a job slot.
-  SetDeadline(&ctx, config.timeout_seconds() + 300);
+  // The check's own budget plus time to wait for a job slot. Past it the
+  // server sees the call cancelled and frees the job's slot.
+  SetDeadline(&ctx, engine::DeriveBudgets(config.timeout_seconds()).rpc_deadline_seconds);
   v1::CheckResponse resp;
-  if (absl::Status s = FromGrpc(stub->Check(&ctx, req, &resp)); !s.ok()) return s;
+  if (absl::Status s = rpc::FromGrpcStatus(stub->Check(&ctx, req, &resp)); !s.ok()) return s;
   return resp;
 }
 
@@ -126,7 +124,7 @@ absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
   grpc::ClientContext ctx;
   SetDeadline(&ctx, timeout_seconds);
   v1::GetVerdictResponse resp;
-  if (absl::Status s = FromGrpc(stub->GetVerdict(&ctx, req, &resp)); !s.ok()) return s;
+  if (absl::Status s = rpc::FromGrpcStatus(stub->GetVerdict(&ctx, req, &resp)); !s.ok()) return s;
   return resp;
 }
 

@@ -28,7 +28,9 @@ ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
           "HOST:PORT serving Prometheus metrics at /metrics; port 0 picks a free port "
           "(printed at start); empty disables");
 ABSL_FLAG(std::string, store, "preflight-store",
-          "directory of the verdict database (verdicts.db) and uploaded artifacts (blobs/)");
+          "where verdicts and uploaded artifacts live: a directory (SQLite verdicts.db + "
+          "blobs/, created if absent) or SCHEME://... for another backend (none built in yet: "
+          "a scheme is a start-up error)");
 ABSL_FLAG(std::string, worker, "", "path of preflight-worker (default: next to this binary)");
 ABSL_FLAG(int, job_slots, 0, "checks running at once; 0 = one per CPU this process may use");
 ABSL_FLAG(int, queue_size, 16, "checks waiting for a slot before RESOURCE_EXHAUSTED");
@@ -100,7 +102,7 @@ int main(int argc, char** argv) {
 
   preflight::server::ServerConfig config;
   config.address = absl::GetFlag(FLAGS_address);
-  config.store_dir = absl::GetFlag(FLAGS_store);
+  config.store = absl::GetFlag(FLAGS_store);
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);

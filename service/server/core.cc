@@ -1,7 +1,6 @@
 #include "service/server/core.h"
 
 #include <algorithm>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -15,17 +14,44 @@
 namespace preflight::server {
 namespace {
 
-// A stored verdict whose check never finished (timeout, crash, dead zygote)
-// says nothing stable about the model: it answers GetVerdict but a new Check
-// runs again.
+// Only a report that says it is final answers a new Check: one whose check
+// never finished (timeout, crash, OOM, dead zygote: COMPLETION_TRANSIENT)
+// says nothing stable about the model, and UNSPECIFIED promises nothing. It
+// still answers GetVerdict.
 bool Reusable(const v1::Report& report) {
-  for (const auto& f : report.findings()) {
-    if (f.check() == "worker" && f.code() != v1::SANDBOX_VIOLATION) return false;
-  }
-  return true;
+  return report.completion() == v1::COMPLETION_FINAL;
 }
 
+// How often a waiting caller is asked whether it has gone away.
+constexpr absl::Duration kCallerPoll = absl::Milliseconds(50);
+
 }  // namespace
+
+bool PreflightCore::Caller::Gone() const {
+  return absl::Now() >= deadline || (cancelled && cancelled());
+}
+
+absl::Status PreflightCore::Caller::WhyGone(const char* while_what) const {
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("the request's deadline passed while ", while_what));
+  }
+  return absl::CancelledError(absl::StrCat("the caller cancelled the request while ", while_what));
+}
+
+bool PreflightCore::Abandoned(InFlight* flight, const Caller& leader, const std::string& digest) {
+  const bool gone = leader.Gone();  // Outside mu_: it may ask gRPC.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (gone && !flight->leader_gone) {
+    flight->leader_gone = true;
+    --flight->waiting;
+  }
+  if (flight->waiting > 0) return false;
+  // Nobody waits any more: a later identical request starts its own check.
+  auto it = in_flight_.find(digest);
+  if (it != in_flight_.end() && it->second.get() == flight) in_flight_.erase(it);
+  return true;
+}
 
 bool ValidJobId(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
@@ -58,14 +84,6 @@ absl::Status CheckZipHead(absl::string_view head, const std::string& field) {
   return absl::InvalidArgumentError(absl::StrCat(
       field, ": not a TorchScript or torch.save archive (no zip header; starts with", shown,
       ")"));
-}
-
-std::string ReadHead(const std::string& path, size_t n) {
-  std::string head(n, '\0');
-  std::ifstream in(path, std::ios::binary);
-  in.read(head.data(), static_cast<std::streamsize>(n));
-  head.resize(static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
-  return head;
 }
 
 }  // namespace
@@ -102,7 +120,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
         return absl::NotFoundError(absl::StrCat(field, ".sha256: no uploaded artifact ",
                                                 a.sha256(), "; Upload it first"));
       }
-      if (absl::Status s = CheckZipHead(ReadHead(blobs_->PathOf(a.sha256()), 4),
+      if (absl::Status s = CheckZipHead(blobs_->ReadHead(a.sha256(), 4),
                                         absl::StrCat(field, ".sha256 (uploaded artifact)"));
           !s.ok()) {
         return s;
@@ -116,7 +134,9 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
 }
 
 absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& request,
-                                                       absl::Time deadline) {
+                                                       absl::Time deadline,
+                                                       CancelledFn cancelled) {
+  const Caller caller{deadline, std::move(cancelled)};
   const absl::Time start = absl::Now();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -177,10 +197,19 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     auto it = in_flight_.find(digest);
     if (it != in_flight_.end()) {
       std::shared_ptr<InFlight> other = it->second;
-      if (!in_flight_done_.wait_until(lock, absl::ToChronoTime(deadline),
-                                      [&] { return other->done; })) {
-        return absl::DeadlineExceededError(
-            "the request's deadline passed while an identical check was running");
+      ++other->waiting;
+      while (!other->done) {
+        const absl::Duration left = deadline - absl::Now();
+        in_flight_done_.wait_for(lock, absl::ToChronoMilliseconds(std::max(
+                                           absl::Milliseconds(1), std::min(left, kCallerPoll))));
+        if (other->done) break;
+        lock.unlock();
+        const bool gone = caller.Gone();
+        lock.lock();
+        if (gone && !other->done) {
+          --other->waiting;
+          return caller.WhyGone("an identical check was running");
+        }
       }
       if (!other->report.ok()) return other->report.status();
       lock.unlock();
@@ -204,25 +233,44 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     std::lock_guard<std::mutex> lock(mu_);
     flight->report = std::move(r);
     flight->done = true;
-    in_flight_.erase(digest);
+    auto it = in_flight_.find(digest);
+    if (it != in_flight_.end() && it->second == flight) in_flight_.erase(it);
     in_flight_done_.notify_all();
   };
+  // Polled while queued and while running: once the caller and every
+  // coalesced one are gone, the check leaves the queue or its job is killed.
+  auto abandoned = [&] { return Abandoned(flight.get(), caller, digest); };
 
   const absl::Time queued_at = absl::Now();
-  if (absl::Status s = AcquireSlot(deadline); !s.ok()) {
+  if (absl::Status s = AcquireSlot(caller, abandoned); !s.ok()) {
     finish_flight(s);
     return s;
   }
   const double queue_seconds = absl::ToDoubleSeconds(absl::Now() - queued_at);
   v1::WorkerJob job;
   *job.mutable_config() = config;
-  job.set_model_path(blobs_->PathOf(*model));
-  job.set_batch_path(blobs_->PathOf(*batch));
   job.set_memory_limit_bytes(config_.job_memory_bytes);
-  job.set_wall_timeout_seconds(config.timeout_seconds());
-  v1::WorkerResult result = runner_->Run(job);
+  // The job gets the artifacts as open descriptors, never their store paths.
+  worker::JobInputs inputs;
+  for (auto [sha, fd] : {std::pair{&*model, &inputs.model}, std::pair{&*batch, &inputs.batch}}) {
+    auto opened = blobs_->OpenForRead(*sha);
+    if (!opened.ok()) {
+      ReleaseSlot();
+      metrics_->RecordStoreError();
+      finish_flight(opened.status());
+      return opened.status();
+    }
+    *fd = *std::move(opened);
+  }
+  v1::WorkerResult result = runner_->Run(job, std::move(inputs), abandoned);
   ReleaseSlot();
   metrics_->RecordWorkerExit(result.exit_reason());
+  if (result.exit_reason() == "cancelled") {
+    // Nobody is left to read it, and it says nothing about the model.
+    const absl::Status why = caller.WhyGone("its check ran");
+    finish_flight(why);
+    return why;
+  }
   metrics_->RecordCheck(result.report(), queue_seconds,
                         absl::ToDoubleSeconds(absl::Now() - start));
 
@@ -270,7 +318,8 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
   return r;
 }
 
-absl::Status PreflightCore::AcquireSlot(absl::Time deadline) {
+absl::Status PreflightCore::AcquireSlot(const Caller& caller,
+                                        const std::function<bool()>& abandoned) {
   std::unique_lock<std::mutex> lock(mu_);
   if (running_ < config_.job_slots) {
     ++running_;
@@ -285,11 +334,18 @@ absl::Status PreflightCore::AcquireSlot(absl::Time deadline) {
   ++queued_;
   metrics_->SetQueueDepth(queued_);
   while (running_ >= config_.job_slots && !draining_) {
-    if (slot_freed_.wait_until(lock, absl::ToChronoTime(deadline)) == std::cv_status::timeout &&
-        running_ >= config_.job_slots) {
+    const absl::Duration left = caller.deadline - absl::Now();
+    slot_freed_.wait_for(lock, absl::ToChronoMilliseconds(std::max(
+                                   absl::Milliseconds(1), std::min(left, kCallerPoll))));
+    if (running_ < config_.job_slots || draining_) break;
+    // A slot freed while unlocked is seen by the loop's own test.
+    lock.unlock();
+    const bool gone = abandoned();
+    lock.lock();
+    if (gone) {
       --queued_;
       metrics_->SetQueueDepth(queued_);
-      return absl::DeadlineExceededError("the request's deadline passed while it was queued");
+      return caller.WhyGone("it was queued");
     }
   }
   --queued_;

@@ -8,6 +8,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,11 +38,18 @@ class PreflightCore {
   PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
                 worker::JobRunner* runner, ServiceMetrics* metrics);
 
+  // Whether the caller has gone away (its RPC was cancelled). Polled while
+  // the check waits or runs, from the calling thread; may be empty.
+  using CancelledFn = std::function<bool()>;
+
   // Runs or serves from cache. INVALID_ARGUMENT naming the field for bad
   // requests; NOT_FOUND for an unknown digest; RESOURCE_EXHAUSTED when slots
-  // and queue are full; DEADLINE_EXCEEDED if `deadline` passes while queued;
-  // UNAVAILABLE while draining.
-  absl::StatusOr<v1::CheckResponse> Check(const v1::CheckRequest& request, absl::Time deadline);
+  // and queue are full; UNAVAILABLE while draining. A caller that gives up
+  // (`deadline` passes: DEADLINE_EXCEEDED; `cancelled`: CANCELLED) frees its
+  // job slot: once no coalesced caller still waits for the same check, it
+  // leaves the queue, or its running job is killed (and nothing is stored).
+  absl::StatusOr<v1::CheckResponse> Check(const v1::CheckRequest& request, absl::Time deadline,
+                                          CancelledFn cancelled = nullptr);
   absl::StatusOr<v1::GetVerdictResponse> GetVerdict(const v1::GetVerdictRequest& request);
 
   // New Checks get UNAVAILABLE; running ones finish.
@@ -54,9 +62,22 @@ class PreflightCore {
   int queued() const;
 
  private:
+  struct Caller {
+    absl::Time deadline;
+    CancelledFn cancelled;
+    bool Gone() const;
+    // DEADLINE_EXCEEDED or CANCELLED, "... while <while_what>".
+    absl::Status WhyGone(const char* while_what) const;
+  };
+  struct InFlight;
+
   absl::StatusOr<std::string> ResolveArtifact(const v1::Artifact& a, const char* field);
-  absl::Status AcquireSlot(absl::Time deadline);
+  // Waits for a slot while `abandoned` is false.
+  absl::Status AcquireSlot(const Caller& caller, const std::function<bool()>& abandoned);
   void ReleaseSlot();
+  // True (and forever after) once `leader` and every caller coalesced onto
+  // `flight` are gone; the flight then leaves in_flight_.
+  bool Abandoned(InFlight* flight, const Caller& leader, const std::string& digest);
 
   CoreConfig config_;
   store::BlobStore* blobs_;
@@ -68,6 +89,8 @@ class PreflightCore {
   struct InFlight {
     bool done = false;
     absl::StatusOr<v1::Report> report = absl::UnknownError("pending");
+    int waiting = 1;           // Callers still waiting, the leader included.
+    bool leader_gone = false;  // The leader is no longer among them.
   };
   std::map<std::string, std::shared_ptr<InFlight>> in_flight_;  // Guarded by mu_.
   std::condition_variable in_flight_done_;

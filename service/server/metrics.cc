@@ -66,7 +66,8 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
           .Help("Job slots by state (busy, idle).")
           .Register(r),
       BuildCounter().Name("preflight_worker_exits_total")
-          .Help("Job processes that ended abnormally, by reason (timeout, crash, oom, sandbox).")
+          .Help("Job processes that ended abnormally, by reason (timeout, crash, oom, sandbox, "
+                "cancelled).")
           .Register(r),
       BuildCounter().Name("preflight_zygote_restarts_total")
           .Help("Times the zygote worker died and was restarted.")

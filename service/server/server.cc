@@ -1,10 +1,7 @@
 #include "service/server/server.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -13,28 +10,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "preflight/v1/preflight.grpc.pb.h"
+#include "service/rpc/grpc_status.h"
+#include "service/store/store_factory.h"
 
 namespace preflight::server {
 namespace {
 
-// The one place absl::Status becomes grpc::Status (codes share numbering).
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
+using rpc::ToGrpcStatus;
 
 constexpr int64_t kMaxChunkBytes = 4 << 20;
-
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
 
 class Service final : public v1::Preflight::Service {
  public:
@@ -44,8 +28,9 @@ class Service final : public v1::Preflight::Service {
   grpc::Status Check(grpc::ServerContext* ctx, const v1::CheckRequest* req,
                      v1::CheckResponse* resp) override {
     return Timed("Check", [&] {
-      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()));
-      if (!r.ok()) return ToGrpc(r.status());
+      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()),
+                            [ctx] { return ctx->IsCancelled(); });
+      if (!r.ok()) return ToGrpcStatus(r.status());
       *resp = *std::move(r);
       return grpc::Status::OK;
     });
@@ -60,7 +45,7 @@ class Service final : public v1::Preflight::Service {
                           v1::GetVerdictResponse* resp) override {
     return Timed("GetVerdict", [&] {
       auto r = core_->GetVerdict(*req);
-      if (!r.ok()) return ToGrpc(r.status());
+      if (!r.ok()) return ToGrpcStatus(r.status());
       *resp = *std::move(r);
       return grpc::Status::OK;
     });
@@ -71,7 +56,7 @@ class Service final : public v1::Preflight::Service {
   grpc::Status Timed(const char* method, F&& handler) {
     const absl::Time start = absl::Now();
     grpc::Status s = handler();
-    metrics_->RecordRpc(method, CodeName(s.error_code()),
+    metrics_->RecordRpc(method, rpc::GrpcCodeName(s.error_code()),
                         absl::ToDoubleSeconds(absl::Now() - start));
     return s;
   }
@@ -82,31 +67,31 @@ class Service final : public v1::Preflight::Service {
     int64_t expected = -1, total = 0;
     while (reader->Read(&req)) {
       if (static_cast<int64_t>(req.chunk().size()) > kMaxChunkBytes) {
-        return ToGrpc(absl::InvalidArgumentError(
+        return ToGrpcStatus(absl::InvalidArgumentError(
             absl::StrCat("chunk: ", req.chunk().size(), " bytes; at most ", kMaxChunkBytes,
                          " per message")));
       }
       if (req.expected_size() > 0) expected = req.expected_size();
       if (expected > max_upload_bytes_) {
-        return ToGrpc(absl::ResourceExhaustedError(absl::StrCat(
+        return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
             "expected_size: ", expected, " bytes is over the upload limit of ",
             max_upload_bytes_)));
       }
       total += static_cast<int64_t>(req.chunk().size());
       if (total > max_upload_bytes_) {
-        return ToGrpc(absl::ResourceExhaustedError(
+        return ToGrpcStatus(absl::ResourceExhaustedError(
             absl::StrCat("upload is over the limit of ", max_upload_bytes_, " bytes")));
       }
-      if (absl::Status s = writer->Append(req.chunk()); !s.ok()) return ToGrpc(s);
+      if (absl::Status s = writer->Append(req.chunk()); !s.ok()) return ToGrpcStatus(s);
       metrics_->RecordUploadBytes(static_cast<int64_t>(req.chunk().size()));
     }
-    if (total == 0) return ToGrpc(absl::InvalidArgumentError("chunk: the upload was empty"));
+    if (total == 0) return ToGrpcStatus(absl::InvalidArgumentError("chunk: the upload was empty"));
     if (expected >= 0 && expected != total) {
-      return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
           "expected_size: announced ", expected, " bytes but received ", total)));
     }
     auto info = writer->Commit();
-    if (!info.ok()) return ToGrpc(info.status());
+    if (!info.ok()) return ToGrpcStatus(info.status());
     resp->set_sha256(info->sha256);
     resp->set_size_bytes(info->size);
     resp->set_already_present(info->already_present);
@@ -131,8 +116,7 @@ std::string DefaultWorkerBinary() {
 
 struct Server::Impl {
   std::unique_ptr<ServiceMetrics> metrics;
-  std::unique_ptr<store::SqliteVerdictStore> verdicts;
-  std::unique_ptr<store::BlobStore> blobs;
+  store::Stores stores;
   std::unique_ptr<worker::WorkerPool> pool;
   std::unique_ptr<PreflightCore> core;
   std::unique_ptr<Service> service;
@@ -144,7 +128,6 @@ absl::Status ServerConfig::Validate() const {
   if (address.empty() || address.find(':') == std::string::npos) {
     return absl::InvalidArgumentError("address: expected HOST:PORT");
   }
-  if (store_dir.empty()) return absl::InvalidArgumentError("store: must not be empty");
   if (core.job_slots < 1 || core.job_slots > 1024) {
     return absl::InvalidArgumentError("job_slots: must be in [1, 1024]");
   }
@@ -174,16 +157,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->metrics = std::make_unique<ServiceMetrics>(registry);
-  if (mkdir(config.store_dir.c_str(), 0750) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store: cannot create ", config.store_dir, ": ", std::strerror(errno)));
-  }
-  auto verdicts = store::SqliteVerdictStore::Open(config.store_dir + "/verdicts.db");
-  if (!verdicts.ok()) return verdicts.status();
-  impl->verdicts = *std::move(verdicts);
-  auto blobs = store::BlobStore::Open(config.store_dir + "/blobs", config.max_upload_bytes);
-  if (!blobs.ok()) return blobs.status();
-  impl->blobs = *std::move(blobs);
+  auto stores = store::OpenStore(config.store, config.max_upload_bytes);
+  if (!stores.ok()) return stores.status();
+  impl->stores = *std::move(stores);
   worker::WorkerPoolConfig wc;
   wc.worker_binary = config.worker_binary.empty() ? DefaultWorkerBinary() : config.worker_binary;
   wc.on_restart = [m = impl->metrics.get()] { m->RecordZygoteRestart(); };
@@ -198,8 +174,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   // The device the node offers; the server itself never touches CUDA.
   const bool gpu = access("/dev/nvidia0", F_OK) == 0;
   impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
-  impl->core = std::make_unique<PreflightCore>(config.core, impl->blobs.get(),
-                                               impl->verdicts.get(), impl->pool.get(),
+  impl->core = std::make_unique<PreflightCore>(config.core, impl->stores.blobs.get(),
+                                               impl->stores.verdicts.get(), impl->pool.get(),
                                                impl->metrics.get());
   impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
                                             impl->metrics.get());

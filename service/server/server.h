@@ -21,7 +21,9 @@ namespace preflight::server {
 
 struct ServerConfig {
   std::string address = "127.0.0.1:50051";  // HOST:PORT; port 0 picks one.
-  std::string store_dir = "preflight-store";  // verdicts.db and blobs/ live here.
+  // Where verdicts and artifacts live: a directory (SQLite verdicts.db +
+  // blobs/) or a backend URL; store/store_factory.h lists the specs.
+  std::string store = "preflight-store";
   std::string worker_binary;                  // preflight-worker; empty: next to this binary.
   int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
   // Refuse to start on a kernel without Landlock instead of running jobs

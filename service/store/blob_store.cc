@@ -107,6 +107,25 @@ bool BlobStore::Has(const std::string& sha256) const {
   return IsSha256Hex(sha256) && stat(PathOf(sha256).c_str(), &st) == 0;
 }
 
+absl::StatusOr<util::UniqueFd> BlobStore::OpenForRead(const std::string& sha256) const {
+  if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
+  util::UniqueFd fd(open(PathOf(sha256).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", sha256, " is absent"));
+    return absl::InternalError(absl::StrCat("blob ", sha256, ": ", std::strerror(errno)));
+  }
+  return fd;
+}
+
+std::string BlobStore::ReadHead(const std::string& sha256, size_t n) const {
+  auto fd = OpenForRead(sha256);
+  if (!fd.ok()) return "";
+  std::string head(n, '\0');
+  const ssize_t got = pread(fd->get(), head.data(), n, 0);
+  head.resize(got > 0 ? static_cast<size_t>(got) : 0);
+  return head;
+}
+
 std::string BlobStore::PathOf(const std::string& sha256) const {
   return absl::StrCat(dir_, "/", sha256);
 }

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "service/util/unique_fd.h"
 
 namespace preflight::store {
 
@@ -43,7 +44,13 @@ class BlobStore {
   std::unique_ptr<BlobWriter> NewWriter();
   absl::StatusOr<BlobInfo> Put(absl::string_view bytes);
   bool Has(const std::string& sha256) const;
-  // Path of a stored blob (whether or not it exists).
+  // A stored blob opened read-only (close-on-exec): how its bytes reach a
+  // job, which never learns where the store is. NOT_FOUND when absent.
+  absl::StatusOr<util::UniqueFd> OpenForRead(const std::string& sha256) const;
+  // Up to `n` leading bytes of a stored blob ("" when absent or unreadable).
+  std::string ReadHead(const std::string& sha256, size_t n) const;
+  // Path of a stored blob (whether or not it exists). For the store itself
+  // and its tests: nothing outside service/store passes it on.
   std::string PathOf(const std::string& sha256) const;
   int64_t max_blob_bytes() const { return max_blob_bytes_; }
 

@@ -1,17 +1,19 @@
 // Durable verdicts: report by request digest, and by caller job id.
 //
-// VerdictStore is the seam a fleet-wide store will implement later; the
-// embedded implementation is SQLite in WAL mode with synchronous=FULL, so a
-// Put that returned OK survives kill -9 and power loss, and readers never
-// block the writer. Thread-safe.
+// The interface every backend implements (sqlite_verdict_store.h today; a
+// fleet-wide one later) and the only verdict-store type the server and its
+// tests see: they get one from store_factory.h. Every backend passes the
+// conformance suite in tests/store/verdict_store_conformance.h.
 //
-//   auto store = SqliteVerdictStore::Open("/var/lib/preflight/verdicts.db");
-//   if (!store.ok()) ... // a corrupt or unwritable file is a start-up error
-//   (*store)->Put({digest, job_id, report});
+// Contract, for every implementation: thread-safe; a Put that returned OK is
+// durable (survives a crash of the process); the report comes back
+// byte-for-byte as stored.
+//
+//   auto stores = OpenStore("/var/lib/preflight");
+//   (*stores).verdicts->Put({digest, job_id, report});
+//   auto v = (*stores).verdicts->GetByJobId("train/run-42");
 #pragma once
 
-#include <memory>
-#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -20,6 +22,7 @@
 namespace preflight::store {
 
 struct StoredVerdict {
+  // Hex SHA-256 of the request (PreflightCore's cache key).
   std::string request_digest;
   std::string job_id;  // May be empty.
   v1::Report report;
@@ -30,28 +33,13 @@ class VerdictStore {
  public:
   virtual ~VerdictStore() = default;
   // Stores (or replaces) the verdict for a digest; a job id, when given,
-  // then points at it.
+  // then points at it. `created_unix_seconds` <= 0 means now.
   virtual absl::Status Put(const StoredVerdict& verdict) = 0;
   // NOT_FOUND when absent.
   virtual absl::StatusOr<StoredVerdict> GetByDigest(const std::string& digest) = 0;
+  // The most recently stored verdict that job id pointed at; NOT_FOUND when
+  // none.
   virtual absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) = 0;
-};
-
-class SqliteVerdictStore : public VerdictStore {
- public:
-  // Opens or creates the database and checks its integrity. FAILED_PRECONDITION
-  // with the reason for an unwritable path or a corrupt file.
-  static absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> Open(const std::string& path);
-  ~SqliteVerdictStore() override;
-
-  absl::Status Put(const StoredVerdict& verdict) override;
-  absl::StatusOr<StoredVerdict> GetByDigest(const std::string& digest) override;
-  absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) override;
-
- private:
-  struct Impl;
-  explicit SqliteVerdictStore(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace preflight::store

@@ -233,6 +233,10 @@ v1::Report ReportFromOutcome(const ChildOutcome& o, const v1::CheckConfig& confi
   report.mutable_timing()->set_worker_seconds(o.seconds);
   report.mutable_timing()->set_total_seconds(o.seconds);
   report.set_verdict(engine::ComputeVerdict(report));
+  // A forbidden system call is a property of the model (it makes it again on
+  // every run); a timeout, crash or internal failure may not recur.
+  const bool sigsys = o.status == ChildStatus::kSignaled && o.signal == SIGSYS;
+  report.set_completion(sigsys ? v1::COMPLETION_FINAL : v1::COMPLETION_TRANSIENT);
   return report;
 }
 

@@ -63,6 +63,8 @@ ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_o
 // produced one, else an ERROR report with WORKER_TIMEOUT (deadline or
 // SIGXCPU), SANDBOX_VIOLATION (SIGSYS from seccomp), WORKER_CRASHED (other
 // signals, exits without a report) or INTERNAL_ERROR. `config` is recorded in it.
+// Reports built here are COMPLETION_TRANSIENT, but SANDBOX_VIOLATION, which
+// is COMPLETION_FINAL; the child's own report keeps its completion.
 v1::Report ReportFromOutcome(const ChildOutcome& outcome, const v1::CheckConfig& config);
 
 }  // namespace preflight::worker

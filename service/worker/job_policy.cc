@@ -9,6 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "service/engine/budgets.h"
+#include "service/engine/config.h"
 #include "service/engine/report_util.h"
 
 namespace preflight::worker {
@@ -51,9 +53,12 @@ std::vector<std::string> FindNvidiaDevices(const std::string& dev_dir) {
   return found;
 }
 
+// An unset device means "auto"; one that does not parse gets no GPU nodes
+// (the engine refuses it before touching any device).
 bool MayUseCuda(absl::string_view device) {
-  return device.empty() || device == "auto" || device == "cuda" ||
-         absl::StartsWith(device, "cuda:");
+  if (device.empty()) return true;
+  absl::StatusOr<engine::DeviceSpec> spec = engine::ParseDevice(std::string(device));
+  return spec.ok() && spec->MayUseCuda();
 }
 
 std::vector<std::string> CudaReadableDirs() {
@@ -66,16 +71,16 @@ SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>
                         const std::vector<std::string>& nvidia_devices, int usable_cpus,
                         int result_fd) {
   SandboxPolicy p;
-  // LibTorch reads /dev/urandom when it first creates a generator.
-  p.readable_files = {job.model_path(), job.batch_path(), "/dev/urandom"};
+  // LibTorch reads /dev/urandom when it first creates a generator. The
+  // job's inputs need no rule: they arrive as descriptors, read before the
+  // sandbox is entered, so no path of the store is readable at all.
+  p.readable_files = {"/dev/urandom"};
   p.readable_dirs = lib_dirs;
   p.keep_fd = result_fd;
   p.address_space_bytes = job.memory_limit_bytes();
-  // A backstop behind the zygote's wall-clock kill, not the limit itself: a
-  // job may keep every CPU it is allowed busy (inter-op pool, intra-op
-  // threads), so its CPU budget is the wall timeout times those CPUs.
-  p.cpu_seconds = static_cast<int64_t>(
-                      std::ceil(job.wall_timeout_seconds() * std::max(1, usable_cpus))) + 1;
+  // A backstop behind the zygote's wall-clock kill, not the limit itself.
+  p.cpu_seconds =
+      engine::DeriveBudgets(job.config().timeout_seconds(), usable_cpus).cpu_limit_seconds;
   if (!nvidia_devices.empty() && MayUseCuda(job.config().device())) {
     p.device_files = nvidia_devices;
     for (auto& d : CudaReadableDirs()) p.readable_dirs.push_back(std::move(d));

@@ -30,9 +30,8 @@ bool MayUseCuda(absl::string_view device);
 // Directories a CUDA job reads besides its libraries.
 std::vector<std::string> CudaReadableDirs();
 
-// The policy for `job`: its inputs, the libraries, the result pipe; CPU
-// budget = wall timeout x `usable_cpus` (a backstop behind the wall-clock
-// kill); the GPU additions above when `nvidia_devices` is non-empty and the
+// The policy for `job`: the libraries, the result pipe; the CPU budget of
+// engine::DeriveBudgets (a backstop behind the wall-clock kill); the GPU additions above when `nvidia_devices` is non-empty and the
 // job may use CUDA.
 SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>& lib_dirs,
                         const std::vector<std::string>& nvidia_devices, int usable_cpus,

@@ -7,8 +7,8 @@
 //   2. rlimits: address space, CPU seconds, file size 0, open files, stack,
 //      user tasks, core 0;
 //   3. PR_SET_NO_NEW_PRIVS;
-//   4. Landlock: read-only access to the job's two input files and the
-//      directories of already-loaded libraries; nothing writable but the
+//   4. Landlock: read-only access to /dev/urandom and the directories of
+//      already-loaded libraries (the job's inputs come as descriptors); nothing writable but the
 //      GPU device nodes a CUDA job is given (job_policy.h);
 //   5. seccomp: network sockets, exec, ptrace, new processes (fork, vfork,
 //      clone without CLONE_THREAD), io_uring, signals to other processes,
@@ -28,7 +28,7 @@
 namespace preflight::worker {
 
 struct SandboxPolicy {
-  std::vector<std::string> readable_files;  // The job's inputs.
+  std::vector<std::string> readable_files;  // Read-only files (/dev/urandom).
   std::vector<std::string> readable_dirs;   // Libraries (read + execute).
   std::vector<std::string> device_files;    // Read + write (GPU device nodes).
   int keep_fd = -1;                         // The result pipe.

@@ -12,15 +12,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "service/engine/budgets.h"
 #include "service/engine/report_util.h"
 #include "service/worker/framing.h"
 
 namespace preflight::worker {
 namespace {
-
-// Slack on top of a job's own deadline before the server gives up on the
-// zygote answering at all (the zygote enforces the deadline itself).
-constexpr absl::Duration kBackstop = absl::Seconds(30);
 
 v1::WorkerResult ErrorResult(uint64_t id, const v1::CheckConfig& config, v1::FindingCode code,
                              const std::string& message) {
@@ -30,6 +27,8 @@ v1::WorkerResult ErrorResult(uint64_t id, const v1::CheckConfig& config, v1::Fin
   *report->mutable_config() = config;
   engine::AddFinding(report, code, v1::Finding::ERROR, "worker", message);
   report->set_verdict(engine::ComputeVerdict(*report));
+  // The zygote died or did not answer: nothing was learned about the model.
+  report->set_completion(v1::COMPLETION_TRANSIENT);
   r.set_exit_reason("crash");
   return r;
 }
@@ -150,7 +149,8 @@ void WorkerPool::ReaderLoop() {
   }
 }
 
-v1::WorkerResult WorkerPool::Run(v1::WorkerJob job) {
+v1::WorkerResult WorkerPool::Run(v1::WorkerJob job, JobInputs inputs,
+                                 const AbandonedFn& abandoned) {
   auto p = std::make_shared<Pending>();
   p->config = job.config();
   std::unique_lock<std::mutex> lock(mu_);
@@ -160,23 +160,46 @@ v1::WorkerResult WorkerPool::Run(v1::WorkerJob job) {
     return ErrorResult(id, job.config(), v1::WORKER_CRASHED, "no worker process is running");
   }
   pending_[id] = p;
-  if (absl::Status s = WriteFrame(fd_, job); !s.ok()) {
+  v1::WorkerCommand command;
+  *command.mutable_run() = std::move(job);
+  const int input_fds[] = {inputs.model.get(), inputs.batch.get()};
+  absl::Status sent = inputs.model.valid() && inputs.batch.valid()
+                          ? WriteFrame(fd_, command, input_fds)
+                          : absl::InvalidArgumentError("the job's inputs are not open");
+  inputs = {};  // The zygote holds its own copies now.
+  job = std::move(*command.mutable_run());
+  if (absl::Status s = sent; !s.ok()) {
     // The reader sees the same broken socket and restarts the zygote.
     pending_.erase(id);
     return ErrorResult(id, job.config(), v1::WORKER_CRASHED,
                        absl::StrCat("could not reach the worker process: ", s.message()));
   }
+  // The zygote enforces the job's deadline itself; this only bounds how long
+  // the server waits for it to answer at all.
   const absl::Time deadline =
-      absl::Now() + absl::Seconds(job.wall_timeout_seconds()) + kBackstop;
+      absl::Now() +
+      absl::Seconds(engine::DeriveBudgets(job.config().timeout_seconds()).backstop_seconds);
+  bool cancel_sent = false;
+  const uint64_t generation = generation_;
   while (!p->done) {
-    if (cv_.wait_for(lock, std::chrono::milliseconds(
-                               std::max<int64_t>(1, absl::ToInt64Milliseconds(
-                                                        deadline - absl::Now())))) ==
-            std::cv_status::timeout &&
-        !p->done && absl::Now() >= deadline) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
       pending_.erase(id);
       return ErrorResult(id, job.config(), v1::INTERNAL_ERROR,
                          "the worker process did not answer within the job's deadline");
+    }
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(
+                           std::max(absl::Milliseconds(1), std::min(left, kAbandonPoll))));
+    if (p->done || cancel_sent || !abandoned) continue;
+    // Asked without the lock: the predicate takes the caller's own locks.
+    lock.unlock();
+    const bool gone = abandoned();
+    lock.lock();
+    // A restarted zygote never saw this job (its pending entry already failed).
+    if (gone && !p->done && fd_ >= 0 && generation_ == generation) {
+      v1::WorkerCommand cancel;
+      cancel.set_cancel_id(id);
+      cancel_sent = WriteFrame(fd_, cancel).ok();
     }
   }
   return p->result;

@@ -20,16 +20,30 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "preflight/v1/worker.pb.h"
+#include "service/util/unique_fd.h"
 
 namespace preflight::worker {
+
+// A job's two inputs, opened read-only by the caller; the runner hands them
+// to the job and closes its copies.
+struct JobInputs {
+  util::UniqueFd model;
+  util::UniqueFd batch;
+};
+
+// Polled while a job runs (from the thread that called Run); true once every
+// caller waiting for the job has gone (deadline passed, call cancelled).
+using AbandonedFn = std::function<bool()>;
 
 // What the server needs from whatever runs jobs (a fake in tests).
 class JobRunner {
  public:
   virtual ~JobRunner() = default;
   // Blocks until the job's result; never throws. Worker failures are ERROR
-  // reports, not errors.
-  virtual v1::WorkerResult Run(v1::WorkerJob job) = 0;
+  // reports, not errors. Once `abandoned` (may be empty) returns true the
+  // job is killed and the result has exit_reason "cancelled".
+  virtual v1::WorkerResult Run(v1::WorkerJob job, JobInputs inputs,
+                               const AbandonedFn& abandoned) = 0;
   // The engine version of the worker (part of every cache key).
   virtual std::string engine_version() const = 0;
 };
@@ -47,9 +61,13 @@ class WorkerPool : public JobRunner {
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Start(const WorkerPoolConfig& config);
   ~WorkerPool();
 
-  // Sends the job and blocks until its result. The zygote enforces the job's
-  // deadline; a dead zygote completes the job with an ERROR report.
-  v1::WorkerResult Run(v1::WorkerJob job) override;
+  // Sends the job with its input descriptors and blocks until its result.
+  // The zygote enforces the job's deadline; a dead zygote completes the job
+  // with an ERROR report. `abandoned` is polled every kAbandonPoll; once true
+  // the zygote is told to kill the job.
+  v1::WorkerResult Run(v1::WorkerJob job, JobInputs inputs,
+                       const AbandonedFn& abandoned) override;
+  static constexpr absl::Duration kAbandonPoll = absl::Milliseconds(50);
   std::string engine_version() const override;
   std::string torch_version() const;
 

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,17 +12,20 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <new>
+#include <stdexcept>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "preflight/v1/worker.pb.h"
+#include "service/engine/budgets.h"
 #include "service/engine/engine.h"
 #include "service/engine/report_util.h"
 #include "service/worker/child_process.h"
+#include "service/worker/classify.h"
 #include "service/worker/framing.h"
+#include "service/worker/job_incidents.h"
 #include "service/worker/job_policy.h"
 #include "service/worker/sandbox.h"
 
@@ -36,25 +40,48 @@ struct Running {
   absl::Time start;
   absl::Time deadline;
   bool timed_out = false;
+  bool cancelled = false;  // Killed because every caller gave up.
   double fork_seconds = 0;
 };
 
-bool ReadFile(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  *out = std::move(ss).str();
-  return !in.bad();
+// The whole of a file the server opened for this job (from offset 0: the
+// open file description is shared with the server).
+bool ReadFd(int fd, std::string* out) {
+  out->clear();
+  struct stat st;
+  if (fstat(fd, &st) == 0 && st.st_size > 0) out->reserve(static_cast<size_t>(st.st_size));
+  char buf[1 << 16];
+  for (off_t offset = 0;;) {
+    const ssize_t n = pread(fd, buf, sizeof(buf), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) return true;
+    out->append(buf, static_cast<size_t>(n));
+    offset += n;
+  }
 }
 
-[[noreturn]] void JobChild(const v1::WorkerJob& job, int write_fd, pid_t zygote,
-                           const std::vector<std::string>& lib_dirs,
+[[noreturn]] void JobChild(const v1::WorkerJob& job, int model_fd, int batch_fd, int write_fd,
+                           pid_t zygote, const std::vector<std::string>& lib_dirs,
                            const std::vector<std::string>& nvidia_devices) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != zygote) _exit(70);
   RunChildBody(write_fd, [&]() -> std::string {
+    v1::JobRecord record;
+    // The inputs arrive as descriptors and are read before the sandbox closes
+    // every descriptor but the result pipe: the job never learns a store
+    // path, and the sandbox grants no access to the store at all. Reading
+    // bytes runs nothing of the model; parsing them happens inside.
+    engine::CheckInput input;
+    if (!ReadFd(model_fd, &input.model_bytes) || !ReadFd(batch_fd, &input.batch_bytes)) {
+      v1::Report* report = record.mutable_report();
+      engine::AddFinding(report, v1::INTERNAL_ERROR, v1::Finding::ERROR, "worker",
+                         "the job's input descriptors could not be read");
+      report->set_verdict(v1::ERROR);
+      report->set_completion(v1::COMPLETION_TRANSIENT);
+      return record.SerializeAsString();
+    }
     const SandboxPolicy policy =
         JobPolicy(job, lib_dirs, nvidia_devices, UsableCpus(), write_fd);
     // CUDA's kernel cache would be written under $HOME: nothing is writable.
@@ -63,68 +90,23 @@ bool ReadFile(const std::string& path, std::string* out) {
     if (absl::Status s = EnterSandbox(policy, &landlock_abi); !s.ok()) {
       throw std::runtime_error(std::string(s.message()));
     }
-    engine::CheckInput input;
-    v1::Report report;
-    if (!ReadFile(job.model_path(), &input.model_bytes) ||
-        !ReadFile(job.batch_path(), &input.batch_bytes)) {
-      engine::AddFinding(&report, v1::INTERNAL_ERROR, v1::Finding::ERROR, "worker",
-                         "the job's input files could not be read inside the sandbox");
-      report.set_verdict(v1::ERROR);
-      return report.SerializeAsString();
+    ArmIncidentRecording();
+    try {
+      v1::Report report = engine::RunCheck(job.config(), input);
+      NoteCudaFallback(policy, job.config(), &report);
+      report.mutable_environment()->set_sandbox(DescribePolicy(policy, landlock_abi));
+      *record.mutable_report() = std::move(report);
+    } catch (const std::bad_alloc& e) {
+      RecordAllocationFailure(0, "std::bad_alloc", /*raised=*/true);
+      record.set_failure(e.what());
+    } catch (const std::exception& e) {
+      record.set_failure(e.what());
+    } catch (...) {
+      record.set_failure("unknown exception");
     }
-    report = engine::RunCheck(job.config(), input);
-    NoteCudaFallback(policy, job.config(), &report);
-    report.mutable_environment()->set_sandbox(DescribePolicy(policy, landlock_abi));
-    return report.SerializeAsString();
+    TakeIncidents(&record);
+    return record.SerializeAsString();
   });
-}
-
-// The sandbox's refusals reach the engine as ordinary LibTorch errors inside
-// some check (an allocation refused by RLIMIT_AS, a file open refused by
-// Landlock). Reported as what they are, with the original message.
-void MapSandboxRefusals(v1::Report* report, int64_t memory_limit) {
-  for (const auto& f : report->findings()) {
-    const std::string& m = f.message();
-    v1::FindingCode code = v1::FINDING_CODE_UNSPECIFIED;
-    std::string what;
-    if (m.find("can't allocate memory") != std::string::npos ||
-        m.find("std::bad_alloc") != std::string::npos) {
-      code = v1::WORKER_OOM;
-      what = absl::StrCat("the check exceeded its memory limit of ", memory_limit >> 20,
-                          " MiB: ", m);
-    } else if (m.find("Permission denied") != std::string::npos ||
-               m.find("Operation not permitted") != std::string::npos) {
-      code = v1::SANDBOX_VIOLATION;
-      what = absl::StrCat("the model tried to access a file outside its inputs, which the "
-                          "sandbox refused: ", m);
-    }
-    if (code == v1::FINDING_CODE_UNSPECIFIED) continue;
-    v1::Report mapped;
-    *mapped.mutable_config() = report->config();
-    *mapped.mutable_environment() = report->environment();
-    auto* finding = engine::AddFinding(&mapped, code, v1::Finding::ERROR, "worker", what);
-    engine::AddText(finding, "original_code", v1::FindingCode_Name(f.code()));
-    if (code == v1::WORKER_OOM) {
-      engine::AddNumber(finding, "memory_limit_bytes", static_cast<double>(memory_limit));
-    }
-    mapped.set_verdict(engine::ComputeVerdict(mapped));
-    *mapped.mutable_timing() = report->timing();
-    *report = std::move(mapped);
-    return;
-  }
-}
-
-std::string ExitReason(const v1::Report& r) {
-  for (const auto& f : r.findings()) {
-    switch (f.code()) {
-      case v1::WORKER_TIMEOUT: return "timeout";
-      case v1::WORKER_CRASHED: return "crash";
-      case v1::WORKER_OOM: return "oom";
-      case v1::SANDBOX_VIOLATION: return "sandbox";
-      default: break;
-    }
-  }
-  return "";
 }
 
 // Runs a child that enters the job sandbox (as a job would, minus the
@@ -159,6 +141,19 @@ std::string ProbeSandbox(const std::vector<std::string>& lib_dirs, int* landlock
 
 }  // namespace
 
+namespace {
+
+void SendSpawnFailure(int control_fd, const v1::WorkerJob& job, const std::string& why) {
+  v1::WorkerResult res;
+  res.set_id(job.id());
+  ChildOutcome o;
+  o.error = why;
+  *res.mutable_report() = ReportFromOutcome(o, job.config());
+  (void)WriteFrame(control_fd, res);
+}
+
+}  // namespace
+
 int RunZygote(int control_fd) {
   signal(SIGPIPE, SIG_IGN);
   const std::vector<std::string> lib_dirs = LoadedLibraryDirs();
@@ -181,7 +176,7 @@ int RunZygote(int control_fd) {
     bool reap_pending = false;
     for (const auto& r : running) {
       if (r.fd >= 0) fds.push_back({r.fd, POLLIN, 0});
-      if (r.fd < 0) reap_pending = true;
+      if (r.fd < 0 || r.cancelled) reap_pending = true;
       if (!r.timed_out) next = std::min(next, r.deadline);
     }
     int timeout_ms = -1;
@@ -193,50 +188,59 @@ int RunZygote(int control_fd) {
     if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) return 1;
 
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-      v1::WorkerJob job;
-      absl::Status s = ReadFrame(control_fd, &job);
+      v1::WorkerCommand command;
+      std::vector<util::UniqueFd> inputs;
+      absl::Status s = ReadFrame(control_fd, &command, &inputs);
       if (!s.ok()) {
         for (auto& r : running) kill(-r.pid, SIGKILL);
         for (auto& r : running) waitpid(r.pid, nullptr, 0);
         return s.code() == absl::StatusCode::kUnavailable ? 0 : 1;
       }
-      int pipefd[2];
-      Running r;
-      r.job = job;
-      r.start = absl::Now();
-      r.deadline = r.start + absl::Seconds(job.wall_timeout_seconds());
-      if (pipe2(pipefd, O_CLOEXEC) != 0) {
-        v1::WorkerResult res;
-        res.set_id(job.id());
-        ChildOutcome o;
-        o.error = absl::StrCat("pipe: ", std::strerror(errno));
-        *res.mutable_report() = ReportFromOutcome(o, job.config());
-        (void)WriteFrame(control_fd, res);
-        continue;
+      if (command.has_run()) {
+        const v1::WorkerJob& job = command.run();
+        if (inputs.size() != 2) {
+          SendSpawnFailure(control_fd, job,
+                           absl::StrCat("the job arrived with ", inputs.size(),
+                                        " input descriptors instead of 2 (model, batch)"));
+          continue;
+        }
+        int pipefd[2];
+        if (pipe2(pipefd, O_CLOEXEC) != 0) {
+          SendSpawnFailure(control_fd, job, absl::StrCat("pipe: ", std::strerror(errno)));
+          continue;
+        }
+        Running r;
+        r.job = job;
+        r.start = absl::Now();
+        r.deadline = r.start + absl::Seconds(engine::DeriveBudgets(job.config().timeout_seconds())
+                                                 .job_deadline_seconds);
+        const absl::Time before_fork = absl::Now();
+        const pid_t zygote = getpid();
+        const pid_t pid = fork();
+        if (pid == 0) {
+          close(pipefd[0]);
+          JobChild(job, inputs[0].get(), inputs[1].get(), pipefd[1], zygote, lib_dirs,
+                   nvidia_devices);
+        }
+        r.fork_seconds = absl::ToDoubleSeconds(absl::Now() - before_fork);
+        close(pipefd[1]);
+        inputs.clear();  // The child has its copies; a later child must not.
+        if (pid < 0) {
+          close(pipefd[0]);
+          SendSpawnFailure(control_fd, job, absl::StrCat("fork: ", std::strerror(errno)));
+          continue;
+        }
+        setpgid(pid, pid);
+        r.pid = pid;
+        r.fd = pipefd[0];
+        running.push_back(std::move(r));
+      } else if (command.has_cancel_id()) {
+        for (auto& r : running) {
+          if (r.job.id() != command.cancel_id() || r.cancelled) continue;
+          r.cancelled = true;
+          kill(-r.pid, SIGKILL);
+        }
       }
-      const absl::Time before_fork = absl::Now();
-      const pid_t zygote = getpid();
-      const pid_t pid = fork();
-      if (pid == 0) {
-        close(pipefd[0]);
-        JobChild(job, pipefd[1], zygote, lib_dirs, nvidia_devices);
-      }
-      r.fork_seconds = absl::ToDoubleSeconds(absl::Now() - before_fork);
-      close(pipefd[1]);
-      if (pid < 0) {
-        close(pipefd[0]);
-        v1::WorkerResult res;
-        res.set_id(job.id());
-        ChildOutcome o;
-        o.error = absl::StrCat("fork: ", std::strerror(errno));
-        *res.mutable_report() = ReportFromOutcome(o, job.config());
-        (void)WriteFrame(control_fd, res);
-        continue;
-      }
-      setpgid(pid, pid);
-      r.pid = pid;
-      r.fd = pipefd[0];
-      running.push_back(std::move(r));
     }
 
     // Drain readable result pipes (a job started above has no poll entry yet).
@@ -267,20 +271,26 @@ int RunZygote(int control_fd) {
     }
     for (auto it = running.begin(); it != running.end();) {
       int wstatus = 0;
-      const pid_t done = (it->fd < 0 || it->timed_out) ? waitpid(it->pid, &wstatus, WNOHANG) : 0;
+      const bool killed = it->timed_out || it->cancelled;
+      const pid_t done = (it->fd < 0 || killed) ? waitpid(it->pid, &wstatus, WNOHANG) : 0;
       if (done != it->pid) {
         ++it;
         continue;
       }
       kill(-it->pid, SIGKILL);  // Anything the job left behind in its group.
       if (it->fd >= 0) close(it->fd);
-      const ChildOutcome o = OutcomeFromChild(it->data, wstatus, it->timed_out,
-                                              absl::ToDoubleSeconds(absl::Now() - it->start));
+      const double seconds = absl::ToDoubleSeconds(absl::Now() - it->start);
       v1::WorkerResult res;
       res.set_id(it->job.id());
-      *res.mutable_report() = ReportFromOutcome(o, it->job.config());
-      MapSandboxRefusals(res.mutable_report(), it->job.memory_limit_bytes());
-      res.set_exit_reason(ExitReason(res.report()));
+      if (it->cancelled) {
+        *res.mutable_report() = CancelledReport(it->job.config(), seconds);
+        res.set_exit_reason("cancelled");
+      } else {
+        const ChildOutcome o = OutcomeFromChild(it->data, wstatus, it->timed_out, seconds);
+        *res.mutable_report() =
+            ReportFromJob(o, it->job.config(), it->job.memory_limit_bytes());
+        res.set_exit_reason(ExitReason(res.report()));
+      }
       res.set_fork_seconds(it->fork_seconds);
       res.mutable_report()->mutable_timing()->set_fork_seconds(it->fork_seconds);
       if (!WriteFrame(control_fd, res).ok()) return 1;

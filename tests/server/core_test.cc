@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/time/clock.h"
+#include "service/store/store_factory.h"
 
 namespace preflight::server {
 namespace {
@@ -22,16 +23,35 @@ using ::testing::HasSubstr;
 
 class FakeRunner : public worker::JobRunner {
  public:
-  v1::WorkerResult Run(v1::WorkerJob job) override {
+  v1::WorkerResult Run(v1::WorkerJob job, worker::JobInputs inputs,
+                       const worker::AbandonedFn& abandoned) override {
     ++runs;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return !hold; });
-    }
+    inputs_were_open = inputs.model.valid() && inputs.batch.valid();
     v1::WorkerResult r;
     r.set_id(job.id());
+    {
+      // Held jobs wait for Release() or, as WorkerPool does, for every
+      // caller to give up (polled with a bounded wait, like the pool).
+      std::unique_lock<std::mutex> lock(mu);
+      while (hold) {
+        cv.wait_for(lock, std::chrono::milliseconds(5));
+        if (!hold) break;
+        lock.unlock();
+        const bool gone = abandoned && abandoned();
+        lock.lock();
+        if (gone) {
+          ++cancelled;
+          r.set_exit_reason("cancelled");
+          r.mutable_report()->set_completion(v1::COMPLETION_TRANSIENT);
+          return r;
+        }
+      }
+    }
     r.mutable_report()->set_verdict(next_verdict);
     r.set_exit_reason(next_exit_reason);
+    // As the worker layer marks them: a job that did not finish is transient.
+    r.mutable_report()->set_completion(next_exit_reason.empty() ? v1::COMPLETION_FINAL
+                                                                : v1::COMPLETION_TRANSIENT);
     if (next_verdict == v1::FAIL) {
       auto* f = r.mutable_report()->add_findings();
       f->set_code(v1::LOSS_FLAT);
@@ -46,6 +66,8 @@ class FakeRunner : public worker::JobRunner {
     cv.notify_all();
   }
   std::atomic<int> runs{0};
+  std::atomic<int> cancelled{0};
+  std::atomic<bool> inputs_were_open{false};
   v1::Verdict next_verdict = v1::PASS;
   std::string next_exit_reason;
   std::mutex mu;
@@ -58,8 +80,10 @@ class CoreTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/preflight-core-test-XXXXXX";
     const std::string dir = mkdtemp(tmpl);
-    blobs_ = *store::BlobStore::Open(dir + "/blobs", 1 << 20);
-    verdicts_ = *store::SqliteVerdictStore::Open(dir + "/v.db");
+    auto stores = store::OpenStore(dir, 1 << 20);
+    ASSERT_TRUE(stores.ok()) << stores.status();
+    blobs_ = std::move(stores->blobs);
+    verdicts_ = std::move(stores->verdicts);
     CoreConfig c;
     c.job_slots = 1;
     c.queue_size = 1;
@@ -99,7 +123,7 @@ class CoreTest : public ::testing::Test {
   std::unique_ptr<ServiceMetrics> metrics_;
   FakeRunner runner_;
   std::unique_ptr<store::BlobStore> blobs_;
-  std::unique_ptr<store::SqliteVerdictStore> verdicts_;
+  std::unique_ptr<store::VerdictStore> verdicts_;
   std::unique_ptr<PreflightCore> core_;
 };
 
@@ -243,6 +267,136 @@ TEST_F(CoreTest, IdenticalConcurrentRequestsRunOnce) {
   EXPECT_EQ(runner_.runs.load(), 1);
   EXPECT_EQ(a->request_digest(), b->request_digest());
   EXPECT_NE(a->cached(), b->cached());
+}
+
+TEST_F(CoreTest, JobGetsItsInputsAsOpenDescriptors) {
+  ASSERT_TRUE(core_->Check(Valid(), Deadline()).ok());
+  EXPECT_TRUE(runner_.inputs_were_open.load());
+}
+
+// A caller whose RPC was cancelled (the flag stands in for gRPC's
+// IsCancelled): its running job is killed and its slot freed; nothing is
+// stored for it.
+TEST_F(CoreTest, CallerThatGivesUpFreesItsRunningSlot) {
+  runner_.hold = true;
+  std::atomic<bool> gone{false};
+  v1::CheckRequest r = Valid();
+  r.set_job_id("gave-up");
+  absl::StatusOr<v1::CheckResponse> a;
+  std::thread caller([&] { a = core_->Check(r, Deadline(), [&] { return gone.load(); }); });
+  if (!Eventually([&] { return core_->running() >= 1; })) {
+    runner_.Release();
+    caller.join();
+    FAIL() << "the check never started";
+  }
+  gone = true;
+  caller.join();  // Returns once the runner saw the job abandoned.
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(a.status().message()), HasSubstr("while its check ran"));
+  EXPECT_EQ(runner_.cancelled.load(), 1);
+  EXPECT_EQ(core_->running(), 0);
+  v1::GetVerdictRequest g;
+  g.set_job_id("gave-up");
+  EXPECT_EQ(core_->GetVerdict(g).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Metric("preflight_worker_exits_total", {{"reason", "cancelled"}}), 1);
+  // The slot is free for the next check, and the same request runs afresh.
+  runner_.Release();
+  auto again = core_->Check(r, Deadline());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->cached());
+  EXPECT_EQ(runner_.runs.load(), 2);
+}
+
+TEST_F(CoreTest, QueuedCallerThatGivesUpLeavesTheQueue) {
+  runner_.hold = true;
+  auto make = [&](uint64_t seed) {
+    v1::CheckRequest r = Valid();
+    r.mutable_config()->set_seed(seed);
+    return r;
+  };
+  std::thread running([&] { (void)core_->Check(make(1), Deadline()); });
+  const bool started = Eventually([&] { return core_->running() >= 1; });
+  std::atomic<bool> gone{false};
+  absl::StatusOr<v1::CheckResponse> cancelled, expired;
+  std::thread queued(
+      [&] { cancelled = core_->Check(make(2), Deadline(), [&] { return gone.load(); }); });
+  const bool waiting = started && Eventually([&] { return core_->queued() >= 1; });
+  if (waiting) {
+    gone = true;
+    queued.join();
+    // A deadline that passes in the queue leaves it the same way.
+    expired = core_->Check(make(3), absl::Now() + absl::Milliseconds(100));
+  }
+  runner_.Release();
+  running.join();
+  if (!waiting) {
+    queued.join();
+    FAIL() << "the second check never queued";
+  }
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(cancelled.status().message()), HasSubstr("while it was queued"));
+  EXPECT_EQ(expired.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(expired.status().message()), HasSubstr("while it was queued"));
+  EXPECT_EQ(core_->queued(), 0);
+  EXPECT_EQ(runner_.runs.load(), 1) << "neither queued check ran";
+}
+
+TEST_F(CoreTest, JobRunsOnWhileACoalescedCallerStillWaits) {
+  runner_.hold = true;
+  const v1::CheckRequest r = Valid();
+  std::atomic<bool> a_gone{false}, b_gone{false};
+  std::atomic<int> a_asked_after_gone{0};
+  std::atomic<bool> b_waiting{false};
+  absl::StatusOr<v1::CheckResponse> a, b;
+  std::thread leader([&] {
+    a = core_->Check(r, Deadline(), [&] {
+      if (a_gone) ++a_asked_after_gone;
+      return a_gone.load();
+    });
+  });
+  const bool started = Eventually([&] { return core_->running() >= 1; });
+  // The follower's own question is asked only while it waits on the leader.
+  std::thread follower([&] {
+    b = core_->Check(r, Deadline(), [&] {
+      b_waiting = true;
+      return b_gone.load();
+    });
+  });
+  const bool joined = started && Eventually([&] { return b_waiting.load(); });
+  bool kept = false;
+  if (joined) {
+    a_gone = true;
+    // Two polls after the leader left: the job was seen still wanted.
+    kept = Eventually([&] { return a_asked_after_gone.load() >= 2; });
+    EXPECT_EQ(runner_.cancelled.load(), 0) << "killed while a coalesced caller waited";
+    EXPECT_EQ(core_->running(), 1);
+    b_gone = true;
+  }
+  if (!joined || !kept) runner_.Release();
+  leader.join();
+  follower.join();
+  ASSERT_TRUE(joined && kept) << "the follower never waited, or the leader was never polled";
+  EXPECT_EQ(runner_.cancelled.load(), 1) << "killed once the last caller left";
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(b.status().message()), HasSubstr("an identical check was running"));
+  EXPECT_EQ(core_->running(), 0);
+}
+
+TEST_F(CoreTest, OnlyFinalReportsAreReused) {
+  // A transient report (the job timed out) is stored but runs again.
+  runner_.next_verdict = v1::ERROR;
+  runner_.next_exit_reason = "timeout";
+  ASSERT_TRUE(core_->Check(Valid(), Deadline()).ok());
+  runner_.next_verdict = v1::PASS;
+  runner_.next_exit_reason = "";
+  auto second = core_->Check(Valid(), Deadline());
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(second->cached());
+  auto third = core_->Check(Valid(), Deadline());
+  ASSERT_TRUE(third.ok());
+  EXPECT_TRUE(third->cached()) << "the final PASS is reused";
+  EXPECT_EQ(runner_.runs.load(), 2);
 }
 
 TEST_F(CoreTest, MetricsFollowEachOutcome) {

@@ -25,7 +25,7 @@ class ServerTest : public ::testing::Test {
     char tmpl[] = "/tmp/preflight-server-test-XXXXXX";
     ServerConfig config;
     config.address = "127.0.0.1:0";
-    config.store_dir = mkdtemp(tmpl);
+    config.store = mkdtemp(tmpl);
     config.worker_binary = PREFLIGHT_WORKER_BINARY;
     auto server = Server::Start(config, registry_);
     ASSERT_TRUE(server.ok()) << server.status();

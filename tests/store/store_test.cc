@@ -10,7 +10,6 @@
 
 #include "service/store/blob_store.h"
 #include "service/store/sha256.h"
-#include "service/store/verdict_store.h"
 
 namespace preflight::store {
 namespace {
@@ -58,47 +57,20 @@ TEST(BlobStore, RefusesOverLimitAndLeavesNoPartialBlob) {
   EXPECT_EQ(std::system(("test -z \"$(ls -A " + dir + ")\"").c_str()), 0) << "temp file left";
 }
 
-TEST(SqliteVerdictStore, RoundTripByDigestAndJobId) {
-  const std::string path = TempDir() + "/v.db";
-  {
-    auto store = SqliteVerdictStore::Open(path);
-    ASSERT_TRUE(store.ok()) << store.status();
-    StoredVerdict v;
-    v.request_digest = std::string(64, 'a');
-    v.job_id = "job-1";
-    v.report.set_verdict(v1::FAIL);
-    ASSERT_TRUE((*store)->Put(v).ok());
-  }
-  // Survives reopening (a restart).
-  auto store = SqliteVerdictStore::Open(path);
+TEST(BlobStore, OpensABlobForReadingWithoutItsPath) {
+  auto store = BlobStore::Open(TempDir() + "/blobs", 1 << 20);
   ASSERT_TRUE(store.ok());
-  auto by_digest = (*store)->GetByDigest(std::string(64, 'a'));
-  ASSERT_TRUE(by_digest.ok());
-  EXPECT_EQ(by_digest->report.verdict(), v1::FAIL);
-  EXPECT_EQ(by_digest->job_id, "job-1");
-  EXPECT_GT(by_digest->created_unix_seconds, 0);
-  auto by_job = (*store)->GetByJobId("job-1");
-  ASSERT_TRUE(by_job.ok());
-  EXPECT_EQ(by_job->request_digest, std::string(64, 'a'));
-  EXPECT_EQ((*store)->GetByJobId("nope").status().code(), absl::StatusCode::kNotFound);
-}
-
-TEST(SqliteVerdictStore, CorruptFileIsAStartupError) {
-  const std::string path = TempDir() + "/v.db";
-  {
-    std::ofstream out(path);
-    out << std::string(8192, 'x');
-  }
-  auto store = SqliteVerdictStore::Open(path);
-  ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(store.status().message()), HasSubstr(path));
-}
-
-TEST(SqliteVerdictStore, UnwritablePathIsAStartupError) {
-  auto store = SqliteVerdictStore::Open("/nonexistent-dir/v.db");
-  ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto info = (*store)->Put("PK\x03\x04 bytes");
+  ASSERT_TRUE(info.ok());
+  auto fd = (*store)->OpenForRead(info->sha256);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  char buf[64];
+  const ssize_t n = read(fd->get(), buf, sizeof(buf));
+  EXPECT_EQ(std::string(buf, n > 0 ? n : 0), "PK\x03\x04 bytes");
+  EXPECT_EQ((*store)->ReadHead(info->sha256, 4), "PK\x03\x04");
+  EXPECT_EQ((*store)->OpenForRead(std::string(64, 'e')).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->ReadHead(std::string(64, 'e'), 4), "");
 }
 
 }  // namespace

@@ -61,17 +61,16 @@ TEST(MayUseCuda, OnlyDevicesThatCanResolveToCuda) {
 
 v1::WorkerJob Job(const std::string& device) {
   v1::WorkerJob job;
-  job.set_model_path("/store/blobs/m");
-  job.set_batch_path("/store/blobs/b");
   job.set_memory_limit_bytes(int64_t{8} << 30);
-  job.set_wall_timeout_seconds(10);
+  job.mutable_config()->set_timeout_seconds(10);
   job.mutable_config()->set_device(device);
   return job;
 }
 
 TEST(JobPolicy, CpuJobGetsTheFullCpuSandbox) {
   const SandboxPolicy p = JobPolicy(Job("cpu"), {"/lib"}, {"/dev/nvidiactl"}, 4, 7);
-  EXPECT_THAT(p.readable_files, ElementsAre("/store/blobs/m", "/store/blobs/b", "/dev/urandom"));
+  EXPECT_THAT(p.readable_files, ElementsAre("/dev/urandom"))
+      << "the inputs come as descriptors: no store path is readable";
   EXPECT_THAT(p.readable_dirs, ElementsAre("/lib"));
   EXPECT_THAT(p.device_files, IsEmpty()) << "a CPU job never sees the GPU, even on a GPU node";
   EXPECT_EQ(p.address_space_bytes, int64_t{8} << 30);
@@ -85,7 +84,8 @@ TEST(JobPolicy, CudaJobOnGpuNodeGetsTheDevicesAndNoAddressSpaceLimit) {
   EXPECT_THAT(p.device_files, ElementsAre("/dev/nvidia0", "/dev/nvidiactl"));
   EXPECT_EQ(p.address_space_bytes, 0);
   EXPECT_THAT(p.readable_dirs, ::testing::Contains("/proc/driver/nvidia"));
-  EXPECT_THAT(p.readable_files, ElementsAre("/store/blobs/m", "/store/blobs/b", "/dev/urandom"));
+  EXPECT_THAT(p.readable_files, ElementsAre("/dev/urandom"))
+      << "the inputs come as descriptors: no store path is readable";
 }
 
 TEST(JobPolicy, CudaJobOnCpuNodeKeepsTheCpuSandbox) {

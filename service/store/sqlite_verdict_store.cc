@@ -1,4 +1,4 @@
-#include "service/store/verdict_store.h"
+#include "service/store/sqlite_verdict_store.h"
 
 #include <sqlite3.h>
 

@@ -1,0 +1,133 @@
+#include "tests/store/verdict_store_conformance.h"
+
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace preflight::store {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Digest(char c) { return std::string(64, c); }
+
+StoredVerdict Verdict(char digest, const std::string& job_id, v1::Verdict verdict) {
+  StoredVerdict v;
+  v.request_digest = Digest(digest);
+  v.job_id = job_id;
+  v.report.set_verdict(verdict);
+  return v;
+}
+
+std::unique_ptr<VerdictStore> Open(const VerdictStoreBackend& b, const std::string& location) {
+  auto store = b.open(location);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *std::move(store) : nullptr;
+}
+
+TEST_P(VerdictStoreConformance, RoundTripByDigestAndJobIdAcrossReopen) {
+  const std::string location = GetParam().new_location();
+  {
+    auto store = Open(GetParam(), location);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Put(Verdict('a', "job-1", v1::FAIL)).ok());
+  }
+  // Survives reopening (a restart).
+  auto store = Open(GetParam(), location);
+  ASSERT_NE(store, nullptr);
+  auto by_digest = store->GetByDigest(Digest('a'));
+  ASSERT_TRUE(by_digest.ok()) << by_digest.status();
+  EXPECT_EQ(by_digest->report.verdict(), v1::FAIL);
+  EXPECT_EQ(by_digest->job_id, "job-1");
+  EXPECT_GT(by_digest->created_unix_seconds, 0) << "0 means now";
+  auto by_job = store->GetByJobId("job-1");
+  ASSERT_TRUE(by_job.ok());
+  EXPECT_EQ(by_job->request_digest, Digest('a'));
+}
+
+TEST_P(VerdictStoreConformance, AbsentKeysAreNotFoundNamingTheKey) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  const auto by_digest = store->GetByDigest(Digest('0'));
+  EXPECT_EQ(by_digest.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(by_digest.status().message()), HasSubstr(Digest('0')));
+  const auto by_job = store->GetByJobId("nope");
+  EXPECT_EQ(by_job.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(by_job.status().message()), HasSubstr("nope"));
+}
+
+TEST_P(VerdictStoreConformance, ReportComesBackExactlyAsStored) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  StoredVerdict v = Verdict('b', "", v1::ERROR);
+  v.report.set_completion(v1::COMPLETION_TRANSIENT);
+  auto* f = v.report.add_findings();
+  f->set_code(v1::WORKER_TIMEOUT);
+  f->set_message(std::string("a NUL \0 and UTF-8 \xc3\xa9 survive", 28));
+  v.report.mutable_timing()->set_total_seconds(1.25);
+  v.created_unix_seconds = 1700000000.5;
+  ASSERT_TRUE(store->Put(v).ok());
+  auto got = store->GetByDigest(Digest('b'));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->report.SerializeAsString(), v.report.SerializeAsString());
+  EXPECT_EQ(got->job_id, "");
+  EXPECT_DOUBLE_EQ(got->created_unix_seconds, 1700000000.5);
+}
+
+TEST_P(VerdictStoreConformance, PutReplacesTheVerdictOfADigest) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Put(Verdict('c', "", v1::ERROR)).ok());
+  ASSERT_TRUE(store->Put(Verdict('c', "", v1::PASS)).ok());
+  auto got = store->GetByDigest(Digest('c'));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->report.verdict(), v1::PASS);
+}
+
+TEST_P(VerdictStoreConformance, JobIdPointsAtItsLatestVerdict) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  StoredVerdict first = Verdict('d', "train/run-42", v1::FAIL);
+  first.created_unix_seconds = 1000;
+  StoredVerdict second = Verdict('e', "train/run-42", v1::PASS);
+  second.created_unix_seconds = 2000;
+  ASSERT_TRUE(store->Put(first).ok());
+  ASSERT_TRUE(store->Put(second).ok());
+  auto got = store->GetByJobId("train/run-42");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->request_digest, Digest('e'));
+  EXPECT_EQ(got->report.verdict(), v1::PASS);
+  // The older digest keeps its own verdict.
+  EXPECT_EQ(store->GetByDigest(Digest('d'))->report.verdict(), v1::FAIL);
+}
+
+TEST_P(VerdictStoreConformance, ConcurrentPutsAllLand) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  constexpr int kThreads = 4, kEach = 25;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        StoredVerdict v;
+        v.request_digest = absl::StrCat(std::string(60, 'f'), t, i < 10 ? "00" : "0", i);
+        v.request_digest.resize(64, '0');
+        v.job_id = absl::StrCat("job-", t, "-", i);
+        v.report.set_verdict(v1::PASS);
+        EXPECT_TRUE(store->Put(v).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kEach; ++i) {
+      EXPECT_TRUE(store->GetByJobId(absl::StrCat("job-", t, "-", i)).ok()) << t << " " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace preflight::store
