@@ -49,8 +49,8 @@ def main():
         os.remove(out)
     auto = not os.path.exists("/dev/nvidiactl")  # CI: no GPU, so no --dry needed.
     cmd = [SCRIPT, "--no-setup", "--no-build", "--build-dir", BUILD, "--out", out,
-           "--budget", "90"] + ([] if auto else ["--dry"])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
+           "--budget", "240"] + ([] if auto else ["--dry"])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=270)
     expect("dry run exits 0", p.returncode == 0, p.stderr)
     json_path = out.rsplit(".", 1)[0] + ".json"
     if not expect("results written (markdown + JSON)",

@@ -157,12 +157,24 @@ TEST(ReportFromJob, OomSaysTheLimitAndTheRequest) {
   EXPECT_THAT(r.findings(0).message(), HasSubstr(std::to_string(int64_t{512} << 30)));
 }
 
-TEST(ReportFromJob, ACheckReportIsFinal) {
+// The engine marks every report it returns; the worker keeps that mark.
+TEST(ReportFromJob, TheEnginesCompletionIsKept) {
   v1::JobRecord record;
   record.mutable_report()->set_verdict(v1::PASS);
-  const v1::Report r = ReportFromJob(Returned(record), v1::CheckConfig(), kLimit);
+  record.mutable_report()->set_completion(v1::COMPLETION_FINAL);
+  v1::Report r = ReportFromJob(Returned(record), v1::CheckConfig(), kLimit);
   EXPECT_EQ(r.verdict(), v1::PASS);
   EXPECT_EQ(r.completion(), v1::COMPLETION_FINAL);
+
+  // The engine's own out-of-memory report: transient, and it learns the limit.
+  v1::JobRecord oom;
+  *oom.mutable_report() = ReportWith(v1::WORKER_OOM, v1::Finding::ERROR,
+                                     "the check ran out of memory: can't allocate");
+  oom.mutable_report()->set_completion(v1::COMPLETION_TRANSIENT);
+  r = ReportFromJob(Returned(oom), v1::CheckConfig(), kLimit);
+  EXPECT_EQ(r.completion(), v1::COMPLETION_TRANSIENT);
+  ASSERT_EQ(r.findings_size(), 1);
+  EXPECT_THAT(r.findings(0).message(), HasSubstr("memory limit of 8192 MiB"));
 }
 
 TEST(ReportFromJob, HowTheChildEndedWithoutARecord) {
