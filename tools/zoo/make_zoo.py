@@ -264,6 +264,17 @@ def _():
     return LabelSmoothing(), classification_batch(16, (20,), 7)
 
 
+@case("soft_targets", "PASS", ["CONVERGED_TO_FLOOR"],
+      doc="Built-in cross_entropy with soft probability targets (0.9 on the label, the rest "
+          "spread): the floor is the targets' entropy; memorised by the most probable class.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(16, (20,), 5)
+    soft = torch.full((16, 5), 0.1 / 4)
+    soft[torch.arange(16), b["targets"]] = 0.9
+    return mlp([20, 64, 5]), {"inputs": b["inputs"], "targets": soft}
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
