@@ -48,8 +48,11 @@ absl::StatusOr<DeviceSpec> ParseDevice(const std::string& d) {
   return Invalid("device", absl::StrCat("expected auto, cpu, cuda or cuda:N, got '", d, "'"));
 }
 
-double OverfitTarget(const v1::CheckConfig& c, double initial_loss) {
-  return c.target_loss() > 0 ? c.target_loss() : c.target_ratio() * std::fabs(initial_loss);
+double OverfitTarget(const v1::CheckConfig& c, double initial_loss, double chance_loss) {
+  if (c.target_loss() > 0) return c.target_loss();
+  double scale = std::fabs(initial_loss);
+  if (chance_loss > 0 && scale > chance_loss) scale = chance_loss;
+  return c.target_ratio() * scale;
 }
 
 void ApplyDefaults(v1::CheckConfig* c) {

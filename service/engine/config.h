@@ -65,8 +65,11 @@ struct DeviceSpec {
 absl::StatusOr<DeviceSpec> ParseDevice(const std::string& device);
 
 // The absolute |loss| the overfit run must reach: target_loss when set,
-// else target_ratio x |initial loss|. One rule for the main run and for
-// every diagnosis experiment (each against its own initial loss).
-double OverfitTarget(const v1::CheckConfig& config, double initial_loss);
+// else target_ratio x |initial loss|, where an initial loss inflated above
+// the chance-level loss (ln C for cross-entropy, ln 2 for BCE; 0: unknown)
+// is replaced by the chance level, so that a mis-scaled start does not make
+// the target easy. One rule for the main run and for every diagnosis
+// experiment (each against its own initial loss).
+double OverfitTarget(const v1::CheckConfig& config, double initial_loss, double chance_loss = 0);
 
 }  // namespace preflight::engine

@@ -20,6 +20,26 @@ bool ReachedTarget(double loss, double target) {
   return std::isfinite(loss) && std::fabs(loss) <= target;
 }
 
+Stability AnalyzeStability(const std::vector<double>& losses, double target,
+                           const CurveThresholds& th) {
+  Stability s;
+  if (losses.empty()) return s;
+  const double scale = std::max(std::fabs(losses.front()), 1e-12);
+  double peak = 0;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    if (ReachedTarget(losses[i], target)) {
+      s.first_target_step = static_cast<int>(i);
+      break;
+    }
+    peak = std::isfinite(losses[i]) ? std::max(peak, std::fabs(losses[i])) : INFINITY;
+  }
+  if (s.first_target_step < 0) return s;
+  s.peak_ratio = peak / scale;
+  s.unstable = s.peak_ratio > th.diverge_factor;
+  s.settled = ReachedTarget(losses.back(), target);
+  return s;
+}
+
 const char* CurveClassName(CurveClass c) {
   switch (c) {
     case CurveClass::kConverged: return "converged";

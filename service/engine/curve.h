@@ -58,6 +58,19 @@ CurveAnalysis ClassifyCurve(const std::vector<double>& losses, double target,
                             bool stopped_non_finite,
                             const CurveThresholds& thresholds = {});
 
+// How a run that reached its target got there. Unstable: before the first
+// step at the target, |loss| rose above diverge_factor x its initial |loss|
+// (the target was touched only because the model blew up, e.g. huge
+// logits). Settled: the last recorded loss is at the target.
+struct Stability {
+  int first_target_step = -1;  // -1: never reached.
+  double peak_ratio = 0;       // max |loss| before first_target_step / |initial|.
+  bool unstable = false;
+  bool settled = false;
+};
+Stability AnalyzeStability(const std::vector<double>& losses, double target,
+                           const CurveThresholds& thresholds = {});
+
 // The finding code that reports a curve class.
 v1::FindingCode CurveCode(CurveClass c);
 const char* CurveClassName(CurveClass c);

@@ -27,6 +27,8 @@ constexpr ExperimentSpec kSpecs[] = {
      "train-mode behaviour (dropout or batch statistics) keeps the loss from reaching the "
      "target",
      "reduce dropout, or check layers that behave differently in training"},
+    {ExperimentKind::kMoreSteps, "more_steps", "the step budget is too small",
+     "the model needs more steps", "raise --steps (or the learning rate)"},
 };
 
 }  // namespace
@@ -47,12 +49,17 @@ ExperimentChange ChangeFor(ExperimentKind kind) {
     case ExperimentKind::kLrMul10: c.lr_multiplier = 10; break;
     case ExperimentKind::kNoWeightDecay: c.zero_weight_decay = true; break;
     case ExperimentKind::kEvalMode: c.eval_mode = true; break;
+    case ExperimentKind::kMoreSteps: c.steps_multiplier = kMoreStepsFactor; break;
   }
   return c;
 }
 
-std::string DescribeChange(ExperimentKind kind, double base_lr) {
+std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps) {
   const ExperimentChange c = ChangeFor(kind);
+  if (c.steps_multiplier != 1) {
+    return base_steps > 0 ? absl::StrCat("max_steps ", base_steps * c.steps_multiplier)
+                          : absl::StrCat(c.steps_multiplier, "x the step budget");
+  }
   if (c.negate_loss) return "train on -loss";
   if (c.zero_weight_decay) return "weight_decay 0";
   if (c.eval_mode) return "eval mode";
@@ -89,6 +96,8 @@ std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& a, const PlanIn
       if (in.weight_decay) plan.push_back(K::kNoWeightDecay);
       if (in.train_mode) plan.push_back(K::kEvalMode);
       plan.push_back(K::kLrDiv10);
+      // Only a curve still moving at the end can profit from a longer run.
+      if (a.tail_drop >= kMoreStepsTailDrop) plan.push_back(K::kMoreSteps);
       break;
     case CurveClass::kFlat:
       // Without any gradient no training setting can help.
@@ -108,33 +117,104 @@ v1::Experiment::Outcome GradeExperiment(const CurveAnalysis& original,
                                 ? std::fabs(original.final_value)
                                 : INFINITY;
   const double bar = kImprovedShare * std::min(orig_final, std::fabs(original.initial));
-  if (experiment.curve_class != original.curve_class && experiment.first_non_finite_step < 0 &&
+  if (experiment.first_non_finite_step < 0 && std::isfinite(experiment.final_value) &&
       std::fabs(experiment.final_value) < bar) {
     return v1::Experiment::IMPROVED;
   }
   return v1::Experiment::NO_EFFECT;
 }
 
+double ImprovementFactor(const CurveAnalysis& original, const CurveAnalysis& experiment) {
+  const double o = std::fabs(original.final_value);
+  const double e = std::fabs(experiment.final_value);
+  if (!std::isfinite(o) || !std::isfinite(e) || original.first_non_finite_step >= 0 ||
+      experiment.first_non_finite_step >= 0 || e == 0) {
+    return 0;
+  }
+  return o / e;
+}
+
+double EarlyStopLevel(const CurveAnalysis& original) {
+  const double o = std::isfinite(original.final_value) && original.first_non_finite_step < 0
+                       ? std::fabs(original.final_value)
+                       : 0;
+  return std::max(o, std::fabs(original.initial));
+}
+
 std::string DescribeResult(const ExperimentResult& r) {
-  return absl::StrFormat("%s (%s): %s", SpecOf(r.kind).name, r.change, r.analysis.summary);
+  std::string s = absl::StrFormat("%s (%s): %s", SpecOf(r.kind).name, r.change,
+                                  r.analysis.summary);
+  if (r.improvement_factor > 0) {
+    absl::StrAppendFormat(&s, "; final loss %.3gx lower than the original's",
+                          r.improvement_factor);
+  }
+  if (r.stopped_early) s += "; stopped early: no better than the original's start";
+  return s;
+}
+
+FloorDecision JudgeFloor(const CurveAnalysis& a, const FloorEvidence& e) {
+  FloorDecision d;
+  if (!(e.grad_norm_initial > 0) || !(e.param_norm_final > 0)) return d;
+  d.grad_collapse = e.grad_norm_final / e.grad_norm_initial;
+  d.grad_to_param = e.grad_norm_final / e.param_norm_final;
+  if (a.curve_class != CurveClass::kPlateau || a.still_falling) return d;
+  d.stationary = std::fabs(a.tail_drop) <= kFloorTailMove &&
+                 d.grad_collapse <= kFloorGradCollapse && d.grad_to_param <= kFloorGradToParam;
+  std::string memorised =
+      e.memorised_share < 0
+          ? std::string("memorisation not measurable for this loss and target")
+          : absl::StrFormat("%.0f%% of samples memorised", 100 * e.memorised_share);
+  d.summary = absl::StrFormat(
+      "the gradient norm fell to %.2g of its start and %.2g of the parameter norm, the last "
+      "20%% of steps moved the loss %.2f%%; %s",
+      d.grad_collapse, d.grad_to_param, 100 * std::fabs(a.tail_drop), memorised);
+  d.converged_to_floor = d.stationary && e.memorised_share >= 1.0 && e.clean;
+  return d;
+}
+
+std::vector<ExperimentKind> PlanStabilityExperiments() {
+  return {ExperimentKind::kLrDiv10, ExperimentKind::kLrDiv100};
+}
+
+v1::Experiment::Outcome GradeStabilityExperiment(const Stability& original,
+                                                 const CurveAnalysis& experiment,
+                                                 const Stability& s) {
+  if (experiment.curve_class != CurveClass::kConverged) return v1::Experiment::NO_EFFECT;
+  if (!s.unstable) return v1::Experiment::CONFIRMED;
+  return s.peak_ratio < original.peak_ratio ? v1::Experiment::IMPROVED
+                                            : v1::Experiment::NO_EFFECT;
 }
 
 std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const PlanInputs& in,
                           const std::string& fallback) {
-  std::vector<std::string> confirmed, improved, tried;
+  std::vector<std::string> confirmed, named, improved, tried;
   for (const ExperimentResult& r : results) {
     const ExperimentSpec& spec = SpecOf(r.kind);
     tried.push_back(spec.name);
     if (r.outcome == v1::Experiment::CONFIRMED) {
+      const std::string cause =
+          r.kind == ExperimentKind::kMoreSteps
+              ? absl::StrFormat("%s: it converges at step %d with %dx the budget", spec.cause,
+                                r.steps, ChangeFor(r.kind).steps_multiplier)
+              : std::string(spec.cause);
       confirmed.push_back(absl::StrFormat(
           "%s (%s) makes the loss converge, %.4g -> %.4g in %d steps: %s; %s", spec.name,
-          r.change, r.analysis.initial, r.last_loss, r.steps, spec.cause, spec.action));
+          r.change, r.analysis.initial, r.last_loss, r.steps, cause, spec.action));
+    } else if (r.outcome == v1::Experiment::IMPROVED &&
+               r.improvement_factor >= kNamedImprovementFactor) {
+      named.push_back(absl::StrFormat(
+          "%s (%s) lowers the final loss %.3gx (to %.4g) without reaching the target: %s; %s",
+          spec.name, r.change, r.improvement_factor, r.analysis.final_value, spec.cause,
+          spec.action));
     } else if (r.outcome == v1::Experiment::IMPROVED) {
       improved.push_back(DescribeResult(r));
     }
   }
   if (!confirmed.empty()) {
     return absl::StrCat("Verified: ", absl::StrJoin(confirmed, ". Also verified: "), ".");
+  }
+  if (!named.empty()) {
+    return absl::StrCat("Partly verified: ", absl::StrJoin(named, ". Also: "), ".");
   }
   if (!improved.empty()) {
     return absl::StrCat("Not confirmed, partly explained: ", absl::StrJoin(improved, "; "),

@@ -22,7 +22,15 @@
 
 namespace preflight::engine {
 
-enum class ExperimentKind { kNegatedLoss, kLrDiv10, kLrDiv100, kLrMul10, kNoWeightDecay, kEvalMode };
+enum class ExperimentKind {
+  kNegatedLoss,
+  kLrDiv10,
+  kLrDiv100,
+  kLrMul10,
+  kNoWeightDecay,
+  kEvalMode,
+  kMoreSteps,  // kMoreStepsFactor x the step budget, same settings.
+};
 
 struct ExperimentSpec {
   ExperimentKind kind;
@@ -43,10 +51,11 @@ struct ExperimentChange {
   double Lr(double base_lr) const { return base_lr / lr_divisor * lr_multiplier; }
   bool zero_weight_decay = false;
   bool eval_mode = false;     // Train with train-mode behaviour off.
+  int steps_multiplier = 1;   // The step budget becomes max_steps x this.
 };
 ExperimentChange ChangeFor(ExperimentKind kind);
-// "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode".
-std::string DescribeChange(ExperimentKind kind, double base_lr);
+// "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode", "max_steps 2000".
+std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps = 0);
 
 // Facts about the original run the plan depends on.
 struct PlanInputs {
@@ -62,9 +71,10 @@ struct PlanInputs {
 std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& original,
                                             const PlanInputs& inputs);
 
-// CONFIRMED: the experiment's run converged. IMPROVED: a different, finite
-// curve whose final |loss| is below kImprovedShare of the better of the
-// original's final and initial |loss|. NO_EFFECT otherwise.
+// CONFIRMED: the experiment's run converged. IMPROVED: a finite curve whose
+// final |loss| is below kImprovedShare of the better of the original's final
+// and initial |loss| (its ImprovementFactor says by how much). NO_EFFECT
+// otherwise.
 v1::Experiment::Outcome GradeExperiment(const CurveAnalysis& original,
                                         const CurveAnalysis& experiment);
 
@@ -75,12 +85,65 @@ struct ExperimentResult {
   CurveAnalysis analysis;         // Of the experiment's own run.
   double last_loss = 0;           // The experiment's last recorded loss.
   int steps = 0;                  // Points in its curve.
+  double improvement_factor = 0;  // ImprovementFactor(original, analysis).
+  bool stopped_early = false;     // Stopped by the early-stop rule.
 };
+
+// |final loss| of the original over the experiment's (> 1: the experiment
+// ended lower); 0 when either is not finite or the experiment's is 0 while
+// the original's is not (an unbounded improvement is reported as CONFIRMED).
+double ImprovementFactor(const CurveAnalysis& original, const CurveAnalysis& experiment);
+
+// The |loss| level an experiment must be below at the early-stop step
+// (kEarlyStopShare of its budget) to keep running: it has not even got below
+// where the original run started and ended, so it cannot win.
+double EarlyStopLevel(const CurveAnalysis& original);
+
+// --- Irreducible minimum ---------------------------------------------------
+
+// What the floor judgement needs from the main run.
+struct FloorEvidence {
+  double grad_norm_initial = 0;  // Global gradient norm at step 0.
+  double grad_norm_final = 0;    // Its mean over the curve's last window.
+  double param_norm_final = 0;   // Global parameter norm after the run.
+  double memorised_share = -1;   // Share of samples fitted; -1: not measurable.
+  bool clean = true;             // No WARN-or-worse finding before the curve check.
+};
+
+struct FloorDecision {
+  bool stationary = false;          // Stopped moving with a collapsed gradient.
+  bool converged_to_floor = false;  // Stationary, memorised and clean.
+  double grad_collapse = 0;         // grad_norm_final / grad_norm_initial.
+  double grad_to_param = 0;         // grad_norm_final / param_norm_final.
+  std::string summary;              // The numbers, in words.
+};
+
+// A non-converged curve is at an irreducible minimum when it is a plateau
+// that stopped moving (tail movement <= kFloorTailMove) with the gradient
+// norm collapsed (kFloorGradCollapse of its start, kFloorGradToParam of the
+// parameter norm), every sample memorised, and no earlier finding that
+// could hold the loss up (a softmax before the loss also gives a floor).
+FloorDecision JudgeFloor(const CurveAnalysis& curve, const FloorEvidence& evidence);
+
+// --- Unstable convergence ----------------------------------------------------
+
+// The experiments for a run that reached its target only after a blow-up.
+std::vector<ExperimentKind> PlanStabilityExperiments();
+
+// CONFIRMED: the experiment converged without the blow-up; IMPROVED: it
+// converged with a smaller peak; NO_EFFECT otherwise.
+v1::Experiment::Outcome GradeStabilityExperiment(const Stability& original,
+                                                 const CurveAnalysis& experiment,
+                                                 const Stability& experiment_stability);
 
 // "experiment (change): summary", the evidence line of one experiment.
 std::string DescribeResult(const ExperimentResult& result);
 
 // The hint of the curve finding after the experiments in `results` ran.
+// Confirmed causes are stated as verified; an IMPROVED experiment whose
+// factor is at least kNamedImprovementFactor names its cause as partly
+// verified (e.g. lr x10 lowering the final loss 25x: "the learning rate is
+// too low"); otherwise the hint says what was tried.
 // `fallback` is the finding's canonical hint, kept when nothing explains it.
 std::string DiagnosisHint(const std::vector<ExperimentResult>& results,
                           const PlanInputs& inputs, const std::string& fallback);

@@ -56,7 +56,7 @@ double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - st
 // The main overfit run, with statistics and the determinism snapshot; its
 // curve and per-parameter statistics go into the report.
 void RunOverfit(CheckContext& c) {
-  c.target = OverfitTarget(c.config, c.init_loss);
+  c.target = OverfitTarget(c.config, c.init_loss, c.chance_loss);
   internal::RunOptions options = internal::RunOptionsFor(c);
   options.collect_stats = true;
   options.snapshot_after_updates =

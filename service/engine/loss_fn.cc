@@ -10,6 +10,7 @@
 #include "service/engine/losses.h"
 #include "service/engine/report_util.h"
 #include "service/engine/tensor_util.h"
+#include "service/engine/thresholds.h"
 #include "service/engine/torch_error.h"
 
 namespace preflight::engine::internal {
@@ -75,6 +76,24 @@ std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
                            ShapeString(tg)));
     } else if (loss == "nll") {
       invalid("nll needs integer class-index targets; got floating targets");
+    } else {
+      // Class probabilities over dim 1: non-negative rows that sum to 1
+      // (multi-hot or unnormalised rows silently change what is minimised).
+      const torch::Tensor t = tg.detach().to(torch::kFloat64);
+      const double lo = t.min().item<double>();
+      const torch::Tensor dev = (t.sum(1) - 1).abs();
+      const double worst = dev.max().item<double>();
+      if (lo < 0) {
+        invalid(absl::StrCat("probability targets for ", loss, " must be >= 0; the smallest ",
+                             "is ", lo));
+      } else if (worst > kProbabilitySumTol) {
+        const int64_t row = dev.flatten().argmax().item<int64_t>();
+        invalid(absl::StrCat(
+            "probability targets for ", loss, " must sum to 1 over dim 1 (the classes); ",
+            dev.numel() > 1 ? absl::StrCat("entry ", row, " of the row sums is ") : "the sum is ",
+            t.sum(1).flatten()[row].item<double>(),
+            " (multi-hot labels belong with bce_with_logits; soft labels need normalising)"));
+      }
     }
     return problems;
   }

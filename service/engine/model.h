@@ -50,6 +50,10 @@ class Model {
   // first for ordinary models).
   virtual std::vector<NamedTensor> Parameters() const = 0;
 
+  // Every buffer (BatchNorm running statistics, constants registered with
+  // register_buffer), in registration order.
+  virtual std::vector<NamedTensor> Buffers() const = 0;
+
   // Train mode (dropout on, batch statistics) or eval mode.
   virtual void SetTraining(bool training) = 0;
 

@@ -107,6 +107,22 @@ double NormInDouble(const torch::Tensor& t) {
   return t.detach().to(torch::kFloat64).norm().item<double>();
 }
 
+double GlobalNorm(const std::vector<torch::Tensor>& ts) {
+  double sq = 0;
+  for (double n : Norms(ts)) sq += n * n;
+  return std::sqrt(sq);
+}
+
+torch::Tensor FirstTensor(const torch::jit::IValue& v) {
+  if (v.isTensor()) return v.toTensor().detach();
+  if (v.isTuple()) {
+    for (const auto& e : v.toTupleRef().elements()) {
+      if (e.isTensor()) return e.toTensor().detach();
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
@@ -120,6 +136,9 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
   std::vector<torch::Tensor> tensors;
   for (const auto& p : params) tensors.push_back(p.tensor);
   auto optimizer = MakeOptimizer(o, tensors);
+  trace.param_norm_initial = GlobalNorm(tensors);
+  double peak_abs = 0;  // Largest |loss| so far, for the settle rule.
+  int first_target_step = -1;
 
   if (o.collect_stats) {
     for (const auto& p : params) {
@@ -169,6 +188,7 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     torch::Tensor loss = o.negate_loss ? -*loss_or : *loss_or;
     const double value = loss.item<double>();
     trace.losses.push_back(value);
+    if (o.collect_stats) trace.last_output = FirstTensor(output);
 
     if (!std::isfinite(value)) {
       const int bad_param = trace.updates > 0 ? FirstNonFiniteParam(tensors) : -1;
@@ -198,8 +218,25 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
       break;
     }
     if (ReachedTarget(value, o.target)) {
-      trace.converged = true;
-      break;
+      if (first_target_step < 0) first_target_step = step;
+      const bool blew_up = peak_abs > CurveThresholds{}.diverge_factor * std::fabs(trace.losses[0]);
+      if (!blew_up || step - first_target_step >= o.settle_steps) {
+        trace.converged = true;
+        break;
+      }
+    } else if (first_target_step < 0) {
+      peak_abs = std::max(peak_abs, std::fabs(value));
+    }
+    if (step == o.early_stop_step) {
+      const size_t w = std::min<size_t>(5, trace.losses.size());
+      double level = 0;
+      for (size_t i = trace.losses.size() - w; i < trace.losses.size(); ++i) {
+        level += std::fabs(trace.losses[i]);
+      }
+      if (level / static_cast<double>(w) >= o.early_stop_level) {
+        trace.stopped_early = true;
+        break;
+      }
     }
 
     // A loss with no autograd history means no gradient reaches any
@@ -301,6 +338,12 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     if (trace.failure != v1::FINDING_CODE_UNSPECIFIED) break;
   }
   if (o.snapshot_after_updates >= 0 && trace.snapshot_updates < 0) take_snapshot();
+  // Settling ran out of budget: converged only if it is still at the target.
+  if (!trace.converged && first_target_step >= 0 && trace.failure == v1::FINDING_CODE_UNSPECIFIED &&
+      !trace.losses.empty() && ReachedTarget(trace.losses.back(), o.target)) {
+    trace.converged = true;
+  }
+  trace.param_norm_final = GlobalNorm(tensors);
 
   for (size_t k = 0; k < unit_pairs.size(); ++k) {
     if (!dead_first[k].defined()) continue;

@@ -35,6 +35,14 @@ struct RunOptions {
   bool collect_stats = false;  // Per-parameter norms, dead units, update ratios.
   int snapshot_after_updates = -1;  // Copy parameters after this many updates.
   int anomaly_step = -1;       // Run this step's backward under anomaly mode.
+  // Reaching the target after |loss| passed kDivergeFactor x its start does
+  // not end the run: it continues up to this many steps to show whether the
+  // loss stays there (0: stop at the target as usual).
+  int settle_steps = 0;
+  // Early stop: at step early_stop_step, a run whose mean |loss| over the
+  // last 5 steps is >= early_stop_level stops (-1: never).
+  int early_stop_step = -1;
+  double early_stop_level = 0;
 };
 
 struct ParamTrack {
@@ -58,6 +66,12 @@ struct DeadLayer {
 struct RunTrace {
   std::vector<double> losses;  // Loss at each step, before that step's update.
   std::vector<double> grad_norm_total;  // Global gradient L2 norm per update.
+  double param_norm_initial = 0;  // Global L2 norm of the trainable parameters.
+  double param_norm_final = 0;    // The same after the last update.
+  // The first output tensor (the output, or a tuple's first tensor) of the
+  // last recorded step, detached; only with collect_stats.
+  torch::Tensor last_output;
+  bool stopped_early = false;     // See RunOptions::early_stop_step.
   int updates = 0;             // Optimizer steps taken.
   bool converged = false;
   // The first failure, if any: an error (FORWARD/LOSS/BACKWARD_ERROR) or the

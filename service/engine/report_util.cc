@@ -128,6 +128,12 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::LOSS_NOISY:
       return "Noise on one fixed batch comes from randomness in the model (dropout) or a "
              "learning rate near the stability limit.";
+    case v1::CONVERGED_TO_FLOOR:
+      return "The loss has a minimum above zero (label smoothing, a KL or entropy term) and "
+             "the model reached it with the batch memorised: the training loop is sound.";
+    case v1::UNSTABLE_CONVERGENCE:
+      return "The loss blew up before reaching the target: lower the learning rate (or add "
+             "warm-up / gradient clipping) so that it converges without the spike.";
     case v1::NONDETERMINISTIC:
       return "The same seed did not reproduce the run bit for bit: look for randomness that "
              "does not come from torch's seeded generator, or non-deterministic kernels.";

@@ -63,6 +63,48 @@ inline constexpr int kSampleEvery = 10;
 // An experiment "improves" when its final |loss| is below this share of the
 // better of the original run's final |loss| and its initial |loss|.
 inline constexpr double kImprovedShare = 0.5;
+// An experiment still at or above max(|initial|, |final|) of the original
+// run after this share of its budget has made no progress at all: it stops
+// there (a cost bound; every zoo experiment that won was far below that
+// level by then).
+inline constexpr double kEarlyStopShare = 0.25;
+// An IMPROVED experiment that lowers the final loss at least this many times
+// names its cause (as partly verified): a tenfold lower loss from changing
+// one setting is evidence, while run-to-run differences of one setting on
+// the zoo stay within 2x (kImprovedShare).
+inline constexpr double kNamedImprovementFactor = 10.0;
+// The "more steps" experiment: this many times the step budget, planned only
+// for a plateau whose last 20% of steps still cut the loss by at least
+// kMoreStepsTailDrop (a curve that has stopped cannot profit).
+inline constexpr int kMoreStepsFactor = 4;
+inline constexpr double kMoreStepsTailDrop = 0.05;
+
+// --- Irreducible minimum (CONVERGED_TO_FLOOR) -----------------------------
+
+// A plateau is a stationary point when the global gradient norm (mean over
+// the last window) fell to this share of its step-0 value AND to this share
+// of the parameter norm, and the last 20% of the curve moved less than
+// kFloorTailMove of its level. Measured (tools/zoo/calibrate.py): the
+// label-smoothing floor 5e-3 of its start and 8e-4 of the parameter norm,
+// 0.1% tail movement; non-stationary plateaus (lr 1e-5, weight decay 1.0,
+// dropout, a slow linear model) keep 0.28..1.0 of their start and 0.06..1 of
+// the parameter norm; softmax-before-CE saturates to 0.045 of its start.
+inline constexpr double kFloorGradCollapse = 0.02;
+inline constexpr double kFloorGradToParam = 2e-3;
+inline constexpr double kFloorTailMove = 0.01;
+// Regression memorises a sample when its RMS error is below this share of
+// the targets' standard deviation (a tenth of the spread: far below what
+// predicting the mean, error 1.0x, achieves).
+inline constexpr double kFloorRegressionError = 0.1;
+
+// --- Unstable convergence (UNSTABLE_CONVERGENCE) ---------------------------
+
+// After reaching the target following a blow-up (|loss| above
+// CurveThresholds::diverge_factor x its start), training continues for this
+// share of the step budget (at least kSettleMinSteps) to see whether the
+// loss stays at the target.
+inline constexpr double kSettleShare = 0.1;
+inline constexpr int kSettleMinSteps = 10;
 
 // --- Loss-curve classification (curve.h) -----------------------------------
 

@@ -1,5 +1,6 @@
 #include "service/engine/config.h"
 
+#include <cmath>
 #include <functional>
 #include <string>
 
@@ -132,6 +133,20 @@ TEST(OverfitTarget, AbsoluteTargetWinsElseRatioOfInitialMagnitude) {
   EXPECT_DOUBLE_EQ(OverfitTarget(c, -2.3), 0.023);
   c.set_target_loss(0.5);
   EXPECT_DOUBLE_EQ(OverfitTarget(c, 2.3), 0.5);
+}
+
+TEST(OverfitTarget, InflatedInitialLossIsBoundedByChanceLevel) {
+  v1::CheckConfig c;
+  ApplyDefaults(&c);
+  const double ln10 = std::log(10.0);
+  // A 50x output layer starts at ~15.6 on 10 classes: 1% of ln 10, not of 15.6.
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 15.6, ln10), 0.01 * ln10);
+  // A start below chance (a pretrained head) keeps its own scale.
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 1.0, ln10), 0.01);
+  // No chance level known (own loss, regression): unchanged.
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 15.6, 0), 0.156);
+  c.set_target_loss(0.5);
+  EXPECT_DOUBLE_EQ(OverfitTarget(c, 15.6, ln10), 0.5);
 }
 
 TEST(ApplyDefaults, ExplicitOutOfRangeValuesAreValidatedNotReplaced) {

@@ -131,5 +131,32 @@ TEST(ReachedTarget, JudgesMagnitude) {
   EXPECT_FALSE(ReachedTarget(NAN, 0.01));
 }
 
+TEST(AnalyzeStability, TargetReachedThroughABlowUp) {
+  // Adam at lr 20: 2.3 -> 1e4 -> touches 0 (huge logits) and stays there.
+  const std::vector<double> spike = {2.3, 9000, 18000, 4000, 0.0, 0.0, 0.0};
+  const Stability s = AnalyzeStability(spike, 0.023);
+  EXPECT_EQ(s.first_target_step, 4);
+  EXPECT_NEAR(s.peak_ratio, 18000 / 2.3, 1e-6);
+  EXPECT_TRUE(s.unstable);
+  EXPECT_TRUE(s.settled);
+  // It left the target again.
+  const Stability left = AnalyzeStability({2.3, 9000, 0.0, 50.0}, 0.023);
+  EXPECT_TRUE(left.unstable);
+  EXPECT_FALSE(left.settled);
+}
+
+TEST(AnalyzeStability, SmoothOrUnreachedIsStable) {
+  std::vector<double> smooth;
+  for (int i = 0; i < 60; ++i) smooth.push_back(2.3 * std::pow(0.9, i));
+  const Stability s = AnalyzeStability(smooth, 0.023);
+  EXPECT_GE(s.first_target_step, 0);
+  EXPECT_FALSE(s.unstable);
+  // A 5x bump on the way is within the divergence bound.
+  EXPECT_FALSE(AnalyzeStability({2.3, 11.0, 1.0, 0.01}, 0.023).unstable);
+  const Stability never = AnalyzeStability({2.3, 9000, 2.0}, 0.023);
+  EXPECT_EQ(never.first_target_step, -1);
+  EXPECT_FALSE(never.unstable);
+}
+
 }  // namespace
 }  // namespace preflight::engine

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "service/engine/curve.h"
+#include "service/engine/thresholds.h"
 
 namespace preflight::engine {
 namespace {
@@ -104,6 +105,121 @@ TEST(GradeExperiment, ConfirmedImprovedAndNoEffect) {
             v1::Experiment::NO_EFFECT);
 }
 
+TEST(ImprovementFactor, RatioOfFinalLossesOrZero) {
+  const CurveAnalysis original = Classify(Plateau(2.3, 1.0, 200));
+  EXPECT_NEAR(ImprovementFactor(original, Classify(Plateau(2.3, 0.1, 200))), 10.0, 1e-6);
+  EXPECT_NEAR(ImprovementFactor(original, Classify(Plateau(2.3, 2.0, 200))), 0.5, 1e-6);
+  std::vector<double> nan_run = {2.3, 1.0, NAN};
+  EXPECT_EQ(ImprovementFactor(original, ClassifyCurve(nan_run, 0.023, true)), 0);
+}
+
+TEST(EarlyStopLevel, TheWorseOfTheOriginalsStartAndEnd) {
+  EXPECT_DOUBLE_EQ(EarlyStopLevel(Classify(Plateau(2.3, 1.0, 200))), 2.3);
+  const CurveAnalysis rising = Classify(Rising(500));
+  EXPECT_DOUBLE_EQ(EarlyStopLevel(rising), rising.final_value);
+}
+
+FloorEvidence Stationary() {
+  return {.grad_norm_initial = 1.0, .grad_norm_final = 0.005, .param_norm_final = 7.0,
+          .memorised_share = 1.0, .clean = true};
+}
+
+TEST(JudgeFloor, StationaryMemorisedCleanPlateauIsAFloor) {
+  const CurveAnalysis floor = Classify(Plateau(2.0, 0.45, 500));
+  ASSERT_EQ(floor.curve_class, CurveClass::kPlateau);
+  const FloorDecision d = JudgeFloor(floor, Stationary());
+  EXPECT_TRUE(d.stationary);
+  EXPECT_TRUE(d.converged_to_floor);
+  EXPECT_NEAR(d.grad_collapse, 0.005, 1e-12);
+  EXPECT_THAT(d.summary, HasSubstr("100% of samples memorised"));
+}
+
+TEST(JudgeFloor, EachMissingConditionKeepsTheFailure) {
+  const CurveAnalysis floor = Classify(Plateau(2.0, 0.45, 500));
+  struct Case {
+    const char* name;
+    FloorEvidence evidence;
+    bool stationary;
+  };
+  FloorEvidence live_gradient = Stationary();  // lr too low, weight decay: gradient stays.
+  live_gradient.grad_norm_final = 0.3;
+  FloorEvidence large_vs_params = Stationary();  // Collapsed vs start, not vs the weights.
+  large_vs_params.param_norm_final = 1.0;
+  large_vs_params.grad_norm_final = 0.01;
+  FloorEvidence not_memorised = Stationary();
+  not_memorised.memorised_share = 0.75;
+  FloorEvidence unmeasurable = Stationary();
+  unmeasurable.memorised_share = -1;
+  FloorEvidence explained = Stationary();  // e.g. a softmax before the loss.
+  explained.clean = false;
+  for (const Case& c : {Case{"live gradient", live_gradient, false},
+                        Case{"gradient large vs params", large_vs_params, false},
+                        Case{"not memorised", not_memorised, true},
+                        Case{"memorisation unmeasurable", unmeasurable, true},
+                        Case{"explained by an earlier finding", explained, true}}) {
+    SCOPED_TRACE(c.name);
+    const FloorDecision d = JudgeFloor(floor, c.evidence);
+    EXPECT_EQ(d.stationary, c.stationary);
+    EXPECT_FALSE(d.converged_to_floor);
+  }
+}
+
+TEST(JudgeFloor, OnlyAStoppedPlateauQualifies) {
+  // Still falling over the tail: not stopped, whatever the gradient says.
+  std::vector<double> creeping;
+  for (int i = 0; i < 500; ++i) creeping.push_back(2.0 - 0.003 * i);
+  const CurveAnalysis creep = Classify(creeping);
+  ASSERT_EQ(creep.curve_class, CurveClass::kPlateau);
+  EXPECT_FALSE(JudgeFloor(creep, Stationary()).stationary);
+  // Other classes never do.
+  EXPECT_FALSE(JudgeFloor(Classify(Rising(500)), Stationary()).converged_to_floor);
+  EXPECT_FALSE(JudgeFloor(Classify(Geometric(2.3, 0.9, 100)), Stationary()).converged_to_floor);
+}
+
+TEST(GradeStabilityExperiment, ConfirmedOnlyWithoutTheSpike) {
+  Stability original;
+  original.first_target_step = 6;
+  original.peak_ratio = 8000;
+  original.unstable = true;
+  const std::vector<double> clean = Geometric(2.3, 0.9, 60);
+  const CurveAnalysis converged = Classify(clean);
+  EXPECT_EQ(GradeStabilityExperiment(original, converged,
+                                     AnalyzeStability(clean, 0.023)),
+            v1::Experiment::CONFIRMED);
+  std::vector<double> smaller_spike = {2.3, 300, 50, 0.01};
+  EXPECT_EQ(GradeStabilityExperiment(original, Classify(smaller_spike),
+                                     AnalyzeStability(smaller_spike, 0.023)),
+            v1::Experiment::IMPROVED);
+  const std::vector<double> stalled = Plateau(2.3, 1.0, 200);
+  EXPECT_EQ(GradeStabilityExperiment(original, Classify(stalled),
+                                     AnalyzeStability(stalled, 0.023)),
+            v1::Experiment::NO_EFFECT);
+}
+
+TEST(PlanExperiments, MoreStepsOnlyForACurveStillMoving) {
+  // Still falling 2% per 10 steps at the end, total drop < 90%: not "still
+  // falling steeply", but moving.
+  std::vector<double> creeping;
+  for (int i = 0; i < 500; ++i) creeping.push_back(0.5 + 1.2 * std::exp(-0.003 * i));
+  const CurveAnalysis creep = Classify(creeping);
+  ASSERT_EQ(creep.curve_class, CurveClass::kPlateau);
+  ASSERT_GE(creep.tail_drop, kMoreStepsTailDrop);
+  EXPECT_THAT(PlanExperiments(creep, Trained()),
+              ElementsAre(K::kLrMul10, K::kEvalMode, K::kLrDiv10, K::kMoreSteps));
+  // A curve that stopped moving cannot profit from more steps.
+  EXPECT_THAT(PlanExperiments(Classify(Plateau(2.3, 1.0, 200)), Trained()),
+              ElementsAre(K::kLrMul10, K::kEvalMode, K::kLrDiv10));
+}
+
+TEST(GradeExperiment, SameClassFarLowerIsImproved) {
+  // lr x10 on a slow linear model: still a plateau, but 18x lower.
+  const CurveAnalysis original = Classify(Plateau(1.7, 0.36, 500));
+  const CurveAnalysis faster = Classify(Plateau(1.7, 0.02, 500));
+  ASSERT_EQ(faster.curve_class, CurveClass::kPlateau);
+  EXPECT_EQ(GradeExperiment(original, faster), v1::Experiment::IMPROVED);
+  EXPECT_NEAR(ImprovementFactor(original, faster), 0.36 / 0.02, 0.1);
+}
+
 TEST(DescribeChange, LearningRatesAsAUserWritesThem) {
   EXPECT_EQ(DescribeChange(K::kLrDiv10, 1e-3), "lr 0.0001");
   EXPECT_EQ(DescribeChange(K::kLrDiv100, 1e-3), "lr 1e-05");
@@ -155,6 +271,27 @@ TEST(DiagnosisHint, ExplainsWhyNothingRan) {
   EXPECT_THAT(DiagnosisHint({}, no_grad, "canonical"),
               HasSubstr("no gradient reaches the parameters, so no training change can help. "
                         "canonical"));
+}
+
+TEST(DiagnosisHint, NamesALargeImprovementAndMoreSteps) {
+  ExperimentResult faster = Result(K::kLrMul10, v1::Experiment::IMPROVED, Plateau(1.7, 0.02, 500));
+  faster.improvement_factor = 25.7;
+  const std::string hint = DiagnosisHint({faster}, Trained(), "fallback");
+  EXPECT_THAT(hint, HasSubstr("Partly verified: lr_mul_10 (lr 0.01) lowers the final loss 25.7x"));
+  EXPECT_THAT(hint, HasSubstr("the learning rate is too low; raise the learning rate"));
+
+  ExperimentResult small = faster;
+  small.improvement_factor = 3;
+  EXPECT_THAT(DiagnosisHint({small}, Trained(), "fallback"),
+              HasSubstr("Not confirmed, partly explained"));
+
+  ExperimentResult longer =
+      Result(K::kMoreSteps, v1::Experiment::CONFIRMED, Geometric(1.7, 0.997, 1400));
+  longer.change = DescribeChange(K::kMoreSteps, 1e-3, 500);
+  EXPECT_EQ(longer.change, "max_steps 2000");
+  EXPECT_THAT(DiagnosisHint({faster, longer}, Trained(), "fallback"),
+              HasSubstr("the model needs more steps: it converges at step 1400 with 4x the "
+                        "budget"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "service/engine/batch.h"
 #include "service/engine/loss_fn.h"
 #include "service/engine/model_loader.h"
+#include "service/engine/overfit.h"
 
 namespace preflight::engine {
 namespace {
@@ -185,6 +186,11 @@ TEST(CheckLossInputs, FlagsEachMismatch) {
        v1::DATA_INVALID, "targets in [0, 1]"},
       {"bce needs probabilities", "bce", torch::full({8}, 3.0), torch::zeros({8}),
        v1::DATA_INVALID, "probabilities in [0, 1]"},
+      {"multi-hot rows", "cross_entropy", logits, torch::ones({4, 10}) * 0.2, v1::DATA_INVALID,
+       "must sum to 1 over dim 1"},
+      {"negative probabilities", "cross_entropy", logits,
+       torch::cat({torch::full({4, 1}, -0.5), torch::full({4, 9}, 1.5 / 9)}, 1),
+       v1::DATA_INVALID, "must be >= 0"},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
@@ -195,6 +201,7 @@ TEST(CheckLossInputs, FlagsEachMismatch) {
   }
   EXPECT_TRUE(CheckLossInputs("cross_entropy", logits, torch::tensor({0, 1, 9, -100})).empty());
   EXPECT_TRUE(CheckLossInputs("mse", torch::zeros({8, 1}), torch::zeros({8, 1})).empty());
+  EXPECT_TRUE(CheckLossInputs("cross_entropy", logits, torch::full({4, 10}, 0.1)).empty());
 }
 
 TEST(RunCheck, BadArtifactsAreErrorsWithSpecificFindings) {
@@ -236,6 +243,60 @@ TEST(RunCheck, HealthyMlpPassesAndRecordsEnvironment) {
   EXPECT_FALSE(r.environment().torch_version().empty());
   EXPECT_EQ(r.parameters_size(), 4);
   EXPECT_NEAR(r.loss_curve(0), std::log(5.0), 0.5);
+}
+
+TEST(RunCheck, LabelSmoothingFloorPassesAsConvergedToFloor) {
+  auto m = Mlp(20, 64, 7);
+  // Cross-entropy with label smoothing 0.1, written out: its minimum is ~0.45.
+  m.define("def loss(self, output, target):\n"
+           "  lp = torch.log_softmax(output, 1)\n"
+           "  nll = -lp.gather(1, target.unsqueeze(1)).mean()\n"
+           "  return 0.9 * nll - 0.1 * lp.mean()\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(16, 20, 7)});
+  EXPECT_EQ(r.verdict(), v1::PASS) << r.DebugString();
+  const v1::Finding* f = Find(r, v1::CONVERGED_TO_FLOOR);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_EQ(f->severity(), v1::Finding::INFO);
+  EXPECT_THAT(f->message(), HasSubstr("100% of samples memorised"));
+  EXPECT_FALSE(r.converged());
+}
+
+TEST(RunCheck, NanInALoadedWeightIsNamedAtStepZero) {
+  auto m = Mlp(16, 32, 4);
+  {
+    torch::NoGradGuard no_grad;
+    m.attr("w1").toTensor()[2][3].fill_(NAN);
+  }
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(8, 16, 4)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  EXPECT_THAT(Codes(r), ::testing::ElementsAre(v1::PARAM_NON_FINITE));
+  EXPECT_THAT(r.findings(0).message(), HasSubstr("parameter w1 has 1 NaN/Inf values"));
+  EXPECT_EQ(r.steps_run(), 0);
+}
+
+TEST(Train, EarlyStopEndsARunThatMadeNoProgress) {
+  auto m = Mlp(16, 32, 4);
+  auto model = LoadModel(Save(m), torch::kCPU);
+  ASSERT_TRUE(model.ok());
+  auto batch = LoadBatch(ClassBatch(8, 16, 4), torch::kCPU);
+  ASSERT_TRUE(batch.ok());
+  internal::RunOptions o;
+  o.loss = "cross_entropy";
+  o.lr = 1e-3;
+  o.max_steps = 40;
+  o.early_stop_step = 10;
+  // Still above this level at step 10 (every loss is): stop there.
+  o.early_stop_level = 0;
+  internal::RunTrace stopped = internal::Train(**model, *batch, o);
+  EXPECT_TRUE(stopped.stopped_early);
+  EXPECT_EQ(stopped.losses.size(), 11u);
+  // Below the level: the run goes on to its budget.
+  o.early_stop_level = 1e9;
+  internal::RunTrace full = internal::Train(**model, *batch, o);
+  EXPECT_FALSE(full.stopped_early);
+  EXPECT_EQ(full.losses.size(), 40u);
+  EXPECT_GT(full.param_norm_final, 0);
+  EXPECT_GT(full.param_norm_initial, 0);
 }
 
 TEST(RunCheck, SameInputsGiveIdenticalReportsApartFromTiming) {

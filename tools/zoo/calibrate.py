@@ -2,6 +2,15 @@
 """Prints, for every zoo case, the measurements the engine's thresholds are
 compared with, so thresholds can be checked against real architectures.
 
+Columns: init/expect (init CE loss / ln C), rms1/rmsL (first/last gradient
+RMS at step 0), gnorm_grow (peak/initial global gradient norm), dead (largest
+dead-unit share), steps; for a curve that did not converge: gcoll (final /
+initial global gradient norm), g/p (final gradient norm / parameter norm),
+tail (relative movement over the last 20% of steps, plateaus only), mem
+(share of samples memorised, -1 unmeasurable); for UNSTABLE_CONVERGENCE the
+peak/initial |loss| (peak); and each experiment's outcome, improvement
+factor and steps.
+
 Usage: calibrate.py PREFLIGHT_BINARY ZOO_DIR
 """
 import json
@@ -9,13 +18,30 @@ import math
 import subprocess
 import sys
 
+CURVE_CODES = {"LOSS_PLATEAU", "LOSS_NOISY", "LOSS_OSCILLATING", "LOSS_RISING", "LOSS_DIVERGED",
+               "LOSS_FLAT", "CONVERGED_TO_FLOOR", "UNSTABLE_CONVERGENCE"}
+
+
+def evidence(finding):
+    out = {}
+    for e in finding.get("evidence", []):
+        out[e["name"]] = e.get("number", e.get("text"))
+    return out
+
+
+def fmt(v):
+    return "-" if v is None else f"{float(v):.3g}"
+
 
 def main():
     binary, zoo = sys.argv[1], sys.argv[2]
     cases = json.load(open(f"{zoo}/manifest.json"))
-    print(f"{'case':<26} {'verdict':<7} {'init/expect':>11} {'rms1/rmsL':>10} "
-          f"{'gnorm_grow':>10} {'dead':>5} {'steps':>5}")
+    print(f"{'case':<28} {'verdict':<7} {'init/expect':>11} {'rms1/rmsL':>10} "
+          f"{'gnorm_grow':>10} {'dead':>5} {'steps':>5} {'gcoll':>8} {'g/p':>8} {'tail':>7} "
+          f"{'mem':>5} {'peak':>8}  experiments")
     for c in cases:
+        if c.get("service_only"):
+            continue
         p = subprocess.run([binary, "check", "--model", c["model"], "--batch", c["batch"],
                             "--json", *c["flags"]], capture_output=True, text=True)
         try:
@@ -28,9 +54,21 @@ def main():
         ratio = "-"
         if curve and r["config"]["loss"] == "cross_entropy" and len(out) >= 2:
             ratio = f"{float(curve[0]) / math.log(int(out[1])):.2f}"
-        print(f"{c['name']:<26} {r['verdict']:<7} {ratio:>11} "
+        ev = {}
+        for f in r.get("findings", []):
+            if f["code"] in CURVE_CODES:
+                ev = evidence(f)
+        tail = ev.get("tail_move")
+        exps = " ".join(
+            f"{e['name']}:{e.get('outcome', '?')[:4]}x{e.get('improvementFactor', 0):.3g}"
+            f"@{e.get('stepsRun', 0)}{'(early)' if e.get('stoppedEarly') else ''}"
+            for e in r.get("experiments", []))
+        print(f"{c['name']:<28} {r['verdict']:<7} {ratio:>11} "
               f"{gf.get('firstLastGradRmsRatio', 0):>10.3g} {gf.get('gradNormGrowth', 0):>10.3g} "
-              f"{gf.get('maxDeadUnitShare', 0):>5.2f} {r.get('stepsRun', 0):>5}")
+              f"{gf.get('maxDeadUnitShare', 0):>5.2f} {r.get('stepsRun', 0):>5} "
+              f"{fmt(ev.get('grad_norm_collapse')):>8} {fmt(ev.get('grad_to_param_norm')):>8} "
+              f"{fmt(tail):>7} {fmt(ev.get('memorised_share')):>5} {fmt(ev.get('peak_ratio')):>8}  "
+              f"{exps}")
 
 
 if __name__ == "__main__":

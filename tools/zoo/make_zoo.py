@@ -240,6 +240,41 @@ def _():
     return OwnLoss(), classification_batch(24, (16,), 3)
 
 
+class LabelSmoothing(nn.Module):
+    """Cross-entropy with label smoothing 0.1: its minimum on 7 classes is ~0.42, far
+    above 1% of the initial loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([20, 64, 7])
+
+    def forward(self, x):
+        return self.net(x)
+
+    @torch.jit.export
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, label_smoothing=0.1)
+
+
+@case("label_smoothing", "PASS", ["CONVERGED_TO_FLOOR"],
+      doc="Healthy classifier trained with label smoothing 0.1 (own loss): it memorises the "
+          "batch and stops at the loss's floor (~0.45) with the gradient collapsed.")
+def _():
+    torch.manual_seed(0)
+    return LabelSmoothing(), classification_batch(16, (20,), 7)
+
+
+@case("soft_targets", "PASS", ["CONVERGED_TO_FLOOR"],
+      doc="Built-in cross_entropy with soft probability targets (0.9 on the label, the rest "
+          "spread): the floor is the targets' entropy; memorised by the most probable class.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(16, (20,), 5)
+    soft = torch.full((16, 5), 0.1 / 4)
+    soft[torch.arange(16), b["targets"]] = 0.9
+    return mlp([20, 64, 5]), {"inputs": b["inputs"], "targets": soft}
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -278,6 +313,27 @@ def _():
     x = torch.randn(32, 20, generator=g)
     y = (torch.rand(32, 6, generator=g) > 0.5).float()
     return mlp([20, 64, 6]), {"inputs": x, "targets": y}
+
+
+@case("slow_linear", "WARN", ["LOSS_PLATEAU"],
+      doc="A linear classifier (32 features, 4 classes): at Adam 1e-3 still falling at 500 "
+          "steps. lr x10 and the 4x-budget experiment both converge: named, a warning.")
+def _():
+    torch.manual_seed(0)
+    return nn.Linear(32, 4), classification_batch(16, (32,), 4)
+
+
+@case("prob_targets_invalid", "ERROR", ["DATA_INVALID"],
+      doc="Multi-hot rows (two 1s per sample) as probability targets for cross_entropy: "
+          "the rows do not sum to 1.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    t = torch.zeros(16, 6)
+    t[torch.arange(16), torch.randint(0, 6, (16,), generator=g)] = 1.0
+    t[torch.arange(16), torch.randint(0, 6, (16,), generator=g)] = 1.0
+    t[t.sum(1) < 2, 0] += 1.0  # Two labels everywhere (sum 2, or 1 + 1 on class 0).
+    return mlp([20, 32, 6]), {"inputs": torch.randn(16, 20, generator=g), "targets": t}
 
 
 # --- Faults: input and static ---------------------------------------------------
@@ -525,6 +581,17 @@ def _():
     return Scaled(mlp([20, 10]), 1e37), classification_batch(16, (20,), 10)
 
 
+@case("param_nan_at_load", "FAIL", ["PARAM_NON_FINITE"],
+      doc="A NaN planted in a first-layer weight (a broken checkpoint): named at load, "
+          "before any step, instead of as a NaN output.")
+def _():
+    torch.manual_seed(0)
+    m = mlp([20, 32, 10])
+    with torch.no_grad():
+        m[0].weight[3, 7] = float("nan")
+    return m, classification_batch(16, (20,), 10)
+
+
 # --- Faults: gradient flow -------------------------------------------------------
 
 class UnusedBranch(nn.Module):
@@ -623,6 +690,14 @@ def _():
     x = torch.randn(32, 8, generator=g)
     y = (x[:, :1] * 2 - x[:, 1:2]) + 0.1 * torch.randn(32, 1, generator=g)
     return mlp([8, 64, 64, 1]), {"inputs": x, "targets": y}
+
+
+@case("unstable_convergence", "WARN", ["UNSTABLE_CONVERGENCE"], flags=["--lr", "20"],
+      doc="Adam at lr 20: the loss jumps from 2.3 to ~2e4 and touches 0 only because the "
+          "logits blew up. Not a clean PASS; lr/100 converges without the spike.")
+def _():
+    torch.manual_seed(0)
+    return mlp([20, 64, 10]), classification_batch(16, (20,), 10)
 
 
 @case("loss_plateau_weight_decay", "FAIL", ["LOSS_PLATEAU"],

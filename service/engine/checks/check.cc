@@ -1,6 +1,9 @@
 #include "service/engine/checks/check.h"
 
+#include <algorithm>
+
 #include "service/engine/config.h"
+#include "service/engine/thresholds.h"
 
 namespace preflight::engine::internal {
 
@@ -17,6 +20,7 @@ RunOptions RunOptionsFor(const CheckContext& ctx) {
   o.max_steps = c.max_steps();
   o.target = ctx.target;
   o.seed = c.seed();
+  o.settle_steps = std::max(kSettleMinSteps, static_cast<int>(kSettleShare * c.max_steps()));
   return o;
 }
 

@@ -25,6 +25,7 @@
 
 #include "preflight/v1/report.pb.h"
 #include "service/engine/batch.h"
+#include "service/engine/diagnosis_policy.h"
 #include "service/engine/model.h"
 #include "service/engine/overfit.h"
 
@@ -38,6 +39,9 @@ struct CheckContext {
   std::vector<torch::Tensor> pristine_inputs;  // Copies taken at load time.
   std::string loss;     // Resolved: a built-in name or kModelLoss.
   double init_loss = 0; // Loss at initialisation (set by CheckAtInit).
+  // Loss of an uninformed prediction (ln C, ln 2) where the loss defines
+  // one; 0 otherwise (set by CheckAtInit). Bounds the overfit target.
+  double chance_loss = 0;
   double target = 0;    // Absolute |loss| target of the overfit run.
   std::optional<RunTrace> main_run;  // Set after the overfit run.
   v1::Report* report = nullptr;
@@ -48,6 +52,11 @@ enum class Next { kContinue, kStop };
 // Options of a run with the configured settings (the main run's options;
 // experiments change one field).
 RunOptions RunOptionsFor(const CheckContext& ctx);
+
+// The evidence for an irreducible minimum from the main run (floor.cc):
+// gradient and parameter norms, the share of samples the last output fits,
+// and whether an earlier finding could explain a floor.
+FloorEvidence FloorEvidenceOf(const CheckContext& ctx);
 
 Next CheckInputs(CheckContext& ctx);
 Next CheckAtInit(CheckContext& ctx);

@@ -1,9 +1,13 @@
 // The curve of the main run, and for a failing curve the differential
 // diagnosis: the experiments diagnosis_policy.h plans, run from the same
-// initial weights, graded, and the hint it allows.
+// initial weights, graded, and the hint it allows. Also the two verdicts
+// that are not plain convergence: an irreducible minimum (PASS with
+// CONVERGED_TO_FLOOR) and a target reached through a blow-up
+// (UNSTABLE_CONVERGENCE).
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "service/engine/checks/check.h"
@@ -11,11 +15,16 @@
 #include "service/engine/curve.h"
 #include "service/engine/diagnosis_policy.h"
 #include "service/engine/report_util.h"
+#include "service/engine/thresholds.h"
 
 namespace preflight::engine::internal {
 namespace {
 
+// How an experiment's run is graded against the original.
+enum class Grading { kCurve, kStability };
+
 ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& original,
+                               const Stability& original_stability, Grading grading,
                                ExperimentKind kind, v1::Finding* curve_finding) {
   const ExperimentSpec& spec = SpecOf(kind);
   const ExperimentChange change = ChangeFor(kind);
@@ -24,18 +33,26 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   o.lr = change.Lr(o.lr);
   if (change.zero_weight_decay) o.weight_decay = 0;
   if (change.eval_mode) o.train_mode = false;
+  o.max_steps *= change.steps_multiplier;
+  o.early_stop_step = static_cast<int>(kEarlyStopShare * o.max_steps);
+  o.early_stop_level = EarlyStopLevel(original);
   const RunTrace r = Train(*c.model, c.batch, o);
 
   ExperimentResult result;
   result.kind = kind;
-  result.change = DescribeChange(kind, c.config.lr());
+  result.change = DescribeChange(kind, c.config.lr(), c.config.max_steps());
   // The experiment's target: the same relative reduction of its own loss.
-  result.analysis = ClassifyCurve(
-      r.losses, OverfitTarget(c.config, r.losses.empty() ? 0 : r.losses[0]),
-      r.failure != v1::FINDING_CODE_UNSPECIFIED);
-  result.outcome = GradeExperiment(original, result.analysis);
+  const double target =
+      OverfitTarget(c.config, r.losses.empty() ? 0 : r.losses[0], c.chance_loss);
+  result.analysis = ClassifyCurve(r.losses, target, r.failure != v1::FINDING_CODE_UNSPECIFIED);
+  result.outcome = grading == Grading::kStability
+                       ? GradeStabilityExperiment(original_stability, result.analysis,
+                                                  AnalyzeStability(r.losses, target))
+                       : GradeExperiment(original, result.analysis);
   result.last_loss = r.losses.empty() ? NAN : r.losses.back();
   result.steps = static_cast<int>(r.losses.size());
+  result.improvement_factor = ImprovementFactor(original, result.analysis);
+  result.stopped_early = r.stopped_early;
 
   v1::Experiment* e = c.report->add_experiments();
   e->set_name(spec.name);
@@ -45,24 +62,84 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   e->set_final_loss(result.last_loss);
   e->set_curve(CurveCode(result.analysis.curve_class));
   e->set_outcome(result.outcome);
+  e->set_improvement_factor(result.improvement_factor);
+  e->set_stopped_early(result.stopped_early);
   AddText(curve_finding, absl::StrCat("experiment_", spec.name),
           absl::StrCat(v1::Experiment::Outcome_Name(result.outcome), ": ",
                        DescribeResult(result)));
   return result;
 }
 
-void Diagnose(CheckContext& c, const CurveAnalysis& a, v1::Finding* curve_finding) {
+PlanInputs PlanInputsOf(const CheckContext& c) {
   const RunTrace& run = *c.main_run;
   PlanInputs in;
   in.train_mode = c.config.train_mode();
   in.weight_decay = c.config.weight_decay() > 0;
   for (const auto& p : run.params) in.any_grad |= p.received_grad;
   in.updates = run.updates;
+  return in;
+}
+
+void Diagnose(CheckContext& c, const CurveAnalysis& a, v1::Finding* curve_finding) {
+  const PlanInputs in = PlanInputsOf(c);
   std::vector<ExperimentResult> results;
   for (ExperimentKind kind : PlanExperiments(a, in)) {
-    results.push_back(RunExperiment(c, a, kind, curve_finding));
+    results.push_back(RunExperiment(c, a, Stability{}, Grading::kCurve, kind, curve_finding));
   }
   curve_finding->set_hint(DiagnosisHint(results, in, curve_finding->hint()));
+  // Converging with the same settings and a longer budget shows the model
+  // can fit the batch: like a curve still falling steeply, a warning.
+  for (const ExperimentResult& r : results) {
+    if (r.kind == ExperimentKind::kMoreSteps && r.outcome == v1::Experiment::CONFIRMED) {
+      curve_finding->set_severity(v1::Finding::WARN);
+    }
+  }
+}
+
+// Records the time of the follow-up experiments in the report's timing.
+class DiagnosisTimer {
+ public:
+  explicit DiagnosisTimer(v1::Report* report) : report_(report), start_(absl::Now()) {}
+  ~DiagnosisTimer() {
+    report_->mutable_timing()->set_diagnosis_seconds(
+        absl::ToDoubleSeconds(absl::Now() - start_));
+  }
+
+ private:
+  v1::Report* report_;
+  absl::Time start_;
+};
+
+// The target was reached only after the loss blew up: a WARN when the loss
+// stayed at the target for the settle window, a FAIL when it left it again.
+void ReportUnstable(CheckContext& c, const CurveAnalysis& a, const Stability& s) {
+  const RunTrace& run = *c.main_run;
+  const bool settled = s.settled && run.failure == v1::FINDING_CODE_UNSPECIFIED;
+  auto* f = AddFinding(
+      c.report, v1::UNSTABLE_CONVERGENCE, settled ? v1::Finding::WARN : v1::Finding::FAIL,
+      "overfit",
+      absl::StrFormat("the loss reached the target (%.3g) at step %d only after rising to "
+                      "%.3gx its initial %.4g; %s",
+                      c.target, s.first_target_step, s.peak_ratio, a.initial,
+                      settled ? absl::StrFormat("it stayed there for %d more steps",
+                                                static_cast<int>(run.losses.size()) - 1 -
+                                                    s.first_target_step)
+                              : std::string("it did not stay there")));
+  AddNumber(f, "initial_loss", a.initial);
+  AddNumber(f, "peak_ratio", s.peak_ratio);
+  AddNumber(f, "first_target_step", s.first_target_step);
+  AddNumber(f, "final_loss", run.losses.back());
+  AddNumber(f, "target_loss", c.target);
+  if (!c.config.diagnose()) return;
+  DiagnosisTimer timer(c.report);
+  std::vector<ExperimentResult> results;
+  for (ExperimentKind kind : PlanStabilityExperiments()) {
+    results.push_back(RunExperiment(c, a, s, Grading::kStability, kind, f));
+    if (results.back().outcome == v1::Experiment::CONFIRMED) break;
+  }
+  f->set_hint(absl::StrCat("The target was touched only through a blow-up (often huge "
+                           "logits), not by fitting. ",
+                           DiagnosisHint(results, PlanInputsOf(c), f->hint())));
 }
 
 }  // namespace
@@ -74,11 +151,33 @@ Next CheckCurve(CheckContext& c) {
   if (errored || run.losses.empty()) return Next::kContinue;
   const CurveAnalysis a =
       ClassifyCurve(run.losses, c.target, run.failure != v1::FINDING_CODE_UNSPECIFIED);
+  const Stability stability = AnalyzeStability(run.losses, c.target);
+  if (stability.unstable) {
+    ReportUnstable(c, a, stability);
+    return Next::kContinue;
+  }
   if (a.curve_class == CurveClass::kConverged) {
     auto* f = AddFinding(c.report, v1::OVERFIT_CONVERGED, v1::Finding::INFO, "overfit",
                          a.summary);
     AddNumber(f, "initial_loss", a.initial);
     AddNumber(f, "final_loss", run.losses.back());
+    AddNumber(f, "steps", static_cast<double>(run.losses.size()));
+    return Next::kContinue;
+  }
+  const FloorEvidence evidence = FloorEvidenceOf(c);
+  const FloorDecision floor = JudgeFloor(a, evidence);
+  if (floor.converged_to_floor) {
+    auto* f = AddFinding(
+        c.report, v1::CONVERGED_TO_FLOOR, v1::Finding::INFO, "overfit",
+        absl::StrFormat("the loss settled at a floor of %.4g (from %.4g; the target %.3g lies "
+                        "below it): %s",
+                        a.final_value, a.initial, c.target, floor.summary));
+    AddNumber(f, "floor_loss", a.final_value);
+    AddNumber(f, "initial_loss", a.initial);
+    AddNumber(f, "grad_norm_collapse", floor.grad_collapse);
+    AddNumber(f, "grad_to_param_norm", floor.grad_to_param);
+    AddNumber(f, "memorised_share", evidence.memorised_share);
+    AddNumber(f, "tail_move", std::fabs(a.tail_drop));
     AddNumber(f, "steps", static_cast<double>(run.losses.size()));
     return Next::kContinue;
   }
@@ -95,10 +194,21 @@ Next CheckCurve(CheckContext& c) {
   AddNumber(f, "final_loss", a.final_value);
   AddNumber(f, "target_loss", c.target);
   AddNumber(f, "steps", static_cast<double>(run.losses.size()));
+  if (floor.grad_collapse > 0) {
+    AddNumber(f, "grad_norm_collapse", floor.grad_collapse);
+    AddNumber(f, "grad_to_param_norm", floor.grad_to_param);
+  }
+  AddNumber(f, "memorised_share", evidence.memorised_share);
+  if (a.curve_class == CurveClass::kPlateau) AddNumber(f, "tail_move", std::fabs(a.tail_drop));
+  if (floor.stationary) {
+    // Why this floor is not accepted as an irreducible minimum.
+    AddText(f, "stationary_point",
+            absl::StrCat(floor.summary, evidence.clean ? "" : "; an earlier finding can "
+                                                              "explain the floor"));
+  }
   if (c.config.diagnose()) {
-    const absl::Time start = absl::Now();
+    DiagnosisTimer timer(c.report);
     Diagnose(c, a, f);
-    c.report->mutable_timing()->set_diagnosis_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   }
   return Next::kContinue;
 }

@@ -22,12 +22,13 @@ double Rms(const torch::Tensor& t) {
   return t.detach().to(torch::kFloat64).pow(2).mean().sqrt().item<double>();
 }
 
-void CheckInitLoss(const CheckContext& c, const LossInfo& info, const torch::Tensor& out) {
+void CheckInitLoss(CheckContext& c, const LossInfo& info, const torch::Tensor& out) {
   const torch::Tensor& targets = c.batch.targets;
   double expected = -1;
   std::string basis;
-  if (info.family == LossFamily::kClassification && out.dim() >= 2 &&
-      !targets.is_floating_point()) {
+  // Uniform logits give ln C for class indices and for any probability row
+  // summing to 1 (validated in CheckLossInputs): -sum p_i ln(1/C) = ln C.
+  if (info.family == LossFamily::kClassification && out.dim() >= 2) {
     expected = std::log(static_cast<double>(out.size(1)));
     basis = absl::StrFormat("ln C = ln %d", out.size(1));
   } else if (info.family == LossFamily::kBinary) {
@@ -35,6 +36,7 @@ void CheckInitLoss(const CheckContext& c, const LossInfo& info, const torch::Ten
     basis = "ln 2 per element";
   }
   if (expected > 0) {
+    c.chance_loss = expected;
     const double tol = std::max(kInitLossAbsTol, kInitLossRelTol * expected);
     if (std::fabs(c.init_loss - expected) > tol) {
       auto* f = AddFinding(

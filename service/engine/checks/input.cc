@@ -48,6 +48,27 @@ Next CheckInputs(CheckContext& c) {
       frozen.push_back(p.name);
     }
   }
+  // A NaN/Inf already in the loaded weights (a broken checkpoint) would show
+  // up as a non-finite output with a guess at the op: name the tensor.
+  bool bad_weights = false;
+  for (const bool buffers : {false, true}) {
+    for (const auto& t : buffers ? c.model->Buffers() : c.model->Parameters()) {
+      const int64_t bad = CountNonFinite(t.tensor);
+      if (bad == 0) continue;
+      auto* f = AddFinding(&report, v1::PARAM_NON_FINITE, v1::Finding::FAIL, "input",
+                           absl::StrFormat("%s %s has %d NaN/Inf values out of %d as loaded, "
+                                           "before any update",
+                                           buffers ? "buffer" : "parameter", t.name, bad,
+                                           t.tensor.numel()));
+      f->set_hint("The weights were NaN/Inf before training began: the checkpoint or the "
+                  "code that initialised them is broken. Re-export from finite weights "
+                  "(check torch.isfinite on every parameter and buffer).");
+      AddText(f, "tensor", t.name);
+      AddNumber(f, "step", 0);
+      AddNumber(f, "non_finite", static_cast<double>(bad));
+      bad_weights = true;
+    }
+  }
   summary->set_parameters(total);
   summary->set_trainable_parameters(trainable);
   summary->set_parameter_tensors(static_cast<int>(tensors));
@@ -64,7 +85,7 @@ Next CheckInputs(CheckContext& c) {
                                          frozen.size(), tensors, JoinFirst(frozen)));
     AddNumber(f, "frozen_tensors", static_cast<double>(frozen.size()));
   }
-  return bad_data ? Next::kStop : Next::kContinue;
+  return bad_data || bad_weights ? Next::kStop : Next::kContinue;
 }
 
 }  // namespace preflight::engine::internal

@@ -41,6 +41,12 @@ class TorchScriptModel : public Model {
     return out;
   }
 
+  std::vector<NamedTensor> Buffers() const override {
+    std::vector<NamedTensor> out;
+    for (const auto& b : module_.named_buffers(/*recurse=*/true)) out.push_back({b.name, b.value});
+    return out;
+  }
+
   void SetTraining(bool training) override { module_.train(training); }
 
   absl::StatusOr<torch::jit::IValue> Forward(
