@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/time.h"
 #include "service/engine/config.h"
 #include "service/engine/losses.h"
 
@@ -169,6 +171,82 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
     return absl::InvalidArgumentError("give exactly one of --job-id and --digest");
   }
   return cmd;
+}
+
+std::string AttestUsage() {
+  return R"(Usage: preflight attest --server HOST:PORT --job-id ID --model PATH [--batch PATH]
+                        [--timeout SEC] [--json]
+
+Proves at a job's start that it runs the artifacts its stored verdict was given
+for: the sha256 of PATH must be the model digest recorded in the verdict of ID
+(and, with --batch, the batch digest too), and the verdict must be PASS or WARN.
+Meant as a Slurm prolog / task prolog or a Kubernetes init container.
+Exit 0 attested; 1 refused (digest differs, or the verdict is FAIL/ERROR; the
+message names both digests); 2 usage error or unreadable file; 4 no verdict
+stored for ID; 5 the server could not answer (default --timeout 10).
+)";
+}
+
+absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& args) {
+  AttestCommand cmd;
+  std::vector<std::string> rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto flag = SplitFlag(args[i]);
+    if (!flag.ok()) return flag.status();
+    auto& [name, value, has_value] = *flag;
+    if (name != "model" && name != "batch") {
+      rest.push_back(args[i]);
+      // A value given as the next argument belongs to that flag.
+      if (!has_value && name != "json" && name != "help" && i + 1 < args.size()) {
+        rest.push_back(args[++i]);
+      }
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) return Bad(name, "needs a value");
+      value = args[++i];
+    }
+    (name == "model" ? cmd.model_path : cmd.batch_path) = value;
+  }
+  auto verdict = ParseVerdictArgs(rest);
+  if (!verdict.ok()) {
+    return absl::InvalidArgumentError(absl::StrReplaceAll(
+        verdict.status().message(), {{"preflight verdict --help", "preflight attest --help"}}));
+  }
+  cmd.verdict = *std::move(verdict);
+  if (cmd.verdict.help) return cmd;
+  if (!cmd.verdict.digest.empty()) return Bad("digest", "attest takes --job-id, not --digest");
+  if (cmd.model_path.empty()) return Bad("model", "is required");
+  return cmd;
+}
+
+Attestation Attest(const v1::GetVerdictResponse& r, const std::string& model_sha256,
+                   const std::string& batch_sha256) {
+  const v1::Report& report = r.report();
+  const std::string job = absl::StrCat("job ", r.job_id());
+  if (report.model_sha256().empty()) {
+    return {1, absl::StrCat("refused: the verdict of ", job,
+                            " records no model digest (stored before verdicts were bound to "
+                            "artifacts); check the model again")};
+  }
+  if (report.model_sha256() != model_sha256) {
+    return {1, absl::StrCat("refused: the model file has sha256 ", model_sha256, ", but the "
+                            "verdict of ", job, " was given for model sha256 ",
+                            report.model_sha256())};
+  }
+  if (!batch_sha256.empty() && report.batch_sha256() != batch_sha256) {
+    return {1, absl::StrCat("refused: the batch file has sha256 ", batch_sha256, ", but the "
+                            "verdict of ", job, " was given for batch sha256 ",
+                            report.batch_sha256())};
+  }
+  if (report.verdict() != v1::PASS && report.verdict() != v1::WARN) {
+    return {1, absl::StrCat("refused: ", job, " runs the checked model, but its verdict is ",
+                            v1::Verdict_Name(report.verdict()))};
+  }
+  return {0, absl::StrCat("attested: ", job, " runs model sha256 ", model_sha256,
+                          batch_sha256.empty() ? "" : absl::StrCat(" and batch sha256 ",
+                                                                   batch_sha256),
+                          ", verdict ", v1::Verdict_Name(report.verdict()))};
 }
 
 int ExitCodeForRpcError(const absl::Status& status) {
@@ -359,6 +437,31 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
                         t.worker_seconds());
   if (!r.environment().sandbox().empty()) {
     absl::StrAppend(&out, "  sandbox ", r.environment().sandbox(), "\n");
+  }
+  return out;
+}
+
+std::string RenderVerdict(const v1::GetVerdictResponse& r) {
+  std::string out = absl::StrCat("verdict ", v1::Verdict_Name(r.report().verdict()), "  job ",
+                                 r.job_id().empty() ? "-" : r.job_id(), "  digest ",
+                                 r.request_digest(), "\n");
+  for (const auto& f : r.report().findings()) {
+    if (f.severity() < v1::Finding::WARN) continue;
+    absl::StrAppend(&out, "  ", v1::FindingCode_Name(f.code()), ": ", f.message(), "\n");
+  }
+  if (r.bindings_size() > 1) {
+    absl::StrAppend(&out, "  rebound: job ", r.job_id(), " pointed at ", r.bindings_size() - 1,
+                    " earlier check(s):\n");
+    for (int i = 0; i + 1 < r.bindings_size(); ++i) {
+      const v1::JobBinding& b = r.bindings(i);
+      absl::StrAppend(
+          &out, "    ", v1::Verdict_Name(b.verdict()), "  digest ", b.request_digest(),
+          "  bound ",
+          absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(static_cast<int64_t>(
+                                                        b.bound_unix_seconds())),
+                           absl::UTCTimeZone()),
+          "\n");
+    }
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "preflight/v1/preflight.pb.h"
 #include "preflight/v1/report.pb.h"
 
 namespace preflight::client {
@@ -44,6 +45,27 @@ struct VerdictCommand {
 absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& args);
 std::string VerdictUsage();
 
+// `preflight attest`: a job proves, at its start, that it runs the artifacts
+// its verdict was given for (a Slurm prolog, a Kubernetes init container).
+struct AttestCommand {
+  VerdictCommand verdict;  // --server, --job-id, --timeout, --json.
+  std::string model_path;  // Required.
+  std::string batch_path;  // Optional: checked too when given.
+};
+absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& args);
+std::string AttestUsage();
+
+// The decision of `preflight attest`: exit 0 only when the verdict admits
+// the job (PASS or WARN) and was given for exactly these artifacts (sha256
+// of the model, and of the batch when `batch_sha256` is not empty); else 1
+// with a message naming both digests (or the verdict).
+struct Attestation {
+  int exit_code = 1;
+  std::string message;
+};
+Attestation Attest(const v1::GetVerdictResponse& verdict, const std::string& model_sha256,
+                   const std::string& batch_sha256);
+
 // Exit code for a failed RPC: 2 for a request the server rejected as
 // invalid, 4 for NOT_FOUND, 5 when the service could not answer.
 int ExitCodeForRpcError(const absl::Status& status);
@@ -69,5 +91,10 @@ std::string RenderReport(const v1::Report& report, const std::string& model_path
 // Unicode sparkline of a curve in at most `width` cells (log scale when the
 // curve is positive and spans more than a decade).
 std::string Sparkline(const std::vector<double>& values, int width = 48);
+
+// `preflight verdict`'s text: the verdict, its job id and digest, the
+// findings at WARN and above, and, when the job id was rebound, what it
+// pointed at before (verdict, digest, time), oldest first.
+std::string RenderVerdict(const v1::GetVerdictResponse& response);
 
 }  // namespace preflight::client

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "service/engine/budgets.h"
 #include "service/engine/engine.h"
+#include "service/store/sha256.h"
 #include "service/worker/child_process.h"
 
 namespace preflight::client {
@@ -52,7 +53,9 @@ int RunLocalCheck(const CheckCommand& cmd) {
   const auto outcome = worker::RunInChild(
       [&] { return engine::RunCheck(cmd.config, input).SerializeAsString(); },
       absl::Seconds(engine::DeriveBudgets(cmd.config.timeout_seconds()).job_deadline_seconds));
-  const v1::Report report = worker::ReportFromOutcome(outcome, cmd.config);
+  v1::Report report = worker::ReportFromOutcome(outcome, cmd.config);
+  report.set_model_sha256(store::Sha256Hex(input.model_bytes));
+  report.set_batch_sha256(store::Sha256Hex(input.batch_bytes));
   if (cmd.json) {
     std::cout << ReportToJson(report) << "\n";
   } else {

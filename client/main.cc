@@ -2,6 +2,9 @@
 // run locally (local_check.h) or on a server (remote.h) -> print -> exit code.
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "client/check_command.h"
 #include "client/local_check.h"
 #include "client/remote.h"
+#include "service/store/sha256.h"
 
 namespace {
 
@@ -23,6 +27,9 @@ Commands:
             server (see: preflight check --help)
   verdict   print the stored verdict of a job or request from a server; a
             scheduler gate (see: preflight verdict --help)
+  attest    prove at a job's start that its model file is the one its verdict
+            was given for; a Slurm prolog or init container (see: preflight
+            attest --help)
   version   print the engine and LibTorch versions (or that this is the thin client)
 )";
 
@@ -78,17 +85,58 @@ int RunVerdictCommand(const std::vector<std::string>& args) {
   if (cmd->json) {
     std::cout << MessageJson(*resp) << "\n";
   } else {
-    const auto& r = resp->report();
-    std::cout << "verdict " << preflight::v1::Verdict_Name(r.verdict()) << "  job "
-              << (resp->job_id().empty() ? "-" : resp->job_id()) << "  digest "
-              << resp->request_digest() << "\n";
-    for (const auto& f : r.findings()) {
-      if (f.severity() < preflight::v1::Finding::WARN) continue;
-      std::cout << "  " << preflight::v1::FindingCode_Name(f.code()) << ": " << f.message()
-                << "\n";
-    }
+    std::cout << client::RenderVerdict(*resp);
   }
   return client::ExitCodeFor(resp->report().verdict());
+}
+
+// Streams a file through SHA-256; false with the reason when it cannot be read.
+bool FileSha256(const std::string& path, std::string* hex, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = absl::StrCat(path, ": ", std::strerror(errno));
+    return false;
+  }
+  preflight::store::Sha256 h;
+  std::vector<char> buf(1 << 20);
+  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+    h.Update(absl::string_view(buf.data(), static_cast<size_t>(in.gcount())));
+  }
+  if (in.bad()) {
+    *error = absl::StrCat(path, ": read failed");
+    return false;
+  }
+  *hex = h.HexDigest();
+  return true;
+}
+
+int RunAttestCommand(const std::vector<std::string>& args) {
+  namespace client = preflight::client;
+  auto cmd = client::ParseAttestArgs(args);
+  if (!cmd.ok()) {
+    std::cerr << "preflight attest: " << cmd.status().message() << "\n";
+    return client::kExitUsage;
+  }
+  if (cmd->verdict.help) {
+    std::cout << client::AttestUsage();
+    return 0;
+  }
+  std::string model_sha, batch_sha, error;
+  if (!FileSha256(cmd->model_path, &model_sha, &error) ||
+      (!cmd->batch_path.empty() && !FileSha256(cmd->batch_path, &batch_sha, &error))) {
+    std::cerr << "preflight attest: " << error << "\n";
+    return client::kExitUsage;
+  }
+  const auto& v = cmd->verdict;
+  auto resp = client::RemoteVerdict(v.server, v.job_id, "", v.timeout_seconds);
+  if (!resp.ok()) {
+    std::cerr << "preflight attest: " << absl::StatusCodeToString(resp.status().code()) << ": "
+              << resp.status().message() << "\n";
+    return client::ExitCodeForRpcError(resp.status());
+  }
+  const client::Attestation a = client::Attest(*resp, model_sha, batch_sha);
+  (a.exit_code == 0 ? std::cout : std::cerr) << "preflight attest: " << a.message << "\n";
+  return a.exit_code;
 }
 
 int RunCheckCommand(const std::vector<std::string>& args) {
@@ -118,6 +166,7 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   if (command == "check") return RunCheckCommand(args);
   if (command == "verdict") return RunVerdictCommand(args);
+  if (command == "attest") return RunAttestCommand(args);
   if (command == "version") {
     std::cout << preflight::client::LocalEngineDescription() << "\n";
     return 0;

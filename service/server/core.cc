@@ -177,11 +177,13 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     metrics_->RecordCache(true);
     *response.mutable_report() = stored->report;
     response.set_cached(true);
-    if (!request.job_id().empty() && stored->job_id != request.job_id()) {
-      store::StoredVerdict v = *stored;
-      v.job_id = request.job_id();
-      v.created_unix_seconds = 0;
-      if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+    // A second job id for the same check is a binding of its own; the
+    // verdict and every other job id bound to it stay as they are.
+    if (!request.job_id().empty()) {
+      if (absl::Status s = verdicts_->Bind(request.job_id(), digest); !s.ok()) {
+        metrics_->RecordStoreError();
+        return s;
+      }
     }
     return response;
   }
@@ -216,12 +218,12 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
       metrics_->RecordCache(true);
       *response.mutable_report() = *other->report;
       response.set_cached(true);
+      // The check that ran stored its verdict before it finished.
       if (!request.job_id().empty()) {
-        store::StoredVerdict v;
-        v.request_digest = digest;
-        v.job_id = request.job_id();
-        v.report = *other->report;
-        if (absl::Status s = verdicts_->Put(v); !s.ok()) return s;
+        if (absl::Status s = verdicts_->Bind(request.job_id(), digest); !s.ok()) {
+          metrics_->RecordStoreError();
+          return s;
+        }
       }
       return response;
     }
@@ -271,6 +273,9 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     finish_flight(why);
     return why;
   }
+  // The verdict is bound to the exact artifacts it was given for.
+  result.mutable_report()->set_model_sha256(*model);
+  result.mutable_report()->set_batch_sha256(*batch);
   metrics_->RecordCheck(result.report(), queue_seconds,
                         absl::ToDoubleSeconds(absl::Now() - start));
 
@@ -315,6 +320,12 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
   r.set_request_digest(v->request_digest);
   r.set_job_id(v->job_id);
   r.set_created_unix_seconds(v->created_unix_seconds);
+  for (const store::JobBinding& b : v->bindings) {
+    v1::JobBinding* out = r.add_bindings();
+    out->set_request_digest(b.request_digest);
+    out->set_bound_unix_seconds(b.bound_unix_seconds);
+    out->set_verdict(b.verdict);
+  }
   return r;
 }
 

@@ -2,7 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <functional>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -32,6 +34,105 @@ struct Stmt {
   sqlite3_stmt* s = nullptr;
   ~Stmt() { sqlite3_finalize(s); }
 };
+
+absl::Status Prepare(sqlite3* db, const char* sql, Stmt* st) {
+  if (sqlite3_prepare_v2(db, sql, -1, &st->s, nullptr) != SQLITE_OK) {
+    return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(db)));
+  }
+  return absl::OkStatus();
+}
+
+void BindText(const Stmt& st, int index, const std::string& text) {
+  sqlite3_bind_text(st.s, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+std::string ColumnText(const Stmt& st, int index) {
+  const auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st.s, index));
+  return t != nullptr ? t : "";
+}
+
+double Now() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
+
+// The schema this code writes. 1: one row per digest holding its last job
+// id (a second job id overwrote the first). 2: job ids in their own table,
+// every (re)binding a row.
+constexpr int kSchemaVersion = 2;
+
+absl::Status Migrate(sqlite3* db) {
+  Stmt st;
+  if (absl::Status s = Prepare(db, "PRAGMA user_version", &st); !s.ok()) return s;
+  const int version = sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int(st.s, 0) : 0;
+  if (version == kSchemaVersion) return absl::OkStatus();
+  if (version > kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "written by a newer Preflight (schema ", version, ", this one reads ", kSchemaVersion,
+        ")"));
+  }
+  // One transaction: a crash mid-migration leaves schema 1 intact.
+  return Exec(db,
+              "BEGIN IMMEDIATE;"
+              "CREATE TABLE IF NOT EXISTS verdicts ("
+              "  request_digest TEXT PRIMARY KEY,"
+              "  job_id TEXT,"  // Schema 1's binding; read once below, then unused.
+              "  verdict INTEGER NOT NULL,"
+              "  report BLOB NOT NULL,"
+              "  created_unix_seconds REAL NOT NULL);"
+              "CREATE TABLE IF NOT EXISTS job_bindings ("
+              "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+              "  job_id TEXT NOT NULL,"
+              "  request_digest TEXT NOT NULL,"
+              "  bound_unix_seconds REAL NOT NULL);"
+              "CREATE INDEX IF NOT EXISTS job_bindings_by_job ON job_bindings(job_id, seq);"
+              "CREATE INDEX IF NOT EXISTS job_bindings_by_digest "
+              "  ON job_bindings(request_digest, seq);"
+              "INSERT INTO job_bindings(job_id, request_digest, bound_unix_seconds)"
+              "  SELECT job_id, request_digest, created_unix_seconds FROM verdicts"
+              "  WHERE job_id IS NOT NULL ORDER BY created_unix_seconds;"
+              "UPDATE verdicts SET job_id = NULL;"
+              "PRAGMA user_version = 2;"
+              "COMMIT;");
+}
+
+// Appends (job_id -> digest) unless it is the job id's current binding.
+// Runs inside the caller's transaction.
+absl::Status BindLocked(sqlite3* db, const std::string& job_id, const std::string& digest) {
+  {
+    Stmt st;
+    if (absl::Status s = Prepare(db,
+                                 "SELECT request_digest FROM job_bindings WHERE job_id = ? "
+                                 "ORDER BY seq DESC LIMIT 1",
+                                 &st);
+        !s.ok()) {
+      return s;
+    }
+    BindText(st, 1, job_id);
+    if (sqlite3_step(st.s) == SQLITE_ROW && ColumnText(st, 0) == digest) return absl::OkStatus();
+  }
+  Stmt st;
+  if (absl::Status s = Prepare(db,
+                               "INSERT INTO job_bindings(job_id, request_digest, "
+                               "bound_unix_seconds) VALUES (?, ?, ?)",
+                               &st);
+      !s.ok()) {
+    return s;
+  }
+  BindText(st, 1, job_id);
+  BindText(st, 2, digest);
+  sqlite3_bind_double(st.s, 3, Now());
+  if (sqlite3_step(st.s) != SQLITE_DONE) {
+    return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(db)));
+  }
+  return absl::OkStatus();
+}
+
+// BEGIN IMMEDIATE ... COMMIT around `body`, rolled back when it fails.
+absl::Status InTransaction(sqlite3* db, const std::function<absl::Status()>& body) {
+  if (absl::Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
+  absl::Status s = body();
+  if (s.ok()) s = Exec(db, "COMMIT");
+  if (!s.ok()) Exec(db, "ROLLBACK").IgnoreError();
+  return s;
+}
 
 }  // namespace
 
@@ -77,21 +178,15 @@ absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> SqliteVerdictStore::Open(
       return fail(absl::StrCat("integrity check failed: ", result));
     }
   }
-  for (const char* sql : {
-           "PRAGMA journal_mode=WAL",
-           "PRAGMA synchronous=FULL",
-           "CREATE TABLE IF NOT EXISTS verdicts ("
-           "  request_digest TEXT PRIMARY KEY,"
-           "  job_id TEXT,"
-           "  verdict INTEGER NOT NULL,"
-           "  report BLOB NOT NULL,"
-           "  created_unix_seconds REAL NOT NULL)",
-           "CREATE INDEX IF NOT EXISTS verdicts_job_id ON verdicts(job_id)",
-       }) {
+  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL"}) {
     if (absl::Status s = Exec(impl->db, sql); !s.ok()) {
       sqlite3_close(impl->db);
       return fail(std::string(s.message()));
     }
+  }
+  if (absl::Status s = Migrate(impl->db); !s.ok()) {
+    sqlite3_close(impl->db);
+    return fail(std::string(s.message()));
   }
   return std::unique_ptr<SqliteVerdictStore>(new SqliteVerdictStore(std::move(impl)));
 }
@@ -99,55 +194,71 @@ absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> SqliteVerdictStore::Open(
 absl::Status SqliteVerdictStore::Put(const StoredVerdict& v) {
   const std::string blob = v.report.SerializeAsString();
   std::lock_guard<std::mutex> lock(impl_->mu);
-  Stmt st;
-  if (sqlite3_prepare_v2(impl_->db,
-                         "INSERT OR REPLACE INTO verdicts(request_digest, job_id, verdict, "
-                         "report, created_unix_seconds) VALUES (?, ?, ?, ?, ?)",
-                         -1, &st.s, nullptr) != SQLITE_OK) {
-    return absl::InternalError(sqlite3_errmsg(impl_->db));
-  }
-  sqlite3_bind_text(st.s, 1, v.request_digest.data(), static_cast<int>(v.request_digest.size()),
-                    SQLITE_TRANSIENT);
-  if (v.job_id.empty()) {
-    sqlite3_bind_null(st.s, 2);
-  } else {
-    sqlite3_bind_text(st.s, 2, v.job_id.data(), static_cast<int>(v.job_id.size()),
-                      SQLITE_TRANSIENT);
-  }
-  sqlite3_bind_int(st.s, 3, v.report.verdict());
-  sqlite3_bind_blob(st.s, 4, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
-  sqlite3_bind_double(st.s, 5, v.created_unix_seconds > 0
-                                   ? v.created_unix_seconds
-                                   : absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
-  if (sqlite3_step(st.s) != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(impl_->db)));
-  }
-  return absl::OkStatus();
+  sqlite3* db = impl_->db;
+  return InTransaction(db, [&]() -> absl::Status {
+    Stmt st;
+    if (absl::Status s = Prepare(db,
+                                 "INSERT OR REPLACE INTO verdicts(request_digest, job_id, "
+                                 "verdict, report, created_unix_seconds) "
+                                 "VALUES (?, NULL, ?, ?, ?)",
+                                 &st);
+        !s.ok()) {
+      return s;
+    }
+    BindText(st, 1, v.request_digest);
+    sqlite3_bind_int(st.s, 2, v.report.verdict());
+    sqlite3_bind_blob(st.s, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_double(st.s, 4, v.created_unix_seconds > 0 ? v.created_unix_seconds : Now());
+    if (sqlite3_step(st.s) != SQLITE_DONE) {
+      return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(db)));
+    }
+    return v.job_id.empty() ? absl::OkStatus() : BindLocked(db, v.job_id, v.request_digest);
+  });
+}
+
+absl::Status SqliteVerdictStore::Bind(const std::string& job_id, const std::string& digest) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  sqlite3* db = impl_->db;
+  return InTransaction(db, [&]() -> absl::Status {
+    Stmt st;
+    if (absl::Status s = Prepare(db, "SELECT 1 FROM verdicts WHERE request_digest = ?", &st);
+        !s.ok()) {
+      return s;
+    }
+    BindText(st, 1, digest);
+    if (sqlite3_step(st.s) != SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat("no verdict for request digest ", digest));
+    }
+    return BindLocked(db, job_id, digest);
+  });
 }
 
 namespace {
 
-absl::StatusOr<StoredVerdict> Query(sqlite3* db, const char* sql, const std::string& key,
-                                    const std::string& what) {
+// The verdict row of a digest, and the job id most recently bound to it.
+absl::StatusOr<StoredVerdict> VerdictOf(sqlite3* db, const std::string& digest,
+                                        const std::string& what) {
   Stmt st;
-  if (sqlite3_prepare_v2(db, sql, -1, &st.s, nullptr) != SQLITE_OK) {
-    return absl::InternalError(sqlite3_errmsg(db));
+  if (absl::Status s = Prepare(db,
+                               "SELECT report, created_unix_seconds, (SELECT job_id FROM "
+                               "job_bindings b WHERE b.request_digest = v.request_digest "
+                               "ORDER BY seq DESC LIMIT 1) FROM verdicts v "
+                               "WHERE request_digest = ?",
+                               &st);
+      !s.ok()) {
+    return s;
   }
-  sqlite3_bind_text(st.s, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+  BindText(st, 1, digest);
   const int rc = sqlite3_step(st.s);
   if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("no verdict for ", what));
   if (rc != SQLITE_ROW) return absl::InternalError(sqlite3_errmsg(db));
   StoredVerdict v;
-  v.request_digest = reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0));
-  if (sqlite3_column_type(st.s, 1) != SQLITE_NULL) {
-    v.job_id = reinterpret_cast<const char*>(sqlite3_column_text(st.s, 1));
-  }
-  const void* blob = sqlite3_column_blob(st.s, 2);
-  const int size = sqlite3_column_bytes(st.s, 2);
-  if (!v.report.ParseFromArray(blob, size)) {
+  v.request_digest = digest;
+  if (!v.report.ParseFromArray(sqlite3_column_blob(st.s, 0), sqlite3_column_bytes(st.s, 0))) {
     return absl::DataLossError(absl::StrCat("stored report for ", what, " does not decode"));
   }
-  v.created_unix_seconds = sqlite3_column_double(st.s, 3);
+  v.created_unix_seconds = sqlite3_column_double(st.s, 1);
+  v.job_id = ColumnText(st, 2);
   return v;
 }
 
@@ -155,18 +266,42 @@ absl::StatusOr<StoredVerdict> Query(sqlite3* db, const char* sql, const std::str
 
 absl::StatusOr<StoredVerdict> SqliteVerdictStore::GetByDigest(const std::string& digest) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return Query(impl_->db,
-               "SELECT request_digest, job_id, report, created_unix_seconds FROM verdicts "
-               "WHERE request_digest = ?",
-               digest, absl::StrCat("request digest ", digest));
+  return VerdictOf(impl_->db, digest, absl::StrCat("request digest ", digest));
 }
 
 absl::StatusOr<StoredVerdict> SqliteVerdictStore::GetByJobId(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return Query(impl_->db,
-               "SELECT request_digest, job_id, report, created_unix_seconds FROM verdicts "
-               "WHERE job_id = ? ORDER BY created_unix_seconds DESC LIMIT 1",
-               job_id, absl::StrCat("job id '", job_id, "'"));
+  sqlite3* db = impl_->db;
+  std::vector<JobBinding> bindings;
+  {
+    Stmt st;
+    if (absl::Status s = Prepare(db,
+                                 "SELECT b.request_digest, b.bound_unix_seconds, v.verdict "
+                                 "FROM job_bindings b LEFT JOIN verdicts v "
+                                 "ON v.request_digest = b.request_digest "
+                                 "WHERE b.job_id = ? ORDER BY b.seq",
+                                 &st);
+        !s.ok()) {
+      return s;
+    }
+    BindText(st, 1, job_id);
+    while (sqlite3_step(st.s) == SQLITE_ROW) {
+      bindings.push_back({ColumnText(st, 0), sqlite3_column_double(st.s, 1),
+                          static_cast<v1::Verdict>(sqlite3_column_int(st.s, 2))});
+    }
+  }
+  const std::string what = absl::StrCat("job id '", job_id, "'");
+  if (bindings.empty()) return absl::NotFoundError(absl::StrCat("no verdict for ", what));
+  auto v = VerdictOf(db, bindings.back().request_digest, what);
+  if (absl::IsNotFound(v.status())) {
+    return absl::DataLossError(absl::StrCat(what, " is bound to request digest ",
+                                            bindings.back().request_digest,
+                                            ", whose verdict is missing"));
+  }
+  if (!v.ok()) return v.status();
+  v->job_id = job_id;
+  v->bindings = std::move(bindings);
+  return v;
 }
 
 }  // namespace preflight::store

@@ -25,6 +25,7 @@ class SqliteVerdictStore : public VerdictStore {
   ~SqliteVerdictStore() override;
 
   absl::Status Put(const StoredVerdict& verdict) override;
+  absl::Status Bind(const std::string& job_id, const std::string& digest) override;
   absl::StatusOr<StoredVerdict> GetByDigest(const std::string& digest) override;
   absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) override;
 

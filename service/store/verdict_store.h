@@ -1,4 +1,8 @@
-// Durable verdicts: report by request digest, and by caller job id.
+// Durable verdicts: one report per request digest, and job ids bound to
+// digests. Bindings are data, never overwritten: any number of job ids may
+// point at one digest, and rebinding a job id (a fixed model re-checked
+// under the same id) appends to its history; the latest binding is the one
+// a gate reads.
 //
 // The interface every backend implements (sqlite_verdict_store.h today; a
 // fleet-wide one later) and the only verdict-store type the server and its
@@ -11,34 +15,56 @@
 //
 //   auto stores = OpenStore("/var/lib/preflight");
 //   (*stores).verdicts->Put({digest, job_id, report});
+//   (*stores).verdicts->Bind("train/run-43", digest);   // a second job, same check
 //   auto v = (*stores).verdicts->GetByJobId("train/run-42");
+//   v->bindings  // every digest run-42 pointed at, oldest first
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "preflight/v1/report.pb.h"
 
 namespace preflight::store {
 
+// One binding of a job id to a request digest.
+struct JobBinding {
+  std::string request_digest;
+  double bound_unix_seconds = 0;
+  v1::Verdict verdict = v1::VERDICT_UNSPECIFIED;  // Of that digest's stored report.
+};
+
 struct StoredVerdict {
   // Hex SHA-256 of the request (PreflightCore's cache key).
   std::string request_digest;
-  std::string job_id;  // May be empty.
+  // Put: the job id to bind (may be empty). GetByJobId: the id asked for;
+  // GetByDigest: the job id most recently bound to this digest, if any.
+  std::string job_id;
   v1::Report report;
   double created_unix_seconds = 0;
+  // GetByJobId only: every binding of the job id, oldest first; the last one
+  // is the verdict returned. More than one means the id was rebound.
+  std::vector<JobBinding> bindings;
 };
 
 class VerdictStore {
  public:
   virtual ~VerdictStore() = default;
-  // Stores (or replaces) the verdict for a digest; a job id, when given,
-  // then points at it. `created_unix_seconds` <= 0 means now.
+  // Stores (or replaces) the verdict for a digest and, when a job id is
+  // given, binds it as Bind does, atomically with the verdict.
+  // `created_unix_seconds` <= 0 means now.
   virtual absl::Status Put(const StoredVerdict& verdict) = 0;
+  // Points a job id at the stored verdict of `digest`. A binding that
+  // changes the job id's digest is appended to its history; binding it to
+  // the digest it already points at changes nothing. Other job ids bound to
+  // the same digest are untouched. NOT_FOUND when no verdict is stored for
+  // the digest.
+  virtual absl::Status Bind(const std::string& job_id, const std::string& digest) = 0;
   // NOT_FOUND when absent.
   virtual absl::StatusOr<StoredVerdict> GetByDigest(const std::string& digest) = 0;
-  // The most recently stored verdict that job id pointed at; NOT_FOUND when
-  // none.
+  // The verdict of the job id's latest binding, with its binding history;
+  // NOT_FOUND when the id was never bound.
   virtual absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) = 0;
 };
 

@@ -104,3 +104,74 @@ TEST(RenderReport, NamesTheSandboxOnlyWhenThereWasOne) {
 
 }  // namespace
 }  // namespace preflight::client
+
+namespace preflight::client {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::GetVerdictResponse Stored(v1::Verdict verdict, const std::string& model_sha,
+                              const std::string& batch_sha) {
+  v1::GetVerdictResponse r;
+  r.set_job_id("train/run-1");
+  r.set_request_digest(std::string(64, 'd'));
+  r.mutable_report()->set_verdict(verdict);
+  r.mutable_report()->set_model_sha256(model_sha);
+  r.mutable_report()->set_batch_sha256(batch_sha);
+  return r;
+}
+
+TEST(Attest, OnlyTheCheckedArtifactsWithAnAdmittingVerdictPass) {
+  const std::string m(64, 'a'), b(64, 'b'), other(64, 'c');
+  EXPECT_EQ(Attest(Stored(v1::PASS, m, b), m, "").exit_code, 0);
+  EXPECT_EQ(Attest(Stored(v1::WARN, m, b), m, b).exit_code, 0);
+  const Attestation wrong_model = Attest(Stored(v1::PASS, m, b), other, "");
+  EXPECT_EQ(wrong_model.exit_code, 1);
+  EXPECT_THAT(wrong_model.message, HasSubstr(other));  // Both digests named.
+  EXPECT_THAT(wrong_model.message, HasSubstr(m));
+  const Attestation wrong_batch = Attest(Stored(v1::PASS, m, b), m, other);
+  EXPECT_EQ(wrong_batch.exit_code, 1);
+  EXPECT_THAT(wrong_batch.message, HasSubstr("batch sha256 " + b));
+  EXPECT_THAT(Attest(Stored(v1::FAIL, m, b), m, "").message, HasSubstr("verdict is FAIL"));
+  EXPECT_EQ(Attest(Stored(v1::FAIL, m, b), m, "").exit_code, 1);
+  EXPECT_THAT(Attest(Stored(v1::PASS, "", ""), m, "").message, HasSubstr("no model digest"));
+}
+
+TEST(ParseAttestArgs, NeedsTheModelAndAJobId) {
+  auto ok = ParseAttestArgs({"--server", "h:1", "--job-id", "j", "--model=m.pt", "--batch", "b"});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->verdict.server, "h:1");
+  EXPECT_EQ(ok->verdict.job_id, "j");
+  EXPECT_EQ(ok->model_path, "m.pt");
+  EXPECT_EQ(ok->batch_path, "b");
+  EXPECT_THAT(std::string(ParseAttestArgs({"--server", "h:1", "--job-id", "j"}).status().message()),
+              HasSubstr("--model: is required"));
+  EXPECT_THAT(std::string(ParseAttestArgs({"--server", "h:1", "--digest", std::string(64, 'a'),
+                                           "--model", "m"})
+                              .status()
+                              .message()),
+              HasSubstr("--digest: attest takes --job-id"));
+  EXPECT_THAT(std::string(ParseAttestArgs({"--model", "m", "--bogus"}).status().message()),
+              HasSubstr("preflight attest --help"));
+}
+
+TEST(RenderVerdict, ShowsWhatARebindingReplaced) {
+  v1::GetVerdictResponse r = Stored(v1::PASS, "", "");
+  auto* first = r.add_bindings();
+  first->set_request_digest(std::string(64, 'e'));
+  first->set_verdict(v1::FAIL);
+  first->set_bound_unix_seconds(1764633600);  // 2025-12-02 00:00:00 UTC
+  auto* second = r.add_bindings();
+  second->set_request_digest(r.request_digest());
+  second->set_verdict(v1::PASS);
+  const std::string text = RenderVerdict(r);
+  EXPECT_THAT(text, HasSubstr("verdict PASS  job train/run-1  digest " + r.request_digest()));
+  EXPECT_THAT(text, HasSubstr("rebound: job train/run-1 pointed at 1 earlier check(s)"));
+  EXPECT_THAT(text, HasSubstr("FAIL  digest " + std::string(64, 'e') +
+                              "  bound 2025-12-02 00:00:00 UTC"));
+  r.clear_bindings();
+  EXPECT_THAT(RenderVerdict(r), ::testing::Not(HasSubstr("rebound")));
+}
+
+}  // namespace
+}  // namespace preflight::client

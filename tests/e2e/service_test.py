@@ -13,6 +13,7 @@ the real `preflight` CLI on loopback.
 
 Usage: service_test.py BUILD_DIR ZOO_DIR
 """
+import hashlib
 import json
 import os
 import signal
@@ -72,9 +73,47 @@ def main():
         _, rb = check(addr, bad, "--job-id", "train/flat-1")
         v = cli("verdict", "--server", addr, "--job-id", "train/mlp-2")
         expect("verdict by job id: PASS exits 0", v.returncode == 0 and "PASS" in v.stdout, v)
+        v = cli("verdict", "--server", addr, "--job-id", "train/mlp-1")
+        expect("two job ids bound to one digest: the first still reads back",
+               v.returncode == 0 and r1 and r1["requestDigest"] in v.stdout, v)
+        # A job id rebound from a FAIL to a fixed model: the gate reads the
+        # latest binding, and the verdict shows what it was rebound from.
+        _, rf = check(addr, bad, "--job-id", "train/rebind")
+        _, rp = check(addr, mlp, "--job-id", "train/rebind")
+        v = cli("verdict", "--server", addr, "--job-id", "train/rebind")
+        expect("rebound job id reads the latest binding (PASS, exit 0) and shows the FAIL it "
+               "was rebound from",
+               v.returncode == 0 and rf and "rebound" in v.stdout and
+               f"FAIL  digest {rf['requestDigest']}" in v.stdout, v)
+        v = cli("verdict", "--server", addr, "--job-id", "train/rebind", "--json")
+        b = json.loads(v.stdout).get("bindings", []) if v.returncode == 0 else []
+        expect("the binding history is in the response, oldest first",
+               rf and rp and [x.get("requestDigest") for x in b] ==
+               [rf["requestDigest"], rp["requestDigest"]] and
+               [x.get("verdict") for x in b] == ["FAIL", "PASS"], b)
         v = cli("verdict", "--server", addr, "--job-id", "train/flat-1")
         expect("verdict by job id: FAIL exits 1 with findings",
                v.returncode == 1 and "LOSS_FLAT" in v.stdout, v)
+        # Verdicts bound to the artifact: the report names the model and batch
+        # digests, and `preflight attest` holds a job's files to them.
+        sha = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()  # noqa: E731
+        expect("the report carries the model's and the batch's sha256",
+               r1 and r1["report"].get("modelSha256") == sha(mlp["model"]) and
+               r1["report"].get("batchSha256") == sha(mlp["batch"]), r1 and r1["report"].keys())
+        for thin in (False, True):
+            a = run_cli(cli_path(BUILD, thin=thin), "attest", "--server", addr, "--job-id",
+                        "train/mlp-1", "--model", mlp["model"], "--batch", mlp["batch"])
+            expect(f"attest ({'thin' if thin else 'full'} CLI): the checked model exits 0",
+                   a.returncode == 0 and "attested" in a.stdout, a)
+        a = cli("attest", "--server", addr, "--job-id", "train/mlp-1", "--model", bad["model"])
+        expect("attest: another model file is refused naming both digests (exit 1)",
+               a.returncode == 1 and sha(bad["model"]) in a.stderr and
+               sha(mlp["model"]) in a.stderr, a)
+        a = cli("attest", "--server", addr, "--job-id", "train/flat-1", "--model", bad["model"])
+        expect("attest: the checked model of a FAIL verdict is refused (exit 1)",
+               a.returncode == 1 and "verdict is FAIL" in a.stderr, a)
+        a = cli("attest", "--server", addr, "--job-id", "never-submitted", "--model", mlp["model"])
+        expect("attest: no verdict exits 4", a.returncode == 4, a)
         v = cli("verdict", "--server", addr, "--digest", r1["requestDigest"], "--json")
         expect("verdict by digest", v.returncode == 0 and json.loads(v.stdout)["report"]["verdict"] == "PASS", v)
         v = cli("verdict", "--server", addr, "--job-id", "never-submitted")
@@ -130,6 +169,9 @@ def main():
         addr = server.addr
         v = cli("verdict", "--server", addr, "--job-id", "train/flat-1")
         expect("restart keeps verdicts", v.returncode == 1 and "LOSS_FLAT" in v.stdout, v)
+        v = cli("verdict", "--server", addr, "--job-id", "train/rebind")
+        expect("restart keeps the binding history",
+               v.returncode == 0 and "rebound" in v.stdout and "FAIL" in v.stdout, v)
 
         # 5b. kill -9 during a burst: every verdict a client saw stays stored.
         procs = []

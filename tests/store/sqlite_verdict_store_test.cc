@@ -2,6 +2,7 @@
 // backend has (a corrupt or unwritable file is a start-up error).
 #include "service/store/sqlite_verdict_store.h"
 
+#include <sqlite3.h>
 #include <stdlib.h>
 
 #include <fstream>
@@ -49,6 +50,58 @@ TEST(SqliteVerdictStore, UnwritablePathIsAStartupError) {
   auto store = SqliteVerdictStore::Open("/nonexistent-dir/v.db");
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A file written by schema 1 (one row per digest with its last job id)
+// opens with every job id it held still bound.
+TEST(SqliteVerdictStore, SchemaOneFileKeepsItsJobIds) {
+  const std::string path = TempDir() + "/v.db";
+  v1::Report pass;
+  pass.set_verdict(v1::PASS);
+  const std::string blob = pass.SerializeAsString();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE verdicts (request_digest TEXT PRIMARY KEY, job_id TEXT,"
+                           " verdict INTEGER NOT NULL, report BLOB NOT NULL,"
+                           " created_unix_seconds REAL NOT NULL)",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "INSERT INTO verdicts VALUES (?, ?, 1, ?, 1000)", -1, &st,
+                                 nullptr),
+              SQLITE_OK);
+    const std::string digest(64, 'a');
+    sqlite3_bind_text(st, 1, digest.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, "old/job", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+  }
+  auto store = SqliteVerdictStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto got = (*store)->GetByJobId("old/job");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->request_digest, std::string(64, 'a'));
+  EXPECT_EQ(got->report.verdict(), v1::PASS);
+  ASSERT_EQ(got->bindings.size(), 1u);
+  EXPECT_EQ(got->bindings[0].bound_unix_seconds, 1000);
+}
+
+TEST(SqliteVerdictStore, FileFromANewerSchemaIsAStartupError) {
+  const std::string path = TempDir() + "/v.db";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 9", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto store = SqliteVerdictStore::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("newer Preflight (schema 9"));
 }
 
 }  // namespace

@@ -104,6 +104,71 @@ TEST_P(VerdictStoreConformance, JobIdPointsAtItsLatestVerdict) {
   EXPECT_EQ(store->GetByDigest(Digest('d'))->report.verdict(), v1::FAIL);
 }
 
+TEST_P(VerdictStoreConformance, TwoJobIdsBoundToOneDigestBothReadBack) {
+  const std::string location = GetParam().new_location();
+  {
+    auto store = Open(GetParam(), location);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Put(Verdict('f', "team/a", v1::PASS)).ok());
+    ASSERT_TRUE(store->Bind("team/b", Digest('f')).ok());
+    // A third id through Put (a verdict stored again under another job).
+    ASSERT_TRUE(store->Put(Verdict('f', "team/c", v1::PASS)).ok());
+  }
+  auto store = Open(GetParam(), location);  // And after a restart.
+  ASSERT_NE(store, nullptr);
+  for (const char* job : {"team/a", "team/b", "team/c"}) {
+    SCOPED_TRACE(job);
+    auto got = store->GetByJobId(job);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->request_digest, Digest('f'));
+    EXPECT_EQ(got->job_id, job);
+    EXPECT_EQ(got->report.verdict(), v1::PASS);
+    ASSERT_EQ(got->bindings.size(), 1u);
+  }
+  EXPECT_EQ(store->GetByDigest(Digest('f'))->job_id, "team/c");  // The latest bound.
+}
+
+TEST_P(VerdictStoreConformance, RebindingAJobIdKeepsItsHistory) {
+  const std::string location = GetParam().new_location();
+  {
+    auto store = Open(GetParam(), location);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Put(Verdict('g', "train/c", v1::FAIL)).ok());
+    ASSERT_TRUE(store->Put(Verdict('h', "train/c", v1::PASS)).ok());
+    // Binding to the digest it already points at adds nothing.
+    ASSERT_TRUE(store->Bind("train/c", Digest('h')).ok());
+    ASSERT_TRUE(store->Put(Verdict('h', "train/c", v1::PASS)).ok());
+  }
+  auto store = Open(GetParam(), location);
+  ASSERT_NE(store, nullptr);
+  auto got = store->GetByJobId("train/c");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->request_digest, Digest('h'));
+  EXPECT_EQ(got->report.verdict(), v1::PASS);
+  ASSERT_EQ(got->bindings.size(), 2u);
+  EXPECT_EQ(got->bindings[0].request_digest, Digest('g'));
+  EXPECT_EQ(got->bindings[0].verdict, v1::FAIL);
+  EXPECT_EQ(got->bindings[1].request_digest, Digest('h'));
+  EXPECT_EQ(got->bindings[1].verdict, v1::PASS);
+  EXPECT_LE(got->bindings[0].bound_unix_seconds, got->bindings[1].bound_unix_seconds);
+  EXPECT_GT(got->bindings[0].bound_unix_seconds, 0);
+  // The verdict it was rebound from is still there.
+  EXPECT_EQ(store->GetByDigest(Digest('g'))->report.verdict(), v1::FAIL);
+}
+
+TEST_P(VerdictStoreConformance, BindingAnUnknownDigestIsNotFoundAndChangesNothing) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Put(Verdict('i', "train/d", v1::PASS)).ok());
+  const absl::Status s = store->Bind("train/d", Digest('j'));
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr(Digest('j')));
+  auto got = store->GetByJobId("train/d");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->request_digest, Digest('i'));
+  EXPECT_EQ(got->bindings.size(), 1u);
+}
+
 TEST_P(VerdictStoreConformance, ConcurrentPutsAllLand) {
   auto store = Open(GetParam(), GetParam().new_location());
   ASSERT_NE(store, nullptr);
