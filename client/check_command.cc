@@ -25,7 +25,8 @@ absl::Status Bad(const std::string& flag, const std::string& why) {
 
 absl::StatusOr<double> ParseDouble(const std::string& flag, const std::string& v) {
   double d = 0;
-  if (!absl::SimpleAtod(v, &d) || !std::isfinite(d)) return Bad(flag, "expected a number, got '" + v + "'");
+  if (!absl::SimpleAtod(v, &d) || !std::isfinite(d))
+    return Bad(flag, "expected a number, got '" + v + "'");
   return d;
 }
 
@@ -60,9 +61,9 @@ absl::StatusOr<Flag> SplitFlag(const std::string& raw) {
 // Maps a config validation error ("lr: ...") back to the CLI flag name.
 absl::Status ToFlagError(const absl::Status& s) {
   static const std::map<std::string, std::string> kFlagOf = {
-      {"max_steps", "steps"}, {"intra_op_threads", "threads"},
+      {"max_steps", "steps"},           {"intra_op_threads", "threads"},
       {"weight_decay", "weight-decay"}, {"target_ratio", "target-ratio"},
-      {"target_loss", "target-loss"}, {"determinism_steps", "determinism-steps"},
+      {"target_loss", "target-loss"},   {"determinism_steps", "determinism-steps"},
       {"timeout_seconds", "timeout"}};
   std::string msg(s.message());
   const size_t colon = msg.find(':');
@@ -230,48 +231,45 @@ Attestation Attest(const v1::GetVerdictResponse& r, const std::string& model_sha
                             "artifacts); check the model again")};
   }
   if (report.model_sha256() != model_sha256) {
-    return {1, absl::StrCat("refused: the model file has sha256 ", model_sha256, ", but the "
-                            "verdict of ", job, " was given for model sha256 ",
-                            report.model_sha256())};
+    return {1, absl::StrCat("refused: the model file has sha256 ", model_sha256,
+                            ", but the "
+                            "verdict of ",
+                            job, " was given for model sha256 ", report.model_sha256())};
   }
   if (!batch_sha256.empty() && report.batch_sha256() != batch_sha256) {
-    return {1, absl::StrCat("refused: the batch file has sha256 ", batch_sha256, ", but the "
-                            "verdict of ", job, " was given for batch sha256 ",
-                            report.batch_sha256())};
+    return {1, absl::StrCat("refused: the batch file has sha256 ", batch_sha256,
+                            ", but the "
+                            "verdict of ",
+                            job, " was given for batch sha256 ", report.batch_sha256())};
   }
   if (report.verdict() != v1::PASS && report.verdict() != v1::WARN) {
     return {1, absl::StrCat("refused: ", job, " runs the checked model, but its verdict is ",
                             v1::Verdict_Name(report.verdict()))};
   }
-  return {0, absl::StrCat("attested: ", job, " runs model sha256 ", model_sha256,
-                          batch_sha256.empty() ? "" : absl::StrCat(" and batch sha256 ",
-                                                                   batch_sha256),
-                          ", verdict ", v1::Verdict_Name(report.verdict()))};
+  return {0,
+          absl::StrCat("attested: ", job, " runs model sha256 ", model_sha256,
+                       batch_sha256.empty() ? "" : absl::StrCat(" and batch sha256 ", batch_sha256),
+                       ", verdict ", v1::Verdict_Name(report.verdict()))};
 }
 
 int ExitCodeForRpcError(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-      return kExitUsage;
-    case absl::StatusCode::kNotFound:
-      return kExitNotFound;
-    default:
-      return kExitUnavailable;
+    case absl::StatusCode::kFailedPrecondition: return kExitUsage;
+    case absl::StatusCode::kNotFound: return kExitNotFound;
+    default: return kExitUnavailable;
   }
 }
 
 absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args) {
   CheckCommand cmd;
   v1::CheckConfig& c = cmd.config;
-  static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose",
-                                                      "help"};
+  static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose", "help"};
   for (size_t i = 0; i < args.size(); ++i) {
     auto flag = SplitFlag(args[i]);
     if (!flag.ok()) return flag.status();
     auto& [name, value, has_value] = *flag;
-    const bool is_bool =
-        std::find(kBoolFlags.begin(), kBoolFlags.end(), name) != kBoolFlags.end();
+    const bool is_bool = std::find(kBoolFlags.begin(), kBoolFlags.end(), name) != kBoolFlags.end();
     if (is_bool) {
       if (has_value) return Bad(name, "takes no value");
       if (name == "json") cmd.json = true;
@@ -281,9 +279,10 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       continue;
     }
     static const std::vector<std::string> kValueFlags = {
-        "model", "batch", "loss", "optimizer", "device", "lr", "weight-decay", "momentum",
-        "timeout", "target-ratio", "target-loss", "steps", "seed", "threads",
-        "determinism-steps", "server", "job-id"};
+        "model",       "batch",        "loss",     "optimizer", "device",
+        "lr",          "weight-decay", "momentum", "timeout",   "target-ratio",
+        "target-loss", "steps",        "seed",     "threads",   "determinism-steps",
+        "server",      "job-id"};
     if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
@@ -306,8 +305,8 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       c.set_optimizer(value);
     } else if (name == "device") {
       c.set_device(value);
-    } else if (name == "lr" || name == "weight-decay" || name == "momentum" ||
-               name == "timeout" || name == "target-ratio" || name == "target-loss") {
+    } else if (name == "lr" || name == "weight-decay" || name == "momentum" || name == "timeout" ||
+               name == "target-ratio" || name == "target-loss") {
       // Syntax only: ranges (and what 0 means) are config.cc's, reported
       // below under the flag's name.
       auto d = ParseDouble(name, value);
@@ -331,8 +330,8 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       if (name == "threads") c.set_intra_op_threads(*n);
       if (name == "determinism-steps") c.set_determinism_steps(*n);
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name,
-                                                     " (see preflight check --help)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
     }
   }
   if (cmd.help) return cmd;
@@ -398,13 +397,12 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
                          const std::string& batch_path) {
   std::string out;
   const auto& c = r.config();
-  absl::StrAppendFormat(&out, "Preflight %s  %s + %s\n", v1::Verdict_Name(r.verdict()),
-                        model_path, batch_path);
+  absl::StrAppendFormat(&out, "Preflight %s  %s + %s\n", v1::Verdict_Name(r.verdict()), model_path,
+                        batch_path);
   absl::StrAppendFormat(&out, "  loss %s, %s lr %g, wd %g, max %d steps, seed %d, %s\n",
-                        c.loss().empty() ? "-" : c.loss(), c.optimizer(), c.lr(),
-                        c.weight_decay(), c.max_steps(), c.seed(),
-                        r.environment().device().empty() ? c.device()
-                                                         : r.environment().device());
+                        c.loss().empty() ? "-" : c.loss(), c.optimizer(), c.lr(), c.weight_decay(),
+                        c.max_steps(), c.seed(),
+                        r.environment().device().empty() ? c.device() : r.environment().device());
   if (r.loss_curve_size() > 0) {
     std::vector<double> curve(r.loss_curve().begin(), r.loss_curve().end());
     absl::StrAppendFormat(&out, "  curve %.4g %s %.4g  (%d steps%s)\n", curve.front(),
@@ -422,8 +420,8 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
   if (r.experiments_size() > 0) {
     out += "\n  experiments:\n";
     for (const auto& e : r.experiments()) {
-      absl::StrAppendFormat(&out, "    %-15s %-9s %-17s loss %.4g -> %.4g in %d steps\n",
-                            e.name(), v1::Experiment::Outcome_Name(e.outcome()),
+      absl::StrAppendFormat(&out, "    %-15s %-9s %-17s loss %.4g -> %.4g in %d steps\n", e.name(),
+                            v1::Experiment::Outcome_Name(e.outcome()),
                             v1::FindingCode_Name(e.curve()), e.initial_loss(), e.final_loss(),
                             e.steps_run());
     }
@@ -442,9 +440,9 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
 }
 
 std::string RenderVerdict(const v1::GetVerdictResponse& r) {
-  std::string out = absl::StrCat("verdict ", v1::Verdict_Name(r.report().verdict()), "  job ",
-                                 r.job_id().empty() ? "-" : r.job_id(), "  digest ",
-                                 r.request_digest(), "\n");
+  std::string out =
+      absl::StrCat("verdict ", v1::Verdict_Name(r.report().verdict()), "  job ",
+                   r.job_id().empty() ? "-" : r.job_id(), "  digest ", r.request_digest(), "\n");
   for (const auto& f : r.report().findings()) {
     if (f.severity() < v1::Finding::WARN) continue;
     absl::StrAppend(&out, "  ", v1::FindingCode_Name(f.code()), ": ", f.message(), "\n");
@@ -455,10 +453,9 @@ std::string RenderVerdict(const v1::GetVerdictResponse& r) {
     for (int i = 0; i + 1 < r.bindings_size(); ++i) {
       const v1::JobBinding& b = r.bindings(i);
       absl::StrAppend(
-          &out, "    ", v1::Verdict_Name(b.verdict()), "  digest ", b.request_digest(),
-          "  bound ",
-          absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(static_cast<int64_t>(
-                                                        b.bound_unix_seconds())),
+          &out, "    ", v1::Verdict_Name(b.verdict()), "  digest ", b.request_digest(), "  bound ",
+          absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                           absl::FromUnixSeconds(static_cast<int64_t>(b.bound_unix_seconds())),
                            absl::UTCTimeZone()),
           "\n");
     }

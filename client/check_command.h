@@ -15,10 +15,10 @@
 namespace preflight::client {
 
 // Exit codes of `preflight check` (documented in --help and the README).
-inline constexpr int kExitPass = 0;   // PASS or WARN.
-inline constexpr int kExitFail = 1;   // FAIL.
-inline constexpr int kExitUsage = 2;  // Bad flags or unreadable input files.
-inline constexpr int kExitError = 3;  // ERROR: the check could not run.
+inline constexpr int kExitPass = 0;         // PASS or WARN.
+inline constexpr int kExitFail = 1;         // FAIL.
+inline constexpr int kExitUsage = 2;        // Bad flags or unreadable input files.
+inline constexpr int kExitError = 3;        // ERROR: the check could not run.
 inline constexpr int kExitNotFound = 4;     // `verdict`: no stored verdict.
 inline constexpr int kExitUnavailable = 5;  // The service could not answer.
 

@@ -43,9 +43,8 @@ int RunLocalCheck(const CheckCommand& cmd) {
     return kExitUsage;
   }
   if (!cmd.json && isatty(STDERR_FILENO)) {
-    std::cerr << "preflight: checking " << cmd.model_path << " (up to "
-              << cmd.config.max_steps() << " steps, timeout " << cmd.config.timeout_seconds()
-              << " s)...\n";
+    std::cerr << "preflight: checking " << cmd.model_path << " (up to " << cmd.config.max_steps()
+              << " steps, timeout " << cmd.config.timeout_seconds() << " s)...\n";
   }
   // The engine pins process-global LibTorch state and may start CUDA: it
   // runs in a child so that a hang or crash in the model cannot take the

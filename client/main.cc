@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/util/json_util.h>
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include <google/protobuf/util/json_util.h>
 
 #include "client/check_command.h"
 #include "client/local_check.h"
@@ -47,12 +47,12 @@ int RunRemoteCheck(const preflight::client::CheckCommand& cmd) {
   if (!cmd.json && isatty(STDERR_FILENO)) {
     std::cerr << "preflight: sending " << cmd.model_path << " to " << cmd.server << "...\n";
   }
-  auto resp = client::RemoteCheck(cmd.server, cmd.model_path, cmd.batch_path, cmd.config,
-                                  cmd.job_id);
+  auto resp =
+      client::RemoteCheck(cmd.server, cmd.model_path, cmd.batch_path, cmd.config, cmd.job_id);
   if (!resp.ok()) {
     std::cerr << "preflight check: " << cmd.server << ": "
-              << absl::StatusCodeToString(resp.status().code()) << ": "
-              << resp.status().message() << "\n";
+              << absl::StatusCodeToString(resp.status().code()) << ": " << resp.status().message()
+              << "\n";
     return client::ExitCodeForRpcError(resp.status());
   }
   if (cmd.json) {

@@ -33,7 +33,8 @@ void SetDeadline(grpc::ClientContext* ctx, double seconds) {
 
 absl::StatusOr<int64_t> FileSize(const std::string& path) {
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
+  if (stat(path.c_str(), &st) != 0)
+    return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
   return static_cast<int64_t>(st.st_size);
 }
 

@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
-#include <prometheus/exposer.h>
-#include <prometheus/registry.h>
 
 #include "service/server/server.h"
 #include "service/worker/child_process.h"
@@ -144,8 +144,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "preflight-server: job sandbox: Landlock ABI %d, seccomp, rlimits\n",
                  (*server)->landlock_abi());
   } else {
-    std::fprintf(stderr, "preflight-server: WARNING: this kernel has no Landlock; jobs are "
-                         "confined by seccomp and rlimits only (--require_landlock refuses)\n");
+    std::fprintf(stderr,
+                 "preflight-server: WARNING: this kernel has no Landlock; jobs are "
+                 "confined by seccomp and rlimits only (--require_landlock refuses)\n");
   }
 
   int sig = 0;

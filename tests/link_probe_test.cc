@@ -117,8 +117,8 @@ TEST(LinkProbe, GrpcCarriesATorchReportOverLoopback) {
   ASSERT_NE(server, nullptr);
   ASSERT_GT(port, 0);
 
-  auto stub = preflight::v1::Preflight::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  auto stub = preflight::v1::Preflight::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -137,8 +137,7 @@ TEST(LinkProbe, GrpcCarriesATorchReportOverLoopback) {
     preflight::v1::GetVerdictResponse resp;
     const grpc::Status s = stub->GetVerdict(&ctx, req, &resp);
     // Through Abseil: the numeric codes agree and the message survives.
-    const absl::Status status(static_cast<absl::StatusCode>(s.error_code()),
-                              s.error_message());
+    const absl::Status status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
     EXPECT_EQ(status.message(), "job_id: unknown 'other'");
   }

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev
-  libseccomp-dev nlohmann-json3-dev prometheus slurm-wlm munge
+  libseccomp-dev nlohmann-json3-dev prometheus slurm-wlm munge clang-format
 )
 
 missing=()

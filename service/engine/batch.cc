@@ -8,27 +8,26 @@
 #include "absl/strings/str_join.h"
 #include "service/engine/report_util.h"
 #include "service/engine/tensor_util.h"
-#include "service/engine/torch_error.h"
 #include "service/engine/thresholds.h"
+#include "service/engine/torch_error.h"
 
 namespace preflight::engine::internal {
 namespace {
 
 absl::StatusOr<torch::Tensor> AsTensor(const torch::jit::IValue& v, const std::string& what) {
   if (!v.isTensor()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " must be a tensor, got ", v.tagKind()));
+    return absl::InvalidArgumentError(absl::StrCat(what, " must be a tensor, got ", v.tagKind()));
   }
   torch::Tensor t = v.toTensor();
-  if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(what, " is an undefined tensor"));
+  if (!t.defined())
+    return absl::InvalidArgumentError(absl::StrCat(what, " is an undefined tensor"));
   if (t.is_sparse() || t.is_quantized()) {
     return absl::InvalidArgumentError(absl::StrCat(what, " must be a dense tensor"));
   }
   if (t.numel() > kMaxTensorElements) {
     return absl::InvalidArgumentError(absl::StrCat(
         what, " declares shape ", ShapeString(t), " = ", t.numel(),
-        " elements; a sample batch may hold at most ", kMaxTensorElements,
-        " elements per tensor"));
+        " elements; a sample batch may hold at most ", kMaxTensorElements, " elements per tensor"));
   }
   return t;
 }
@@ -42,9 +41,9 @@ absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& d
     std::vector<char> data(bytes.begin(), bytes.end());
     root = torch::pickle_load(data);
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch is not a torch.save file of tensors (", bytes.size(),
-                     " bytes): ", TorchErrorStatus(e).message()));
+    return absl::InvalidArgumentError(absl::StrCat("batch is not a torch.save file of tensors (",
+                                                   bytes.size(),
+                                                   " bytes): ", TorchErrorStatus(e).message()));
   }
 
   torch::jit::IValue inputs, targets;
@@ -72,14 +71,15 @@ absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& d
     targets = *tg;
   } else if ((root.isTuple() && root.toTupleRef().elements().size() == 2) ||
              (root.isList() && root.toListRef().size() == 2)) {
-    const auto& elems = root.isTuple() ? root.toTupleRef().elements().vec()
-                                       : root.toListRef().vec();
+    const auto& elems =
+        root.isTuple() ? root.toTupleRef().elements().vec() : root.toListRef().vec();
     inputs = elems[0];
     targets = elems[1];
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "batch must be a dict {'inputs': ..., 'targets': ...} or a 2-tuple (inputs, targets); "
-        "got ", root.tagKind()));
+        "got ",
+        root.tagKind()));
   }
 
   Batch batch;
@@ -89,8 +89,8 @@ absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& d
     batch.inputs.emplace_back(t->to(device));
     batch.input_names.push_back("inputs");
   } else if (inputs.isTuple() || inputs.isList()) {
-    const auto elems = inputs.isTuple() ? inputs.toTupleRef().elements().vec()
-                                        : inputs.toListRef().vec();
+    const auto elems =
+        inputs.isTuple() ? inputs.toTupleRef().elements().vec() : inputs.toListRef().vec();
     if (elems.empty()) return absl::InvalidArgumentError("inputs is an empty sequence");
     for (size_t i = 0; i < elems.size(); ++i) {
       const std::string name = absl::StrCat("inputs[", i, "]");
@@ -100,8 +100,8 @@ absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& d
       batch.input_names.push_back(name);
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs must be a tensor or a tuple/list of tensors, got ", inputs.tagKind()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs must be a tensor or a tuple/list of tensors, got ", inputs.tagKind()));
   }
   auto t = AsTensor(targets, "targets");
   if (!t.ok()) return t.status();
@@ -117,15 +117,14 @@ absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& d
   for (size_t i = 0; i < batch.inputs.size(); ++i) {
     const auto& in = batch.inputs[i].toTensor();
     if (in.dim() == 0 || in.size(0) != batch.batch_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          batch.input_names[i], " has shape ", ShapeString(in), " but ", batch.input_names[0],
-          " has batch size ", batch.batch_size));
+      return absl::InvalidArgumentError(absl::StrCat(batch.input_names[i], " has shape ",
+                                                     ShapeString(in), " but ", batch.input_names[0],
+                                                     " has batch size ", batch.batch_size));
     }
   }
   if (batch.targets.size(0) != batch.batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("targets have batch size ",
-                                                   batch.targets.size(0), " but inputs have ",
-                                                   batch.batch_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "targets have batch size ", batch.targets.size(0), " but inputs have ", batch.batch_size));
   }
   return batch;
 }

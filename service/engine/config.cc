@@ -78,8 +78,8 @@ absl::Status ValidateConfig(const v1::CheckConfig& c) {
   auto optimizer = ParseOptimizer(c.optimizer());
   if (!optimizer.ok()) return optimizer.status();
   if (!InRange(c.lr(), 0, kMaxLr)) {
-    return Invalid("lr", absl::StrCat("must be a finite number in (0, ", kMaxLr, "], got ",
-                                      c.lr()));
+    return Invalid("lr",
+                   absl::StrCat("must be a finite number in (0, ", kMaxLr, "], got ", c.lr()));
   }
   if (!std::isfinite(c.weight_decay()) || c.weight_decay() < 0) {
     return Invalid("weight_decay", absl::StrCat("must be >= 0, got ", c.weight_decay()));
@@ -110,8 +110,8 @@ absl::Status ValidateConfig(const v1::CheckConfig& c) {
                                                      "], got ", c.determinism_steps()));
   }
   if (!InRange(c.timeout_seconds(), 0, kMaxTimeoutSeconds)) {
-    return Invalid("timeout_seconds", absl::StrCat("must be in (0, ", kMaxTimeoutSeconds,
-                                                   "], got ", c.timeout_seconds()));
+    return Invalid("timeout_seconds", absl::StrCat("must be in (0, ", kMaxTimeoutSeconds, "], got ",
+                                                   c.timeout_seconds()));
   }
   if (c.model_format() != v1::ARTIFACT_FORMAT_UNSPECIFIED &&
       !v1::ArtifactFormat_IsValid(c.model_format())) {

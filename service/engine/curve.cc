@@ -105,7 +105,10 @@ CurveAnalysis ClassifyCurve(const std::vector<double>& all_losses, double target
   double up = 0, down = 0, abs_moves = 0, level = 0;
   for (size_t i = std::max<size_t>(late_begin, 1); i < n; ++i) {
     const double d = losses[i] - losses[i - 1];
-    if (d > 0) up += d; else down -= d;
+    if (d > 0)
+      up += d;
+    else
+      down -= d;
     abs_moves += std::fabs(d);
   }
   const size_t late_count = n - std::max<size_t>(late_begin, 1);
@@ -134,11 +137,14 @@ CurveAnalysis ClassifyCurve(const std::vector<double>& all_losses, double target
     double rises = 0, falls = 0;
     for (size_t i = 1; i < n; ++i) {
       const double d = losses[i] - losses[i - 1];
-      if (d > 0) rises += d; else falls -= d;
+      if (d > 0)
+        rises += d;
+      else
+        falls -= d;
     }
     const double mid = losses[n / 2];
-    const bool steady = rises > 0 && rises / (rises + falls) >= th.steady_rise_share &&
-                        mid > 0 && a.final_value / mid < th.compounding_growth;
+    const bool steady = rises > 0 && rises / (rises + falls) >= th.steady_rise_share && mid > 0 &&
+                        a.final_value / mid < th.compounding_growth;
     if (steady) blew_up = false;
   }
   // An objective that falls below zero by more than its own starting size is
@@ -154,8 +160,8 @@ CurveAnalysis ClassifyCurve(const std::vector<double>& all_losses, double target
           "training stopped on a non-finite value after %d finite losses (started at %.4g)",
           static_cast<int>(n), a.initial);
     } else if (unbounded_below && !blew_up) {
-      a.summary = absl::StrFormat("loss fell without bound below zero: %.4g -> %.4g",
-                                  a.initial, a.final_value);
+      a.summary = absl::StrFormat("loss fell without bound below zero: %.4g -> %.4g", a.initial,
+                                  a.final_value);
     } else {
       a.summary = absl::StrFormat("|loss| grew to %.4g, %.0fx its initial %.4g", max_abs,
                                   max_abs / scale, a.initial);
@@ -202,8 +208,8 @@ CurveAnalysis ClassifyCurve(const std::vector<double>& all_losses, double target
   const double tail_start = losses[n - tail];
   a.tail_drop = (tail_start - losses.back()) / std::max(std::fabs(tail_start), 1e-12);
   a.total_drop = (a.initial - a.final_value) / scale;
-  a.still_falling = a.tail_drop >= th.still_falling_tail_drop &&
-                    a.total_drop >= th.still_falling_total_drop;
+  a.still_falling =
+      a.tail_drop >= th.still_falling_tail_drop && a.total_drop >= th.still_falling_total_drop;
   if (a.still_falling) {
     a.summary = absl::StrFormat(
         "loss is still falling but did not reach the target in %d steps: %.4g -> %.4g "

@@ -35,17 +35,17 @@ enum class CurveClass {
 
 struct CurveAnalysis {
   CurveClass curve_class = CurveClass::kPlateau;
-  double initial = 0;       // First loss.
-  double final_value = 0;   // Mean of the last window (last finite value if diverged).
-  double best = 0;          // Smallest |loss| seen.
-  int steps = 0;            // Points in the curve.
+  double initial = 0;      // First loss.
+  double final_value = 0;  // Mean of the last window (last finite value if diverged).
+  double best = 0;         // Smallest |loss| seen.
+  int steps = 0;           // Points in the curve.
   int first_non_finite_step = -1;
-  double upward_share = 0;  // See CurveThresholds::rough_upward_share.
-  double rel_amplitude = 0; // See CurveThresholds::oscillation_rel_amplitude.
-  double tail_drop = 0;     // Plateau only: relative drop over the last 20%.
-  double total_drop = 0;    // Plateau only: relative drop over the whole run.
+  double upward_share = 0;     // See CurveThresholds::rough_upward_share.
+  double rel_amplitude = 0;    // See CurveThresholds::oscillation_rel_amplitude.
+  double tail_drop = 0;        // Plateau only: relative drop over the last 20%.
+  double total_drop = 0;       // Plateau only: relative drop over the whole run.
   bool still_falling = false;  // Plateau only: see CurveThresholds.
-  std::string summary;      // One line with the numbers, for finding messages.
+  std::string summary;         // One line with the numbers, for finding messages.
 };
 
 // True when |loss| <= target. Convergence is judged on magnitude so that an
@@ -55,8 +55,7 @@ bool ReachedTarget(double loss, double target);
 // Classifies a loss curve. `target` is the absolute loss the run had to
 // reach; `stopped_non_finite` is set when training stopped on a NaN/Inf.
 CurveAnalysis ClassifyCurve(const std::vector<double>& losses, double target,
-                            bool stopped_non_finite,
-                            const CurveThresholds& thresholds = {});
+                            bool stopped_non_finite, const CurveThresholds& thresholds = {});
 
 // How a run that reached its target got there. Unstable: before the first
 // step at the target, |loss| rose above diverge_factor x its initial |loss|

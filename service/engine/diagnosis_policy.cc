@@ -73,9 +73,7 @@ std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& a, const PlanIn
   using K = ExperimentKind;
   std::vector<K> plan;
   switch (a.curve_class) {
-    case CurveClass::kRising:
-      plan = {K::kNegatedLoss, K::kLrDiv10, K::kLrDiv100};
-      break;
+    case CurveClass::kRising: plan = {K::kNegatedLoss, K::kLrDiv10, K::kLrDiv100}; break;
     case CurveClass::kDiverged:
       if (a.final_value < 0 || a.best < 0 || a.final_value < a.initial) {
         plan.push_back(K::kNegatedLoss);
@@ -103,8 +101,7 @@ std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& a, const PlanIn
       // Without any gradient no training setting can help.
       if (in.any_grad) plan = {K::kLrMul10};
       break;
-    case CurveClass::kConverged:
-      break;
+    case CurveClass::kConverged: break;
   }
   return plan;
 }
@@ -112,10 +109,10 @@ std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& a, const PlanIn
 v1::Experiment::Outcome GradeExperiment(const CurveAnalysis& original,
                                         const CurveAnalysis& experiment) {
   if (experiment.curve_class == CurveClass::kConverged) return v1::Experiment::CONFIRMED;
-  const double orig_final = std::isfinite(original.final_value) &&
-                                    original.first_non_finite_step < 0
-                                ? std::fabs(original.final_value)
-                                : INFINITY;
+  const double orig_final =
+      std::isfinite(original.final_value) && original.first_non_finite_step < 0
+          ? std::fabs(original.final_value)
+          : INFINITY;
   const double bar = kImprovedShare * std::min(orig_final, std::fabs(original.initial));
   if (experiment.first_non_finite_step < 0 && std::isfinite(experiment.final_value) &&
       std::fabs(experiment.final_value) < bar) {
@@ -142,11 +139,9 @@ double EarlyStopLevel(const CurveAnalysis& original) {
 }
 
 std::string DescribeResult(const ExperimentResult& r) {
-  std::string s = absl::StrFormat("%s (%s): %s", SpecOf(r.kind).name, r.change,
-                                  r.analysis.summary);
+  std::string s = absl::StrFormat("%s (%s): %s", SpecOf(r.kind).name, r.change, r.analysis.summary);
   if (r.improvement_factor > 0) {
-    absl::StrAppendFormat(&s, "; final loss %.3gx lower than the original's",
-                          r.improvement_factor);
+    absl::StrAppendFormat(&s, "; final loss %.3gx lower than the original's", r.improvement_factor);
   }
   if (r.stopped_early) s += "; stopped early: no better than the original's start";
   return s;
@@ -181,8 +176,7 @@ v1::Experiment::Outcome GradeStabilityExperiment(const Stability& original,
                                                  const Stability& s) {
   if (experiment.curve_class != CurveClass::kConverged) return v1::Experiment::NO_EFFECT;
   if (!s.unstable) return v1::Experiment::CONFIRMED;
-  return s.peak_ratio < original.peak_ratio ? v1::Experiment::IMPROVED
-                                            : v1::Experiment::NO_EFFECT;
+  return s.peak_ratio < original.peak_ratio ? v1::Experiment::IMPROVED : v1::Experiment::NO_EFFECT;
 }
 
 std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const PlanInputs& in,
@@ -198,8 +192,8 @@ std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const Pl
                                 r.steps, ChangeFor(r.kind).steps_multiplier)
               : std::string(spec.cause);
       confirmed.push_back(absl::StrFormat(
-          "%s (%s) makes the loss converge, %.4g -> %.4g in %d steps: %s; %s", spec.name,
-          r.change, r.analysis.initial, r.last_loss, r.steps, cause, spec.action));
+          "%s (%s) makes the loss converge, %.4g -> %.4g in %d steps: %s; %s", spec.name, r.change,
+          r.analysis.initial, r.last_loss, r.steps, cause, spec.action));
     } else if (r.outcome == v1::Experiment::IMPROVED &&
                r.improvement_factor >= kNamedImprovementFactor) {
       named.push_back(absl::StrFormat(
@@ -229,8 +223,10 @@ std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const Pl
     return "Not a training-setting problem: the first step already produced a non-finite "
            "value, before any update. Fix the operation named in the numerics finding.";
   }
-  return absl::StrCat("Inconclusive: no gradient reaches the parameters, so no training "
-                      "change can help. ", fallback);
+  return absl::StrCat(
+      "Inconclusive: no gradient reaches the parameters, so no training "
+      "change can help. ",
+      fallback);
 }
 
 }  // namespace preflight::engine

@@ -43,15 +43,15 @@ const ExperimentSpec& SpecOf(ExperimentKind kind);
 
 // The one setting an experiment changes relative to the original run.
 struct ExperimentChange {
-  bool negate_loss = false;   // Train on -loss.
+  bool negate_loss = false;  // Train on -loss.
   // The learning rate becomes lr / lr_divisor * lr_multiplier (written as a
   // division so that lr / 10 is the same double a user would type).
   double lr_divisor = 1;
   double lr_multiplier = 1;
   double Lr(double base_lr) const { return base_lr / lr_divisor * lr_multiplier; }
   bool zero_weight_decay = false;
-  bool eval_mode = false;     // Train with train-mode behaviour off.
-  int steps_multiplier = 1;   // The step budget becomes max_steps x this.
+  bool eval_mode = false;    // Train with train-mode behaviour off.
+  int steps_multiplier = 1;  // The step budget becomes max_steps x this.
 };
 ExperimentChange ChangeFor(ExperimentKind kind);
 // "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode", "max_steps 2000".
@@ -59,10 +59,10 @@ std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps =
 
 // Facts about the original run the plan depends on.
 struct PlanInputs {
-  bool train_mode = true;      // Eval mode is a change only from train mode.
-  bool weight_decay = false;   // Weight decay 0 is a change only from > 0.
-  bool any_grad = false;       // Some parameter received a gradient.
-  int updates = 0;             // Optimizer steps the original run took.
+  bool train_mode = true;     // Eval mode is a change only from train mode.
+  bool weight_decay = false;  // Weight decay 0 is a change only from > 0.
+  bool any_grad = false;      // Some parameter received a gradient.
+  int updates = 0;            // Optimizer steps the original run took.
 };
 
 // The experiments, in the order they run, for a curve that did not
@@ -80,7 +80,7 @@ v1::Experiment::Outcome GradeExperiment(const CurveAnalysis& original,
 
 struct ExperimentResult {
   ExperimentKind kind;
-  std::string change;             // DescribeChange().
+  std::string change;  // DescribeChange().
   v1::Experiment::Outcome outcome;
   CurveAnalysis analysis;         // Of the experiment's own run.
   double last_loss = 0;           // The experiment's last recorded loss.
@@ -145,7 +145,7 @@ std::string DescribeResult(const ExperimentResult& result);
 // verified (e.g. lr x10 lowering the final loss 25x: "the learning rate is
 // too low"); otherwise the hint says what was tried.
 // `fallback` is the finding's canonical hint, kept when nothing explains it.
-std::string DiagnosisHint(const std::vector<ExperimentResult>& results,
-                          const PlanInputs& inputs, const std::string& fallback);
+std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const PlanInputs& inputs,
+                          const std::string& fallback);
 
 }  // namespace preflight::engine

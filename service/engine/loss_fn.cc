@@ -31,13 +31,10 @@ std::optional<std::vector<int64_t>> BroadcastShape(c10::IntArrayRef a, c10::IntA
 
 }  // namespace
 
-std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
-                                              const torch::Tensor& out,
+std::vector<LossInputProblem> CheckLossInputs(const std::string& loss, const torch::Tensor& out,
                                               const torch::Tensor& tg) {
   std::vector<LossInputProblem> problems;
-  auto invalid = [&](std::string m) {
-    problems.push_back({v1::DATA_INVALID, std::move(m)});
-  };
+  auto invalid = [&](std::string m) { problems.push_back({v1::DATA_INVALID, std::move(m)}); };
   const LossInfo* info = FindLoss(loss);
   if (info == nullptr) {
     invalid(absl::StrCat("unknown loss '", loss, "'"));
@@ -45,8 +42,7 @@ std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
   }
   if (info->family == LossFamily::kClassification) {
     if (out.dim() < 2) {
-      invalid(absl::StrCat(loss, " needs output [N, C, ...]; the model output is ",
-                           Describe(out)));
+      invalid(absl::StrCat(loss, " needs output [N, C, ...]; the model output is ", Describe(out)));
       return problems;
     }
     const int64_t classes = out.size(1);
@@ -54,8 +50,8 @@ std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
       std::vector<int64_t> expect(out.sizes().begin(), out.sizes().end());
       expect.erase(expect.begin() + 1);
       if (tg.sizes().vec() != expect) {
-        invalid(absl::StrCat("targets ", Describe(tg), " do not match output ", Describe(out),
-                             ": ", loss, " with class indices needs targets of shape [",
+        invalid(absl::StrCat("targets ", Describe(tg), " do not match output ", Describe(out), ": ",
+                             loss, " with class indices needs targets of shape [",
                              absl::StrJoin(expect, ", "), "]"));
         return problems;
       }
@@ -123,8 +119,8 @@ std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
     const double lo = tg.min().item<double>();
     const double hi = tg.max().item<double>();
     if (lo < 0 || hi > 1) {
-      invalid(absl::StrCat(loss, " needs targets in [0, 1]; targets range over [", lo, ", ",
-                           hi, "]"));
+      invalid(
+          absl::StrCat(loss, " needs targets in [0, 1]; targets range over [", lo, ", ", hi, "]"));
     }
   }
   if (loss == "bce" && problems.empty()) {
@@ -149,9 +145,9 @@ absl::StatusOr<torch::Tensor> ComputeLoss(Model& model, const std::string& loss,
     value = *std::move(own);
   } else {
     if (!output.isTensor()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "forward() returned ", output.tagKind(), "; built-in loss ", loss,
-          " needs a single tensor (or export a loss(output, target) method)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward() returned ", output.tagKind(), "; built-in loss ", loss,
+                       " needs a single tensor (or export a loss(output, target) method)"));
     }
     const torch::Tensor out = output.toTensor();
     try {

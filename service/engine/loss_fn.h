@@ -22,8 +22,7 @@ struct LossInputProblem {
 
 // Static checks of (output, target) against a built-in loss: shapes, dtypes,
 // class-index and probability ranges. Empty when everything fits.
-std::vector<LossInputProblem> CheckLossInputs(const std::string& loss,
-                                              const torch::Tensor& output,
+std::vector<LossInputProblem> CheckLossInputs(const std::string& loss, const torch::Tensor& output,
                                               const torch::Tensor& targets);
 
 // Computes the loss: the model's own loss when `loss` is kModelLoss, else

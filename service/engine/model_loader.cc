@@ -54,8 +54,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& bytes,
           "the file is a torch.export program (archive_format 'pt2'); this engine version "
           "runs TorchScript only: save the model with torch.jit.script (or trace) and "
           "torch.jit.save");
-    default:
-      return LoadTorchScript(bytes, device);
+    default: return LoadTorchScript(bytes, device);
   }
 }
 

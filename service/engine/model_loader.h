@@ -16,9 +16,8 @@ namespace preflight::engine::internal {
 // the model on `device`. `declared` is the format the caller says it sent
 // (ARTIFACT_FORMAT_UNSPECIFIED: detect). INVALID_ARGUMENT with the reason
 // for anything that is not a loadable model, or not of the declared format.
-absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& bytes,
-                                                 const torch::Device& device,
-                                                 v1::ArtifactFormat declared =
-                                                     v1::ARTIFACT_FORMAT_UNSPECIFIED);
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(
+    const std::string& bytes, const torch::Device& device,
+    v1::ArtifactFormat declared = v1::ARTIFACT_FORMAT_UNSPECIFIED);
 
 }  // namespace preflight::engine::internal

@@ -25,13 +25,11 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const RunOptions& o,
   switch (o.optimizer) {
     case Optimizer::kSgd:
       return std::make_unique<torch::optim::SGD>(
-          params,
-          torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+          params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
     case Optimizer::kAdamW:
       return std::make_unique<torch::optim::AdamW>(
           params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
-    case Optimizer::kAdam:
-      break;
+    case Optimizer::kAdam: break;
   }
   return std::make_unique<torch::optim::Adam>(
       params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
@@ -57,9 +55,8 @@ std::vector<UnitPair> FindUnitPairs(const std::vector<NamedTensor>& params) {
       const auto& w = params[i].tensor;
       const auto& b = params[j].tensor;
       if (b.dim() == 1 && w.dim() >= 1 && w.size(0) == b.size(0) && b.size(0) > 1) {
-        pairs.push_back({layer.empty() ? std::string("(root)")
-                                       : layer.substr(0, layer.size() - 1),
-                         i, j});
+        pairs.push_back(
+            {layer.empty() ? std::string("(root)") : layer.substr(0, layer.size() - 1), i, j});
       }
     }
   }
@@ -99,8 +96,8 @@ int FirstNonFiniteParam(const std::vector<torch::Tensor>& ts) {
 }
 
 std::string ParamNonFiniteMessage(const std::string& name, const torch::Tensor& t, int step) {
-  return absl::StrCat(name, " has ", CountNonFinite(t), " NaN/Inf elements after the update of step ",
-                      step);
+  return absl::StrCat(name, " has ", CountNonFinite(t),
+                      " NaN/Inf elements after the update of step ", step);
 }
 
 double NormInDouble(const torch::Tensor& t) {
@@ -149,8 +146,8 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
       trace.params.push_back(std::move(t));
     }
   }
-  const std::vector<UnitPair> unit_pairs = o.collect_stats ? FindUnitPairs(params)
-                                                           : std::vector<UnitPair>{};
+  const std::vector<UnitPair> unit_pairs =
+      o.collect_stats ? FindUnitPairs(params) : std::vector<UnitPair>{};
   std::vector<torch::Tensor> dead_first(unit_pairs.size());
   std::vector<torch::Tensor> dead_last(unit_pairs.size());
 
@@ -202,8 +199,7 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
       if (output.isTensor() && CountNonFinite(output.toTensor()) > 0) {
         const int64_t bad = CountNonFinite(output.toTensor());
         fail(v1::OUTPUT_NON_FINITE, step, "output",
-             absl::StrCat(bad, " of ", output.toTensor().numel(),
-                          " output elements are NaN/Inf"));
+             absl::StrCat(bad, " of ", output.toTensor().numel(), " output elements are NaN/Inf"));
       } else {
         fail(v1::LOSS_NON_FINITE, step, "loss",
              absl::StrCat("loss is ", value, " while the model output is finite"));
@@ -311,8 +307,8 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     try {
       optimizer->step();
     } catch (const std::exception& e) {
-      fail(v1::BACKWARD_ERROR, step, "", absl::StrCat("optimizer step failed: ",
-                                                      TorchErrorStatus(e).message()));
+      fail(v1::BACKWARD_ERROR, step, "",
+           absl::StrCat("optimizer step failed: ", TorchErrorStatus(e).message()));
       break;
     }
     ++trace.updates;
@@ -332,8 +328,9 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     // (see the top of the loop), saving a pass over every weight per step.
     if (step + 1 == o.max_steps) {
       const int bad = FirstNonFiniteParam(tensors);
-      if (bad >= 0) fail(v1::PARAM_NON_FINITE, step, params[bad].name,
-                         ParamNonFiniteMessage(params[bad].name, tensors[bad], step));
+      if (bad >= 0)
+        fail(v1::PARAM_NON_FINITE, step, params[bad].name,
+             ParamNonFiniteMessage(params[bad].name, tensors[bad], step));
     }
     if (trace.failure != v1::FINDING_CODE_UNSPECIFIED) break;
   }

@@ -22,7 +22,7 @@ namespace preflight::engine::internal {
 struct RunOptions {
   // Built from the validated config by RunOptionsFor (checks/check.h); no
   // defaults here, so no second copy of the config's defaults exists.
-  std::string loss;          // Resolved: a built-in name or kModelLoss.
+  std::string loss;  // Resolved: a built-in name or kModelLoss.
   Optimizer optimizer = Optimizer::kAdam;
   double lr = 0;
   double weight_decay = 0;
@@ -30,11 +30,11 @@ struct RunOptions {
   bool negate_loss = false;  // Train on -loss (sign-error experiment).
   bool train_mode = true;
   int max_steps = 0;
-  double target = 0;         // Stop once the loss reaches it (ReachedTarget).
+  double target = 0;  // Stop once the loss reaches it (ReachedTarget).
   uint64_t seed = 0;
-  bool collect_stats = false;  // Per-parameter norms, dead units, update ratios.
+  bool collect_stats = false;       // Per-parameter norms, dead units, update ratios.
   int snapshot_after_updates = -1;  // Copy parameters after this many updates.
-  int anomaly_step = -1;       // Run this step's backward under anomaly mode.
+  int anomaly_step = -1;            // Run this step's backward under anomaly mode.
   // Reaching the target after |loss| passed kDivergeFactor x its start does
   // not end the run: it continues up to this many steps to show whether the
   // loss stays there (0: stop at the target as usual).
@@ -64,21 +64,21 @@ struct DeadLayer {
 };
 
 struct RunTrace {
-  std::vector<double> losses;  // Loss at each step, before that step's update.
+  std::vector<double> losses;           // Loss at each step, before that step's update.
   std::vector<double> grad_norm_total;  // Global gradient L2 norm per update.
-  double param_norm_initial = 0;  // Global L2 norm of the trainable parameters.
-  double param_norm_final = 0;    // The same after the last update.
+  double param_norm_initial = 0;        // Global L2 norm of the trainable parameters.
+  double param_norm_final = 0;          // The same after the last update.
   // The first output tensor (the output, or a tuple's first tensor) of the
   // last recorded step, detached; only with collect_stats.
   torch::Tensor last_output;
-  bool stopped_early = false;     // See RunOptions::early_stop_step.
+  bool stopped_early = false;  // See RunOptions::early_stop_step.
   int updates = 0;             // Optimizer steps taken.
   bool converged = false;
   // The first failure, if any: an error (FORWARD/LOSS/BACKWARD_ERROR) or the
   // first non-finite tensor (OUTPUT/LOSS/GRAD/PARAM_NON_FINITE).
   v1::FindingCode failure = v1::FINDING_CODE_UNSPECIFIED;
   int failure_step = -1;
-  std::string failure_tensor;   // Parameter or tensor name.
+  std::string failure_tensor;  // Parameter or tensor name.
   std::string failure_message;
   std::string anomaly_message;  // Set when anomaly_step ran.
   std::vector<ParamTrack> params;

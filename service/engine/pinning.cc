@@ -11,8 +11,7 @@
 
 namespace preflight::engine::internal {
 
-absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config,
-                                             v1::Environment* env) {
+absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config, v1::Environment* env) {
   // CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises, which is
   // why this runs before anything touches a device.
   const char* cublas = std::getenv("CUBLAS_WORKSPACE_CONFIG");
@@ -53,8 +52,7 @@ absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config,
   if (!spec.ok()) return spec.status();
   torch::Device device = torch::kCPU;
   switch (spec->kind) {
-    case DeviceSpec::kCpu:
-      break;
+    case DeviceSpec::kCpu: break;
     case DeviceSpec::kAuto:
       if (torch::cuda::is_available()) device = torch::Device(torch::kCUDA, 0);
       break;
@@ -63,8 +61,7 @@ absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config,
       if (spec->index >= count) {
         env->set_device(config.device());
         return absl::FailedPreconditionError(absl::StrCat(
-            "device ", config.device(), " requested but this node has ", count,
-            " CUDA device(s)"));
+            "device ", config.device(), " requested but this node has ", count, " CUDA device(s)"));
       }
       device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(spec->index));
       break;

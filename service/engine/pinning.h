@@ -15,7 +15,6 @@ namespace preflight::engine::internal {
 // resolves config.device to a torch device. FAILED_PRECONDITION when the
 // requested CUDA device does not exist here (reported as
 // DEVICE_UNAVAILABLE). Process-global: see engine.h's process model.
-absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config,
-                                             v1::Environment* env);
+absl::StatusOr<torch::Device> PinDeterminism(const v1::CheckConfig& config, v1::Environment* env);
 
 }  // namespace preflight::engine::internal

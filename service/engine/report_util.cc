@@ -3,17 +3,16 @@
 #include <algorithm>
 #include <vector>
 
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace preflight::engine {
 
-v1::Finding* AddFinding(v1::Report* report, v1::FindingCode code,
-                        v1::Finding::Severity severity, absl::string_view check,
-                        absl::string_view message) {
+v1::Finding* AddFinding(v1::Report* report, v1::FindingCode code, v1::Finding::Severity severity,
+                        absl::string_view check, absl::string_view message) {
   v1::Finding* f = report->add_findings();
   f->set_code(code);
   f->set_severity(severity);
@@ -115,16 +114,13 @@ std::string CanonicalHint(v1::FindingCode code) {
              "scale, add normalisation, or clip gradients.";
     case v1::OVERFIT_CONVERGED:
       return "The model, loss and optimizer can fit one batch: the training loop is sound.";
-    case v1::LOSS_RISING:
-      return "A rising loss usually means the objective has the wrong sign.";
+    case v1::LOSS_RISING: return "A rising loss usually means the objective has the wrong sign.";
     case v1::LOSS_DIVERGED:
       return "Diverging loss means numerical instability or too high a learning rate.";
-    case v1::LOSS_OSCILLATING:
-      return "Oscillation usually means the learning rate is too high.";
+    case v1::LOSS_OSCILLATING: return "Oscillation usually means the learning rate is too high.";
     case v1::LOSS_PLATEAU:
       return "A plateau usually means over-regularisation or too low a learning rate.";
-    case v1::LOSS_FLAT:
-      return "A loss flat from step 1 means no gradient reaches the parameters.";
+    case v1::LOSS_FLAT: return "A loss flat from step 1 means no gradient reaches the parameters.";
     case v1::LOSS_NOISY:
       return "Noise on one fixed batch comes from randomness in the model (dropout) or a "
              "learning rate near the stability limit.";
@@ -152,10 +148,8 @@ std::string CanonicalHint(v1::FindingCode code) {
       return "Run on a node with the requested GPU, or pass --device cpu/auto.";
     case v1::CONFIG_INVALID:
       return "Fix the named configuration field (preflight check --help lists the ranges).";
-    case v1::INTERNAL_ERROR:
-      return "Preflight itself failed; please report this with the message.";
-    default:
-      return "";
+    case v1::INTERNAL_ERROR: return "Preflight itself failed; please report this with the message.";
+    default: return "";
   }
 }
 

@@ -19,9 +19,8 @@ namespace preflight::engine {
 
 // Adds a finding whose hint is the code's canonical hint (override with
 // set_hint when an experiment verified something more specific).
-v1::Finding* AddFinding(v1::Report* report, v1::FindingCode code,
-                        v1::Finding::Severity severity, absl::string_view check,
-                        absl::string_view message);
+v1::Finding* AddFinding(v1::Report* report, v1::FindingCode code, v1::Finding::Severity severity,
+                        absl::string_view check, absl::string_view message);
 void AddNumber(v1::Finding* finding, absl::string_view name, double value);
 void AddText(v1::Finding* finding, absl::string_view name, absl::string_view value);
 

@@ -147,5 +147,4 @@ struct CurveThresholds {
   double still_falling_total_drop = 0.9;
 };
 
-
 }  // namespace preflight::engine

@@ -7,9 +7,9 @@ namespace {
 
 // A static_cast between the two enums is only correct while every canonical
 // code has the same number in both; these fail the build if one ever drifts.
-#define PREFLIGHT_SAME_CODE(absl_name, grpc_name)                              \
-  static_assert(static_cast<int>(absl::StatusCode::absl_name) ==               \
-                    static_cast<int>(grpc::StatusCode::grpc_name),             \
+#define PREFLIGHT_SAME_CODE(absl_name, grpc_name)                  \
+  static_assert(static_cast<int>(absl::StatusCode::absl_name) ==   \
+                    static_cast<int>(grpc::StatusCode::grpc_name), \
                 #absl_name " differs between absl::StatusCode and grpc::StatusCode")
 PREFLIGHT_SAME_CODE(kOk, OK);
 PREFLIGHT_SAME_CODE(kCancelled, CANCELLED);
@@ -36,8 +36,7 @@ constexpr int kLastCanonicalCode = static_cast<int>(grpc::StatusCode::UNAUTHENTI
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
@@ -52,12 +51,23 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 }
 
 const char* GrpcCodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {
-      "OK",          "CANCELLED",        "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == kLastCanonicalCode + 1);
   const int i = static_cast<int>(code);
   return i >= 0 && i <= kLastCanonicalCode ? kNames[i] : "UNKNOWN";

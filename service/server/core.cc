@@ -18,9 +18,7 @@ namespace {
 // never finished (timeout, crash, OOM, dead zygote: COMPLETION_TRANSIENT)
 // says nothing stable about the model, and UNSPECIFIED promises nothing. It
 // still answers GetVerdict.
-bool Reusable(const v1::Report& report) {
-  return report.completion() == v1::COMPLETION_FINAL;
-}
+bool Reusable(const v1::Report& report) { return report.completion() == v1::COMPLETION_FINAL; }
 
 // How often a waiting caller is asked whether it has gone away.
 constexpr absl::Duration kCallerPoll = absl::Milliseconds(50);
@@ -56,8 +54,8 @@ bool PreflightCore::Abandoned(InFlight* flight, const Caller& leader, const std:
 bool ValidJobId(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '/' || c == '-';
   });
 }
 
@@ -82,8 +80,7 @@ absl::Status CheckZipHead(absl::string_view head, const std::string& field) {
   std::string shown;
   for (unsigned char c : head.substr(0, 4)) absl::StrAppendFormat(&shown, " %02x", c);
   return absl::InvalidArgumentError(absl::StrCat(
-      field, ": not a TorchScript or torch.save archive (no zip header; starts with", shown,
-      ")"));
+      field, ": not a TorchScript or torch.save archive (no zip header; starts with", shown, ")"));
 }
 
 }  // namespace
@@ -117,8 +114,8 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
                          a.sha256().substr(0, 80), "'"));
       }
       if (!blobs_->Has(a.sha256())) {
-        return absl::NotFoundError(absl::StrCat(field, ".sha256: no uploaded artifact ",
-                                                a.sha256(), "; Upload it first"));
+        return absl::NotFoundError(
+            absl::StrCat(field, ".sha256: no uploaded artifact ", a.sha256(), "; Upload it first"));
       }
       if (absl::Status s = CheckZipHead(blobs_->ReadHead(a.sha256(), 4),
                                         absl::StrCat(field, ".sha256 (uploaded artifact)"));
@@ -134,8 +131,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
 }
 
 absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& request,
-                                                       absl::Time deadline,
-                                                       CancelledFn cancelled) {
+                                                       absl::Time deadline, CancelledFn cancelled) {
   const Caller caller{deadline, std::move(cancelled)};
   const absl::Time start = absl::Now();
   {
@@ -152,9 +148,8 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     return absl::InvalidArgumentError(absl::StrCat("config.", s.message()));
   }
   if (config.timeout_seconds() > config_.max_job_timeout_seconds) {
-    return absl::InvalidArgumentError(absl::StrCat("config.timeout_seconds: at most ",
-                                                   config_.max_job_timeout_seconds,
-                                                   " on this server"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.timeout_seconds: at most ", config_.max_job_timeout_seconds, " on this server"));
   }
   auto model = ResolveArtifact(request.model(), "model");
   if (!model.ok()) return model.status();
@@ -276,8 +271,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   // The verdict is bound to the exact artifacts it was given for.
   result.mutable_report()->set_model_sha256(*model);
   result.mutable_report()->set_batch_sha256(*batch);
-  metrics_->RecordCheck(result.report(), queue_seconds,
-                        absl::ToDoubleSeconds(absl::Now() - start));
+  metrics_->RecordCheck(result.report(), queue_seconds, absl::ToDoubleSeconds(absl::Now() - start));
 
   store::StoredVerdict v;
   v.request_digest = digest;
@@ -306,13 +300,11 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
       break;
     case v1::GetVerdictRequest::kRequestDigest:
       if (!store::IsSha256Hex(request.request_digest())) {
-        return absl::InvalidArgumentError(
-            "request_digest: expected 64 lowercase hex characters");
+        return absl::InvalidArgumentError("request_digest: expected 64 lowercase hex characters");
       }
       v = verdicts_->GetByDigest(request.request_digest());
       break;
-    default:
-      return absl::InvalidArgumentError("key: set job_id or request_digest");
+    default: return absl::InvalidArgumentError("key: set job_id or request_digest");
   }
   if (!v.ok()) return v.status();
   v1::GetVerdictResponse r;
@@ -338,16 +330,16 @@ absl::Status PreflightCore::AcquireSlot(const Caller& caller,
     return absl::OkStatus();
   }
   if (queued_ >= config_.queue_size) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "all ", config_.job_slots, " job slots are busy and the queue of ", config_.queue_size,
-        " is full; retry in a few seconds"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", config_.job_slots, " job slots are busy and the queue of ",
+                     config_.queue_size, " is full; retry in a few seconds"));
   }
   ++queued_;
   metrics_->SetQueueDepth(queued_);
   while (running_ >= config_.job_slots && !draining_) {
     const absl::Duration left = caller.deadline - absl::Now();
-    slot_freed_.wait_for(lock, absl::ToChronoMilliseconds(std::max(
-                                   absl::Milliseconds(1), std::min(left, kCallerPoll))));
+    slot_freed_.wait_for(lock, absl::ToChronoMilliseconds(
+                                   std::max(absl::Milliseconds(1), std::min(left, kCallerPoll))));
     if (running_ < config_.job_slots || draining_) break;
     // A slot freed while unlocked is seen by the loop's own test.
     lock.unlock();

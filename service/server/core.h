@@ -25,8 +25,8 @@
 namespace preflight::server {
 
 struct CoreConfig {
-  int job_slots = 2;            // Checks running at once.
-  int queue_size = 16;          // Checks waiting for a slot; beyond: RESOURCE_EXHAUSTED.
+  int job_slots = 2;                    // Checks running at once.
+  int queue_size = 16;                  // Checks waiting for a slot; beyond: RESOURCE_EXHAUSTED.
   int64_t max_inline_bytes = 16 << 20;  // Per inline artifact.
   int64_t job_memory_bytes = int64_t{8} << 30;  // RLIMIT_AS of each job.
   double max_job_timeout_seconds = 1800;        // Cap on a request's timeout.

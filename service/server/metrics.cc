@@ -42,46 +42,60 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
   impl_.reset(new Impl{
-      BuildCounter().Name("preflight_checks_total")
+      BuildCounter()
+          .Name("preflight_checks_total")
           .Help("Checks that ran to a verdict, by verdict (cache hits excluded).")
           .Register(r),
-      BuildCounter().Name("preflight_findings_total")
+      BuildCounter()
+          .Name("preflight_findings_total")
           .Help("Findings in the verdicts of checks that ran, by finding code.")
           .Register(r),
-      BuildHistogram().Name("preflight_check_duration_seconds")
+      BuildHistogram()
+          .Name("preflight_check_duration_seconds")
           .Help("Time of checks that ran, by phase: queue (waiting for a job slot), load "
                 "(artifact and batch loading), checks (everything the engine ran after "
                 "loading), total (request to verdict).")
           .Register(r),
-      BuildCounter().Name("preflight_rpc_requests_total")
+      BuildCounter()
+          .Name("preflight_rpc_requests_total")
           .Help("RPCs served, by method and gRPC status code.")
           .Register(r),
-      BuildHistogram().Name("preflight_rpc_duration_seconds")
+      BuildHistogram()
+          .Name("preflight_rpc_duration_seconds")
           .Help("RPC latency by method.")
           .Register(r),
-      BuildGauge().Name("preflight_queue_depth")
+      BuildGauge()
+          .Name("preflight_queue_depth")
           .Help("Checks waiting for a job slot.")
-          .Register(r).Add({}),
-      BuildGauge().Name("preflight_job_slots")
-          .Help("Job slots by state (busy, idle).")
-          .Register(r),
-      BuildCounter().Name("preflight_worker_exits_total")
+          .Register(r)
+          .Add({}),
+      BuildGauge().Name("preflight_job_slots").Help("Job slots by state (busy, idle).").Register(r),
+      BuildCounter()
+          .Name("preflight_worker_exits_total")
           .Help("Job processes that ended abnormally, by reason (timeout, crash, oom, sandbox, "
                 "cancelled).")
           .Register(r),
-      BuildCounter().Name("preflight_zygote_restarts_total")
+      BuildCounter()
+          .Name("preflight_zygote_restarts_total")
           .Help("Times the zygote worker died and was restarted.")
-          .Register(r).Add({}),
-      BuildCounter().Name("preflight_cache_requests_total")
+          .Register(r)
+          .Add({}),
+      BuildCounter()
+          .Name("preflight_cache_requests_total")
           .Help("Check requests by verdict-cache result (hit, miss).")
           .Register(r),
-      BuildCounter().Name("preflight_upload_bytes_total")
+      BuildCounter()
+          .Name("preflight_upload_bytes_total")
           .Help("Bytes received through Upload.")
-          .Register(r).Add({}),
-      BuildCounter().Name("preflight_store_errors_total")
+          .Register(r)
+          .Add({}),
+      BuildCounter()
+          .Name("preflight_store_errors_total")
           .Help("Verdict or blob store operations that failed.")
-          .Register(r).Add({}),
-      BuildGauge().Name("preflight_build_info")
+          .Register(r)
+          .Add({}),
+      BuildGauge()
+          .Name("preflight_build_info")
           .Help("Constant 1, labelled with the server version, LibTorch version and device.")
           .Register(r),
   });
@@ -103,8 +117,7 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
 
 ServiceMetrics::~ServiceMetrics() = default;
 
-void ServiceMetrics::RecordRpc(const std::string& method, const std::string& code,
-                               double seconds) {
+void ServiceMetrics::RecordRpc(const std::string& method, const std::string& code, double seconds) {
   impl_->rpc_requests.Add({{"method", method}, {"code", code}}).Increment();
   impl_->rpc_duration.Add({{"method", method}}, DurationBuckets()).Observe(seconds);
 }

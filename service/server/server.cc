@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -67,15 +66,14 @@ class Service final : public v1::Preflight::Service {
     int64_t expected = -1, total = 0;
     while (reader->Read(&req)) {
       if (static_cast<int64_t>(req.chunk().size()) > kMaxChunkBytes) {
-        return ToGrpcStatus(absl::InvalidArgumentError(
-            absl::StrCat("chunk: ", req.chunk().size(), " bytes; at most ", kMaxChunkBytes,
-                         " per message")));
+        return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+            "chunk: ", req.chunk().size(), " bytes; at most ", kMaxChunkBytes, " per message")));
       }
       if (req.expected_size() > 0) expected = req.expected_size();
       if (expected > max_upload_bytes_) {
-        return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-            "expected_size: ", expected, " bytes is over the upload limit of ",
-            max_upload_bytes_)));
+        return ToGrpcStatus(absl::ResourceExhaustedError(
+            absl::StrCat("expected_size: ", expected, " bytes is over the upload limit of ",
+                         max_upload_bytes_)));
       }
       total += static_cast<int64_t>(req.chunk().size());
       if (total > max_upload_bytes_) {
@@ -87,8 +85,8 @@ class Service final : public v1::Preflight::Service {
     }
     if (total == 0) return ToGrpcStatus(absl::InvalidArgumentError("chunk: the upload was empty"));
     if (expected >= 0 && expected != total) {
-      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-          "expected_size: announced ", expected, " bytes but received ", total)));
+      return ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("expected_size: announced ", expected, " bytes but received ", total)));
     }
     auto info = writer->Commit();
     if (!info.ok()) return ToGrpcStatus(info.status());
@@ -153,7 +151,7 @@ Server::~Server() {
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
-                                                     prometheus::Registry& registry) {
+                                                      prometheus::Registry& registry) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->metrics = std::make_unique<ServiceMetrics>(registry);
@@ -177,8 +175,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   impl->core = std::make_unique<PreflightCore>(config.core, impl->stores.blobs.get(),
                                                impl->stores.verdicts.get(), impl->pool.get(),
                                                impl->metrics.get());
-  impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
-                                            impl->metrics.get());
+  impl->service =
+      std::make_unique<Service>(impl->core.get(), config.max_upload_bytes, impl->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

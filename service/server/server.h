@@ -24,7 +24,7 @@ struct ServerConfig {
   // Where verdicts and artifacts live: a directory (SQLite verdicts.db +
   // blobs/) or a backend URL; store/store_factory.h lists the specs.
   std::string store = "preflight-store";
-  std::string worker_binary;                  // preflight-worker; empty: next to this binary.
+  std::string worker_binary;                    // preflight-worker; empty: next to this binary.
   int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
   // Refuse to start on a kernel without Landlock instead of running jobs
   // with seccomp and rlimits only.
@@ -40,7 +40,7 @@ class Server {
   // `registry` receives the service's metrics (exposed by the caller, e.g.
   // on --metrics-address); it must outlive the server.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerConfig& config,
-                                                      prometheus::Registry& registry);
+                                                       prometheus::Registry& registry);
   ~Server();
 
   int port() const;

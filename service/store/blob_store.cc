@@ -18,8 +18,7 @@ std::atomic<uint64_t> g_temp_counter{0};
 
 class FileBlobWriter : public BlobWriter {
  public:
-  FileBlobWriter(const BlobStore* store, std::string dir)
-      : store_(store), dir_(std::move(dir)) {
+  FileBlobWriter(const BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
     temp_ = absl::StrCat(dir_, "/.tmp-", getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   }
@@ -31,8 +30,8 @@ class FileBlobWriter : public BlobWriter {
   absl::Status Append(absl::string_view data) override {
     if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
     if (size_ + static_cast<int64_t>(data.size()) > store_->max_blob_bytes()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "artifact exceeds the server's limit of ", store_->max_blob_bytes(), " bytes"));
+      return absl::ResourceExhaustedError(absl::StrCat("artifact exceeds the server's limit of ",
+                                                       store_->max_blob_bytes(), " bytes"));
     }
     hash_.Update(data);
     size_ += static_cast<int64_t>(data.size());

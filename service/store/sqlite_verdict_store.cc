@@ -64,9 +64,9 @@ absl::Status Migrate(sqlite3* db) {
   const int version = sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int(st.s, 0) : 0;
   if (version == kSchemaVersion) return absl::OkStatus();
   if (version > kSchemaVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "written by a newer Preflight (schema ", version, ", this one reads ", kSchemaVersion,
-        ")"));
+    return absl::FailedPreconditionError(absl::StrCat("written by a newer Preflight (schema ",
+                                                      version, ", this one reads ", kSchemaVersion,
+                                                      ")"));
   }
   // One transaction: a crash mid-migration leaves schema 1 intact.
   return Exec(db,
@@ -145,10 +145,9 @@ SqliteVerdictStore::~SqliteVerdictStore() {
 absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> SqliteVerdictStore::Open(
     const std::string& path) {
   auto impl = std::make_unique<Impl>();
-  const int rc = sqlite3_open_v2(path.c_str(), &impl->db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                     SQLITE_OPEN_FULLMUTEX,
-                                 nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &impl->db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   auto fail = [&](const std::string& why) {
     return absl::FailedPreconditionError(absl::StrCat("verdict store ", path, ": ", why));
   };
@@ -168,9 +167,9 @@ absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> SqliteVerdictStore::Open(
       return fail(why);
     }
     const int step = sqlite3_step(st.s);
-    const std::string result =
-        step == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0))
-                           : sqlite3_errmsg(impl->db);
+    const std::string result = step == SQLITE_ROW
+                                   ? reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0))
+                                   : sqlite3_errmsg(impl->db);
     if (result != "ok") {
       sqlite3_finalize(st.s);
       st.s = nullptr;

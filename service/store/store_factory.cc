@@ -46,10 +46,10 @@ absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes
   if (spec.empty()) return absl::InvalidArgumentError("store: must not be empty");
   const std::string scheme = SchemeOf(spec);
   if (scheme.empty()) return OpenDirectory(spec, max_blob_bytes);
-  return absl::InvalidArgumentError(absl::StrCat(
-      "store: no '", scheme, "' backend in this build (", scheme,
-      "://... is not supported yet); pass a directory for the embedded store (SQLite "
-      "verdicts + blob files)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("store: no '", scheme, "' backend in this build (", scheme,
+                   "://... is not supported yet); pass a directory for the embedded store (SQLite "
+                   "verdicts + blob files)"));
 }
 
 }  // namespace preflight::store

@@ -123,8 +123,8 @@ ChildOutcome RunInChild(const std::function<std::string(int result_fd)>& fn,
       break;
     }
     pollfd p{fds[0], POLLIN, 0};
-    const int wait_ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1,
-                                                           1 << 30));
+    const int wait_ms =
+        static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
     const int r = poll(&p, 1, wait_ms);
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -147,8 +147,7 @@ ChildOutcome RunInChild(const std::function<std::string(int result_fd)>& fn,
   }
   // Anything the model spawned dies with its group.
   kill(-pid, SIGKILL);
-  return OutcomeFromChild(data, wstatus, timed_out,
-                          absl::ToDoubleSeconds(absl::Now() - start));
+  return OutcomeFromChild(data, wstatus, timed_out, absl::ToDoubleSeconds(absl::Now() - start));
 }
 
 ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_out,
@@ -195,10 +194,10 @@ v1::Report ReportFromOutcome(const ChildOutcome& o, const v1::CheckConfig& confi
     engine::AddFinding(&report, v1::INTERNAL_ERROR, v1::Finding::ERROR, "worker",
                        "the worker's report could not be decoded");
   } else if (o.status == ChildStatus::kTimeout) {
-    auto* f = engine::AddFinding(
-        &report, v1::WORKER_TIMEOUT, v1::Finding::ERROR, "worker",
-        absl::StrFormat("the check did not finish within %.0f s and was killed",
-                        config.timeout_seconds()));
+    auto* f =
+        engine::AddFinding(&report, v1::WORKER_TIMEOUT, v1::Finding::ERROR, "worker",
+                           absl::StrFormat("the check did not finish within %.0f s and was killed",
+                                           config.timeout_seconds()));
     engine::AddNumber(f, "timeout_seconds", config.timeout_seconds());
   } else if (o.status == ChildStatus::kSignaled && o.signal == SIGSYS) {
     auto* f = engine::AddFinding(
@@ -207,16 +206,14 @@ v1::Report ReportFromOutcome(const ChildOutcome& o, const v1::CheckConfig& confi
         "ptrace, ...) and was killed (SIGSYS)");
     engine::AddNumber(f, "signal", o.signal);
   } else if (o.status == ChildStatus::kSignaled && o.signal == SIGXCPU) {
-    auto* f = engine::AddFinding(
-        &report, v1::WORKER_TIMEOUT, v1::Finding::ERROR, "worker",
-        "the check used up its CPU-time limit and was killed (SIGXCPU)");
+    auto* f = engine::AddFinding(&report, v1::WORKER_TIMEOUT, v1::Finding::ERROR, "worker",
+                                 "the check used up its CPU-time limit and was killed (SIGXCPU)");
     engine::AddNumber(f, "signal", o.signal);
   } else if (o.status == ChildStatus::kSignaled) {
     const char* name = sigabbrev_np(o.signal);
-    auto* f = engine::AddFinding(
-        &report, v1::WORKER_CRASHED, v1::Finding::ERROR, "worker",
-        absl::StrFormat("the worker process died from signal %d (SIG%s)", o.signal,
-                        name != nullptr ? name : "?"));
+    auto* f = engine::AddFinding(&report, v1::WORKER_CRASHED, v1::Finding::ERROR, "worker",
+                                 absl::StrFormat("the worker process died from signal %d (SIG%s)",
+                                                 o.signal, name != nullptr ? name : "?"));
     engine::AddNumber(f, "signal", o.signal);
   } else if (o.status == ChildStatus::kExited) {
     auto* f = engine::AddFinding(

@@ -23,11 +23,11 @@
 namespace preflight::worker {
 
 enum class ChildStatus {
-  kOk,          // The child returned a payload and exited 0.
-  kTimeout,     // Killed at the deadline.
-  kSignaled,    // Died from a signal it did not get from us.
-  kExited,      // Exited without a complete payload (exit code in exit_code).
-  kSpawnFailed, // fork/pipe failed (message in error).
+  kOk,           // The child returned a payload and exited 0.
+  kTimeout,      // Killed at the deadline.
+  kSignaled,     // Died from a signal it did not get from us.
+  kExited,       // Exited without a complete payload (exit code in exit_code).
+  kSpawnFailed,  // fork/pipe failed (message in error).
 };
 
 struct ChildOutcome {
@@ -56,8 +56,7 @@ int UsableCpus();
 [[noreturn]] void RunChildBody(int write_fd, const std::function<std::string()>& fn);
 
 // The parent side: decodes what the child sent (`data`) and how it ended.
-ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_out,
-                              double seconds);
+ChildOutcome OutcomeFromChild(const std::string& data, int wstatus, bool timed_out, double seconds);
 
 // Turns a child outcome into a report: the child's own report when it
 // produced one, else an ERROR report with WORKER_TIMEOUT (deadline or

@@ -18,10 +18,8 @@ bool StoppedByError(const v1::Finding& f) {
     case v1::LOSS_ERROR:
     case v1::BACKWARD_ERROR:
     case v1::INTERNAL_ERROR:
-    case v1::WORKER_CRASHED:
-      return true;
-    default:
-      return false;
+    case v1::WORKER_CRASHED: return true;
+    default: return false;
   }
 }
 
@@ -88,12 +86,12 @@ v1::Report FromRecord(v1::JobRecord record, const ChildOutcome& o, const v1::Che
   if (stopped == nullptr) return report;
   const v1::Finding original = *stopped;
   if (const v1::JobIncident* a = FirstRaised(record, v1::JobIncident::ALLOCATION_FAILED)) {
-    Reclassify(&report, v1::WORKER_OOM,
-               absl::StrCat("the check exceeded its memory limit of ", memory_limit >> 20,
-                            " MiB (", a->call(),
-                            a->bytes() > 0 ? absl::StrCat(" of ", a->bytes(), " bytes") : "",
-                            " failed): ", original.message()),
-               original, v1::COMPLETION_TRANSIENT);
+    Reclassify(
+        &report, v1::WORKER_OOM,
+        absl::StrCat("the check exceeded its memory limit of ", memory_limit >> 20, " MiB (",
+                     a->call(), a->bytes() > 0 ? absl::StrCat(" of ", a->bytes(), " bytes") : "",
+                     " failed): ", original.message()),
+        original, v1::COMPLETION_TRANSIENT);
     v1::Finding* f = report.mutable_findings(0);
     engine::AddNumber(f, "memory_limit_bytes", static_cast<double>(memory_limit));
     if (a->bytes() > 0) engine::AddNumber(f, "requested_bytes", static_cast<double>(a->bytes()));

@@ -98,8 +98,8 @@ absl::Status Read(int fd, google::protobuf::MessageLite* message,
   if (!got.ok()) return got.status();
   if (*got == 0) return absl::UnavailableError("end of stream");
   if (*got < 4) return absl::DataLossError("frame: torn header");
-  const uint32_t len = header[0] | (header[1] << 8) | (header[2] << 16) |
-                       (static_cast<uint32_t>(header[3]) << 24);
+  const uint32_t len =
+      header[0] | (header[1] << 8) | (header[2] << 16) | (static_cast<uint32_t>(header[3]) << 24);
   if (len > kMaxFrameBytes) return absl::DataLossError(absl::StrCat("frame: length ", len));
   std::string body(len, '\0');
   got = ReadAll(fd, body.data(), len, fds, &too_many);
@@ -107,8 +107,7 @@ absl::Status Read(int fd, google::protobuf::MessageLite* message,
   if (*got < len) return absl::DataLossError("frame: torn body");
   if (too_many || (fds != nullptr && fds->size() > static_cast<size_t>(kMaxFrameFds))) {
     if (fds != nullptr) fds->clear();
-    return absl::DataLossError(
-        absl::StrCat("frame: more than ", kMaxFrameFds, " descriptors"));
+    return absl::DataLossError(absl::StrCat("frame: more than ", kMaxFrameFds, " descriptors"));
   }
   if (!message->ParseFromString(body)) return absl::DataLossError("frame: bad message");
   return absl::OkStatus();

@@ -123,9 +123,9 @@ void TakeIncidents(v1::JobRecord* record) {
 
 // The interposers. Each forwards to the next definition (libc's) and notes a
 // refusal; errno is preserved for the caller.
-using preflight::worker::NoteOpen;
-using preflight::worker::Next;
 using preflight::worker::NeedsMode;
+using preflight::worker::Next;
+using preflight::worker::NoteOpen;
 
 extern "C" {
 

@@ -108,12 +108,12 @@ void NoteCudaFallback(const SandboxPolicy& policy, const v1::CheckConfig& config
 }
 
 std::string DescribePolicy(const SandboxPolicy& p, int landlock_abi) {
-  std::string s = landlock_abi > 0
-                      ? absl::StrCat("landlock v", landlock_abi, " (read: inputs + ",
-                                     p.readable_dirs.size(), " dirs; write: ",
-                                     p.device_files.empty() ? "nothing" : "GPU device nodes",
-                                     ")")
-                      : std::string("no landlock (kernel lacks it)");
+  std::string s =
+      landlock_abi > 0
+          ? absl::StrCat("landlock v", landlock_abi, " (read: inputs + ", p.readable_dirs.size(),
+                         " dirs; write: ", p.device_files.empty() ? "nothing" : "GPU device nodes",
+                         ")")
+          : std::string("no landlock (kernel lacks it)");
   absl::StrAppend(&s, ", seccomp deny-list, rlimits: ");
   if (p.address_space_bytes > 0) {
     absl::StrAppend(&s, "address space ", p.address_space_bytes >> 20, " MiB");

@@ -31,8 +31,8 @@ bool MayUseCuda(absl::string_view device);
 std::vector<std::string> CudaReadableDirs();
 
 // The policy for `job`: the libraries, the result pipe; the CPU budget of
-// engine::DeriveBudgets (a backstop behind the wall-clock kill); the GPU additions above when `nvidia_devices` is non-empty and the
-// job may use CUDA.
+// engine::DeriveBudgets (a backstop behind the wall-clock kill); the GPU additions above when
+// `nvidia_devices` is non-empty and the job may use CUDA.
 SandboxPolicy JobPolicy(const v1::WorkerJob& job, const std::vector<std::string>& lib_dirs,
                         const std::vector<std::string>& nvidia_devices, int usable_cpus,
                         int result_fd);

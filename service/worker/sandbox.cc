@@ -22,11 +22,11 @@
 #define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)
 #endif
 // Newer than Debian bookworm's kernel headers (values from the kernel UAPI).
-constexpr uint64_t kLandlockFsIoctlDev = 1ULL << 15;       // ABI 5.
-constexpr uint64_t kLandlockNetBindTcp = 1ULL << 0;        // ABI 4.
-constexpr uint64_t kLandlockNetConnectTcp = 1ULL << 1;     // ABI 4.
-constexpr uint64_t kLandlockScopeAbstractUnix = 1ULL << 0; // ABI 6.
-constexpr uint64_t kLandlockScopeSignal = 1ULL << 1;       // ABI 6.
+constexpr uint64_t kLandlockFsIoctlDev = 1ULL << 15;        // ABI 5.
+constexpr uint64_t kLandlockNetBindTcp = 1ULL << 0;         // ABI 4.
+constexpr uint64_t kLandlockNetConnectTcp = 1ULL << 1;      // ABI 4.
+constexpr uint64_t kLandlockScopeAbstractUnix = 1ULL << 0;  // ABI 6.
+constexpr uint64_t kLandlockScopeSignal = 1ULL << 1;        // ABI 6.
 
 namespace preflight::worker {
 namespace {
@@ -53,8 +53,8 @@ absl::Status CloseInheritedFds(int keep_fd) {
 }
 
 int LandlockAbi() {
-  const long abi = syscall(SYS_landlock_create_ruleset, nullptr, 0,
-                           LANDLOCK_CREATE_RULESET_VERSION);
+  const long abi =
+      syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
   return abi < 0 ? 0 : static_cast<int>(abi);
 }
 
@@ -99,12 +99,11 @@ absl::Status ApplyLandlock(const SandboxPolicy& p, int abi) {
     attr.scoped = kLandlockScopeAbstractUnix | kLandlockScopeSignal;
     attr_size = 3 * sizeof(uint64_t);
   }
-  const int ruleset =
-      static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0));
+  const int ruleset = static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0));
   if (ruleset < 0) return Errno("landlock_create_ruleset");
   const uint64_t read_file = LANDLOCK_ACCESS_FS_READ_FILE;
-  const uint64_t read_dir = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR |
-                            LANDLOCK_ACCESS_FS_EXECUTE;
+  const uint64_t read_dir =
+      LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR | LANDLOCK_ACCESS_FS_EXECUTE;
   absl::Status s;
   for (const auto& f : p.readable_files) {
     if (s.ok()) s = AddPathRule(ruleset, f, read_file);
@@ -132,33 +131,29 @@ absl::Status ApplySeccomp() {
   auto deny = [&](int nr) {
     if (rc == 0) rc = seccomp_rule_add(ctx, die, nr, 0);
   };
-  for (int nr : {SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace),
-                 SCMP_SYS(process_vm_readv), SCMP_SYS(process_vm_writev), SCMP_SYS(fork),
-                 SCMP_SYS(vfork), SCMP_SYS(connect), SCMP_SYS(bind), SCMP_SYS(listen),
-                 SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(mount), SCMP_SYS(umount2),
-                 SCMP_SYS(setns), SCMP_SYS(unshare), SCMP_SYS(bpf), SCMP_SYS(keyctl),
-                 SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(chroot),
-                 SCMP_SYS(pivot_root), SCMP_SYS(init_module), SCMP_SYS(finit_module),
-                 SCMP_SYS(kexec_load),
-                 // io_uring performs opens, connects and sockets without the
-                 // syscalls this filter inspects.
-                 SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
-                 SCMP_SYS(io_uring_register),
-                 // Signals and fds of other processes by pidfd.
-                 SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd),
-                 // File metadata: Landlock does not cover it, and a server
-                 // run as root would let a job chmod or chown any file.
-                 SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown),
-                 SCMP_SYS(fchown), SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(setxattr),
-                 SCMP_SYS(lsetxattr), SCMP_SYS(fsetxattr), SCMP_SYS(removexattr),
-                 SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
-                 // Host-wide state a root job could change; kernel attack
-                 // surface no check needs.
-                 SCMP_SYS(reboot), SCMP_SYS(swapon), SCMP_SYS(swapoff),
-                 SCMP_SYS(settimeofday), SCMP_SYS(clock_settime), SCMP_SYS(clock_adjtime),
-                 SCMP_SYS(adjtimex), SCMP_SYS(sethostname), SCMP_SYS(setdomainname),
-                 SCMP_SYS(acct), SCMP_SYS(quotactl), SCMP_SYS(iopl), SCMP_SYS(ioperm),
-                 SCMP_SYS(perf_event_open), SCMP_SYS(userfaultfd)}) {
+  for (int nr :
+       {SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
+        SCMP_SYS(process_vm_writev), SCMP_SYS(fork), SCMP_SYS(vfork), SCMP_SYS(connect),
+        SCMP_SYS(bind), SCMP_SYS(listen), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(mount),
+        SCMP_SYS(umount2), SCMP_SYS(setns), SCMP_SYS(unshare), SCMP_SYS(bpf), SCMP_SYS(keyctl),
+        SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(chroot), SCMP_SYS(pivot_root),
+        SCMP_SYS(init_module), SCMP_SYS(finit_module), SCMP_SYS(kexec_load),
+        // io_uring performs opens, connects and sockets without the
+        // syscalls this filter inspects.
+        SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register),
+        // Signals and fds of other processes by pidfd.
+        SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd),
+        // File metadata: Landlock does not cover it, and a server
+        // run as root would let a job chmod or chown any file.
+        SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown), SCMP_SYS(fchown),
+        SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(setxattr), SCMP_SYS(lsetxattr),
+        SCMP_SYS(fsetxattr), SCMP_SYS(removexattr), SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
+        // Host-wide state a root job could change; kernel attack
+        // surface no check needs.
+        SCMP_SYS(reboot), SCMP_SYS(swapon), SCMP_SYS(swapoff), SCMP_SYS(settimeofday),
+        SCMP_SYS(clock_settime), SCMP_SYS(clock_adjtime), SCMP_SYS(adjtimex), SCMP_SYS(sethostname),
+        SCMP_SYS(setdomainname), SCMP_SYS(acct), SCMP_SYS(quotactl), SCMP_SYS(iopl),
+        SCMP_SYS(ioperm), SCMP_SYS(perf_event_open), SCMP_SYS(userfaultfd)}) {
     deny(nr);
   }
   // Signals only to itself (abort() and thread cancellation use tgkill on
@@ -166,8 +161,8 @@ absl::Status ApplySeccomp() {
   // run as the same user. Landlock's signal scope adds tkill on kernels with
   // ABI 6. The pid argument is an int: compare its low 32 bits.
   const auto self = static_cast<scmp_datum_t>(static_cast<uint32_t>(getpid()));
-  for (int nr : {SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(rt_sigqueueinfo),
-                 SCMP_SYS(rt_tgsigqueueinfo)}) {
+  for (int nr :
+       {SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)}) {
     if (rc == 0) rc = seccomp_rule_add(ctx, die, nr, 1, SCMP_A0_32(SCMP_CMP_NE, self));
   }
   // Sockets: only AF_UNIX (LibTorch never needs more; nothing needs it here),

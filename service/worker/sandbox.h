@@ -37,7 +37,7 @@ struct SandboxPolicy {
   int64_t open_files = 64;                  // RLIMIT_NOFILE.
   int64_t stack_bytes = 8 << 20;            // RLIMIT_STACK; 0 = inherited.
   int64_t max_user_tasks = 4096;            // RLIMIT_NPROC (per user!); 0 = inherited.
-  bool seccomp = true;  // false only in tests that probe the layers beneath it.
+  bool seccomp = true;                      // false only in tests that probe the layers beneath it.
 };
 
 // Applies every layer, in order. Call in the child only: it is

@@ -87,8 +87,8 @@ absl::Status WorkerPool::Spawn() {
     close(sv[0]);
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the job sandbox cannot be applied on this host: ", hello.sandbox_error()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the job sandbox cannot be applied on this host: ", hello.sandbox_error()));
   }
   last_start_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
   landlock_abi_ = hello.landlock_abi();
@@ -141,7 +141,8 @@ void WorkerPool::ReaderLoop() {
     for (int attempt = 0; !stopping_; ++attempt) {
       if (Spawn().ok()) break;
       lock.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5000, 100 << std::min(attempt, 6))));
+      std::this_thread::sleep_for(
+          std::chrono::milliseconds(std::min(5000, 100 << std::min(attempt, 6))));
       lock.lock();
     }
     ++restarts_;

@@ -65,8 +65,7 @@ class WorkerPool : public JobRunner {
   // The zygote enforces the job's deadline; a dead zygote completes the job
   // with an ERROR report. `abandoned` is polled every kAbandonPoll; once true
   // the zygote is told to kill the job.
-  v1::WorkerResult Run(v1::WorkerJob job, JobInputs inputs,
-                       const AbandonedFn& abandoned) override;
+  v1::WorkerResult Run(v1::WorkerJob job, JobInputs inputs, const AbandonedFn& abandoned) override;
   static constexpr absl::Duration kAbandonPoll = absl::Milliseconds(50);
   std::string engine_version() const override;
   std::string torch_version() const;

@@ -82,8 +82,7 @@ bool ReadFd(int fd, std::string* out) {
       report->set_completion(v1::COMPLETION_TRANSIENT);
       return record.SerializeAsString();
     }
-    const SandboxPolicy policy =
-        JobPolicy(job, lib_dirs, nvidia_devices, UsableCpus(), write_fd);
+    const SandboxPolicy policy = JobPolicy(job, lib_dirs, nvidia_devices, UsableCpus(), write_fd);
     // CUDA's kernel cache would be written under $HOME: nothing is writable.
     if (!policy.device_files.empty()) setenv("CUDA_CACHE_DISABLE", "1", 1);
     int landlock_abi = 0;
@@ -127,11 +126,8 @@ std::string ProbeSandbox(const std::vector<std::string>& lib_dirs, int* landlock
       },
       absl::Seconds(30));
   switch (o.status) {
-    case ChildStatus::kOk:
-      *landlock_abi = std::atoi(o.payload.c_str());
-      return "";
-    case ChildStatus::kTimeout:
-      return "the sandbox probe did not finish in 30 s";
+    case ChildStatus::kOk: *landlock_abi = std::atoi(o.payload.c_str()); return "";
+    case ChildStatus::kTimeout: return "the sandbox probe did not finish in 30 s";
     case ChildStatus::kSignaled:
       return absl::StrCat("the sandbox probe died from signal ", o.signal);
     default:
@@ -181,8 +177,8 @@ int RunZygote(int control_fd) {
     }
     int timeout_ms = -1;
     if (next != absl::InfiniteFuture()) {
-      timeout_ms = static_cast<int>(
-          std::max<int64_t>(0, absl::ToInt64Milliseconds(next - absl::Now()) + 1));
+      timeout_ms =
+          static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(next - absl::Now()) + 1));
     }
     if (reap_pending) timeout_ms = timeout_ms < 0 ? 20 : std::min(timeout_ms, 20);
     if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) return 1;
@@ -212,8 +208,10 @@ int RunZygote(int control_fd) {
         Running r;
         r.job = job;
         r.start = absl::Now();
-        r.deadline = r.start + absl::Seconds(engine::DeriveBudgets(job.config().timeout_seconds())
-                                                 .job_deadline_seconds);
+        r.deadline =
+            r.start +
+            absl::Seconds(
+                engine::DeriveBudgets(job.config().timeout_seconds()).job_deadline_seconds);
         const absl::Time before_fork = absl::Now();
         const pid_t zygote = getpid();
         const pid_t pid = fork();
@@ -287,8 +285,7 @@ int RunZygote(int control_fd) {
         res.set_exit_reason("cancelled");
       } else {
         const ChildOutcome o = OutcomeFromChild(it->data, wstatus, it->timed_out, seconds);
-        *res.mutable_report() =
-            ReportFromJob(o, it->job.config(), it->job.memory_limit_bytes());
+        *res.mutable_report() = ReportFromJob(o, it->job.config(), it->job.memory_limit_bytes());
         res.set_exit_reason(ExitReason(res.report()));
       }
       res.set_fork_seconds(it->fork_seconds);

@@ -10,9 +10,9 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 TEST(ParseCheckArgs, DefaultsAndOverrides) {
-  auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch=b.pt", "--lr", "0.01", "--steps",
-                             "100", "--optimizer", "sgd", "--momentum", "0.9", "--json",
-                             "--eval-mode", "--seed", "7", "--device", "cpu"});
+  auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch=b.pt", "--lr", "0.01", "--steps", "100",
+                             "--optimizer", "sgd", "--momentum", "0.9", "--json", "--eval-mode",
+                             "--seed", "7", "--device", "cpu"});
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   EXPECT_EQ(cmd->model_path, "m.pt");
   EXPECT_EQ(cmd->batch_path, "b.pt");
@@ -33,7 +33,8 @@ TEST(ParseCheckArgs, ErrorsNameTheFlag) {
   } cases[] = {
       {{"--batch", "b"}, "--model: is required"},
       {{"--model", "m"}, "--batch: is required"},
-      {{"--model", "m", "--batch", "b", "--lr", "-1"}, "--lr: must be a finite number in (0, 1000], got -1"},
+      {{"--model", "m", "--batch", "b", "--lr", "-1"},
+       "--lr: must be a finite number in (0, 1000], got -1"},
       {{"--model", "m", "--batch", "b", "--lr", "fast"}, "--lr: expected a number"},
       {{"--model", "m", "--batch", "b", "--loss", "hinge"}, "--loss: unknown loss 'hinge'"},
       {{"--model", "m", "--batch", "b", "--optimizer", "lbfgs"}, "--optimizer: unknown"},
@@ -146,8 +147,8 @@ TEST(ParseAttestArgs, NeedsTheModelAndAJobId) {
   EXPECT_EQ(ok->batch_path, "b");
   EXPECT_THAT(std::string(ParseAttestArgs({"--server", "h:1", "--job-id", "j"}).status().message()),
               HasSubstr("--model: is required"));
-  EXPECT_THAT(std::string(ParseAttestArgs({"--server", "h:1", "--digest", std::string(64, 'a'),
-                                           "--model", "m"})
+  EXPECT_THAT(std::string(ParseAttestArgs(
+                              {"--server", "h:1", "--digest", std::string(64, 'a'), "--model", "m"})
                               .status()
                               .message()),
               HasSubstr("--digest: attest takes --job-id"));
@@ -167,8 +168,8 @@ TEST(RenderVerdict, ShowsWhatARebindingReplaced) {
   const std::string text = RenderVerdict(r);
   EXPECT_THAT(text, HasSubstr("verdict PASS  job train/run-1  digest " + r.request_digest()));
   EXPECT_THAT(text, HasSubstr("rebound: job train/run-1 pointed at 1 earlier check(s)"));
-  EXPECT_THAT(text, HasSubstr("FAIL  digest " + std::string(64, 'e') +
-                              "  bound 2025-12-02 00:00:00 UTC"));
+  EXPECT_THAT(
+      text, HasSubstr("FAIL  digest " + std::string(64, 'e') + "  bound 2025-12-02 00:00:00 UTC"));
   r.clear_bindings();
   EXPECT_THAT(RenderVerdict(r), ::testing::Not(HasSubstr("rebound")));
 }

@@ -77,8 +77,8 @@ TEST(ValidateConfig, RejectsEachBadFieldByName) {
 }
 
 TEST(ValidateConfig, AcceptsEveryBuiltinLossAndDevice) {
-  for (const char* loss : {"cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits",
-                           "bce", "model.loss"}) {
+  for (const char* loss :
+       {"cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce_with_logits", "bce", "model.loss"}) {
     v1::CheckConfig c = Defaults();
     c.set_loss(loss);
     EXPECT_TRUE(ValidateConfig(c).ok()) << loss;

@@ -41,8 +41,7 @@ std::vector<double> Rising(int n) {
 }
 
 PlanInputs Trained(bool train_mode = true, bool weight_decay = false) {
-  return {.train_mode = train_mode, .weight_decay = weight_decay, .any_grad = true,
-          .updates = 100};
+  return {.train_mode = train_mode, .weight_decay = weight_decay, .any_grad = true, .updates = 100};
 }
 
 TEST(PlanExperiments, EachCurveClassGetsItsExperiments) {
@@ -120,8 +119,11 @@ TEST(EarlyStopLevel, TheWorseOfTheOriginalsStartAndEnd) {
 }
 
 FloorEvidence Stationary() {
-  return {.grad_norm_initial = 1.0, .grad_norm_final = 0.005, .param_norm_final = 7.0,
-          .memorised_share = 1.0, .clean = true};
+  return {.grad_norm_initial = 1.0,
+          .grad_norm_final = 0.005,
+          .param_norm_final = 7.0,
+          .memorised_share = 1.0,
+          .clean = true};
 }
 
 TEST(JudgeFloor, StationaryMemorisedCleanPlateauIsAFloor) {
@@ -183,16 +185,14 @@ TEST(GradeStabilityExperiment, ConfirmedOnlyWithoutTheSpike) {
   original.unstable = true;
   const std::vector<double> clean = Geometric(2.3, 0.9, 60);
   const CurveAnalysis converged = Classify(clean);
-  EXPECT_EQ(GradeStabilityExperiment(original, converged,
-                                     AnalyzeStability(clean, 0.023)),
+  EXPECT_EQ(GradeStabilityExperiment(original, converged, AnalyzeStability(clean, 0.023)),
             v1::Experiment::CONFIRMED);
   std::vector<double> smaller_spike = {2.3, 300, 50, 0.01};
   EXPECT_EQ(GradeStabilityExperiment(original, Classify(smaller_spike),
                                      AnalyzeStability(smaller_spike, 0.023)),
             v1::Experiment::IMPROVED);
   const std::vector<double> stalled = Plateau(2.3, 1.0, 200);
-  EXPECT_EQ(GradeStabilityExperiment(original, Classify(stalled),
-                                     AnalyzeStability(stalled, 0.023)),
+  EXPECT_EQ(GradeStabilityExperiment(original, Classify(stalled), AnalyzeStability(stalled, 0.023)),
             v1::Experiment::NO_EFFECT);
 }
 
@@ -243,17 +243,17 @@ ExperimentResult Result(K kind, v1::Experiment::Outcome outcome, const std::vect
 TEST(DiagnosisHint, NamesOnlyConfirmedCauses) {
   const auto converged = Geometric(2.3, 0.9, 50);
   const auto stalled = Plateau(2.3, 1.0, 200);
-  const std::string hint = DiagnosisHint(
-      {Result(K::kNegatedLoss, v1::Experiment::CONFIRMED, converged),
-       Result(K::kLrDiv10, v1::Experiment::NO_EFFECT, stalled)},
-      Trained(), "fallback");
+  const std::string hint =
+      DiagnosisHint({Result(K::kNegatedLoss, v1::Experiment::CONFIRMED, converged),
+                     Result(K::kLrDiv10, v1::Experiment::NO_EFFECT, stalled)},
+                    Trained(), "fallback");
   EXPECT_THAT(hint, HasSubstr("Verified: negated_loss (train on -loss) makes the loss converge"));
   EXPECT_THAT(hint, HasSubstr("the objective has the wrong sign"));
   EXPECT_THAT(hint, ::testing::Not(HasSubstr("learning rate")));
 
-  const std::string partial = DiagnosisHint(
-      {Result(K::kLrMul10, v1::Experiment::IMPROVED, Plateau(2.3, 0.3, 200))}, Trained(),
-      "fallback");
+  const std::string partial =
+      DiagnosisHint({Result(K::kLrMul10, v1::Experiment::IMPROVED, Plateau(2.3, 0.3, 200))},
+                    Trained(), "fallback");
   EXPECT_THAT(partial, HasSubstr("Not confirmed, partly explained: lr_mul_10 (lr 0.01)"));
   EXPECT_THAT(partial, HasSubstr("fallback"));
 

@@ -19,8 +19,8 @@ using ::testing::HasSubstr;
 void Break(std::mt19937& rng, v1::CheckConfig* c) {
   const double bad_numbers[] = {-1, 0, -1e300, 1e300, std::nan(""), INFINITY, -INFINITY, 1.5};
   const int bad_ints[] = {-1, 0, -2147483647, 2147483647, kMaxSteps + 1, 1025};
-  const char* bad_strings[] = {"", "hinge", "tpu", "cuda:", "cuda:-1", "cuda:99999", "\xff\xfe",
-                               "ADAM", "model.loss2", "cuda:0x"};
+  const char* bad_strings[] = {"",           "hinge",    "tpu",  "cuda:",       "cuda:-1",
+                               "cuda:99999", "\xff\xfe", "ADAM", "model.loss2", "cuda:0x"};
   auto num = [&] { return bad_numbers[rng() % std::size(bad_numbers)]; };
   auto in = [&] { return bad_ints[rng() % std::size(bad_ints)]; };
   auto str = [&] { return std::string(bad_strings[rng() % std::size(bad_strings)]); };

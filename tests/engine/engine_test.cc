@@ -10,20 +10,20 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
-#include "service/engine/config.h"
-#include "service/engine/report_util.h"
 #include "service/engine/batch.h"
+#include "service/engine/config.h"
 #include "service/engine/loss_fn.h"
 #include "service/engine/model_loader.h"
 #include "service/engine/overfit.h"
+#include "service/engine/report_util.h"
 
 namespace preflight::engine {
 namespace {
 
-using ::testing::HasSubstr;
 using internal::CheckLossInputs;
 using internal::LoadBatch;
 using internal::LoadModel;
+using ::testing::HasSubstr;
 
 torch::Tensor Trainable(const torch::Tensor& t) { return t.detach().requires_grad_(true); }
 
@@ -50,7 +50,8 @@ torch::jit::Module Mlp(int in, int hidden, int out, const std::string& extra_bod
                        float w1_scale = 1.0f) {
   torch::manual_seed(0);
   torch::jit::Module m("Mlp");
-  m.register_parameter("w1", Trainable(torch::randn({in, hidden}) * (w1_scale / std::sqrt(in))), false);
+  m.register_parameter("w1", Trainable(torch::randn({in, hidden}) * (w1_scale / std::sqrt(in))),
+                       false);
   m.register_parameter("b1", Trainable(torch::zeros({hidden})), false);
   m.register_parameter("w2", Trainable(torch::randn({hidden, out}) / std::sqrt(hidden)), false);
   m.register_parameter("b2", Trainable(torch::zeros({out})), false);
@@ -128,8 +129,8 @@ TEST(LoadBatch, RejectsMalformedBatches) {
       {"wrong keys", Pickle(wrong_keys), "found keys: x, y"},
       {"non-tensor inputs", Pickle(non_tensor), "inputs must be a tensor"},
       {"bare tensor", Pickle(torch::ones({3})), "must be a dict"},
-      {"3-tuple", Pickle(c10::ivalue::Tuple::create({torch::ones({2}), torch::ones({2}),
-                                                     torch::ones({2})})),
+      {"3-tuple",
+       Pickle(c10::ivalue::Tuple::create({torch::ones({2}), torch::ones({2}), torch::ones({2})})),
        "must be a dict"},
       {"batch size mismatch", DictBatch(torch::ones({4, 3}), torch::zeros({5})),
        "targets have batch size 5 but inputs have 4"},
@@ -184,13 +185,13 @@ TEST(CheckLossInputs, FlagsEachMismatch) {
        v1::DATA_INVALID, "needs floating targets"},
       {"bce target range", "bce_with_logits", torch::zeros({8}), torch::full({8}, 2.0),
        v1::DATA_INVALID, "targets in [0, 1]"},
-      {"bce needs probabilities", "bce", torch::full({8}, 3.0), torch::zeros({8}),
-       v1::DATA_INVALID, "probabilities in [0, 1]"},
+      {"bce needs probabilities", "bce", torch::full({8}, 3.0), torch::zeros({8}), v1::DATA_INVALID,
+       "probabilities in [0, 1]"},
       {"multi-hot rows", "cross_entropy", logits, torch::ones({4, 10}) * 0.2, v1::DATA_INVALID,
        "must sum to 1 over dim 1"},
       {"negative probabilities", "cross_entropy", logits,
-       torch::cat({torch::full({4, 1}, -0.5), torch::full({4, 9}, 1.5 / 9)}, 1),
-       v1::DATA_INVALID, "must be >= 0"},
+       torch::cat({torch::full({4, 1}, -0.5), torch::full({4, 9}, 1.5 / 9)}, 1), v1::DATA_INVALID,
+       "must be >= 0"},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
@@ -248,10 +249,11 @@ TEST(RunCheck, HealthyMlpPassesAndRecordsEnvironment) {
 TEST(RunCheck, LabelSmoothingFloorPassesAsConvergedToFloor) {
   auto m = Mlp(20, 64, 7);
   // Cross-entropy with label smoothing 0.1, written out: its minimum is ~0.45.
-  m.define("def loss(self, output, target):\n"
-           "  lp = torch.log_softmax(output, 1)\n"
-           "  nll = -lp.gather(1, target.unsqueeze(1)).mean()\n"
-           "  return 0.9 * nll - 0.1 * lp.mean()\n");
+  m.define(
+      "def loss(self, output, target):\n"
+      "  lp = torch.log_softmax(output, 1)\n"
+      "  nll = -lp.gather(1, target.unsqueeze(1)).mean()\n"
+      "  return 0.9 * nll - 0.1 * lp.mean()\n");
   const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(16, 20, 7)});
   EXPECT_EQ(r.verdict(), v1::PASS) << r.DebugString();
   const v1::Finding* f = Find(r, v1::CONVERGED_TO_FLOOR);

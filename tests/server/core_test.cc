@@ -3,8 +3,8 @@
 #include "service/server/core.h"
 
 #include <atomic>
-#include <map>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -89,14 +89,20 @@ class CoreTest : public ::testing::Test {
     c.queue_size = 1;
     c.max_inline_bytes = 1024;
     metrics_ = std::make_unique<ServiceMetrics>(registry_);
-    core_ = std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_,
-                                            metrics_.get());
+    core_ =
+        std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_, metrics_.get());
   }
   v1::CheckRequest Valid() {
     v1::CheckRequest r;
     // The core only looks at the zip header; the fake runner at nothing.
-    r.mutable_model()->set_inline_(std::string("PK\x03\x04" "model-bytes", 15));
-    r.mutable_batch()->set_inline_(std::string("PK\x03\x04" "batch-bytes", 15));
+    r.mutable_model()->set_inline_(
+        std::string("PK\x03\x04"
+                    "model-bytes",
+                    15));
+    r.mutable_batch()->set_inline_(
+        std::string("PK\x03\x04"
+                    "batch-bytes",
+                    15));
     return r;
   }
   absl::Time Deadline() { return absl::Now() + absl::Seconds(30); }

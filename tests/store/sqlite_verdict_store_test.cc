@@ -69,9 +69,9 @@ TEST(SqliteVerdictStore, SchemaOneFileKeepsItsJobIds) {
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_stmt* st = nullptr;
-    ASSERT_EQ(sqlite3_prepare_v2(db, "INSERT INTO verdicts VALUES (?, ?, 1, ?, 1000)", -1, &st,
-                                 nullptr),
-              SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db, "INSERT INTO verdicts VALUES (?, ?, 1, ?, 1000)", -1, &st, nullptr),
+        SQLITE_OK);
     const std::string digest(64, 'a');
     sqlite3_bind_text(st, 1, digest.c_str(), -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, "old/job", -1, SQLITE_TRANSIENT);

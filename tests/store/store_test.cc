@@ -22,8 +22,7 @@ std::string TempDir() {
 }
 
 TEST(Sha256, KnownVector) {
-  EXPECT_EQ(Sha256Hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_TRUE(IsSha256Hex(Sha256Hex("")));
   EXPECT_FALSE(IsSha256Hex("ABC"));
 }

@@ -8,8 +8,8 @@
 #pragma once
 
 #include <functional>
-#include <ostream>
 #include <memory>
+#include <ostream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -25,8 +25,7 @@ struct VerdictStoreBackend {
   std::function<std::string()> new_location;
   // Opens (creating when absent) the store at a location; opening it again
   // must see what was stored before, as a restarted server would.
-  std::function<absl::StatusOr<std::unique_ptr<VerdictStore>>(const std::string& location)>
-      open;
+  std::function<absl::StatusOr<std::unique_ptr<VerdictStore>>(const std::string& location)> open;
 };
 
 inline void PrintTo(const VerdictStoreBackend& backend, std::ostream* os) { *os << backend.name; }

@@ -91,8 +91,8 @@ TEST(ReportFromJob, ClassifiesFromTheRecordNotTheMessage) {
        record(ReportWith(v1::FORWARD_ERROR, v1::Finding::FAIL, ""),
               {Denied("/x"), AllocFailed(1 << 30)}),
        v1::WORKER_OOM, v1::COMPLETION_TRANSIENT},
-      {"bad_alloc escaping the check",
-       record({}, {AllocFailed(0)}, "std::bad_alloc"), v1::WORKER_OOM, v1::COMPLETION_TRANSIENT},
+      {"bad_alloc escaping the check", record({}, {AllocFailed(0)}, "std::bad_alloc"),
+       v1::WORKER_OOM, v1::COMPLETION_TRANSIENT},
       {"'Permission denied' text without a record stays a forward error",
        record(ReportWith(v1::FORWARD_ERROR, v1::Finding::FAIL, "open: Permission denied"), {}),
        v1::FORWARD_ERROR, v1::COMPLETION_FINAL},
@@ -114,8 +114,8 @@ TEST(ReportFromJob, ClassifiesFromTheRecordNotTheMessage) {
       {"a denied open the check survived changes nothing",
        record(ReportWith(v1::LOSS_FLAT, v1::Finding::FAIL, "flat"), {Denied("/sys/x")}),
        v1::LOSS_FLAT, v1::COMPLETION_FINAL},
-      {"escaped exception without incidents is a crash",
-       record({}, {}, "boom"), v1::WORKER_CRASHED, v1::COMPLETION_TRANSIENT},
+      {"escaped exception without incidents is a crash", record({}, {}, "boom"), v1::WORKER_CRASHED,
+       v1::COMPLETION_TRANSIENT},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
@@ -168,8 +168,8 @@ TEST(ReportFromJob, TheEnginesCompletionIsKept) {
 
   // The engine's own out-of-memory report: transient, and it learns the limit.
   v1::JobRecord oom;
-  *oom.mutable_report() = ReportWith(v1::WORKER_OOM, v1::Finding::ERROR,
-                                     "the check ran out of memory: can't allocate");
+  *oom.mutable_report() =
+      ReportWith(v1::WORKER_OOM, v1::Finding::ERROR, "the check ran out of memory: can't allocate");
   oom.mutable_report()->set_completion(v1::COMPLETION_TRANSIENT);
   r = ReportFromJob(Returned(oom), v1::CheckConfig(), kLimit);
   EXPECT_EQ(r.completion(), v1::COMPLETION_TRANSIENT);
@@ -187,13 +187,11 @@ TEST(ReportFromJob, HowTheChildEndedWithoutARecord) {
   } cases[] = {
       {"deadline", ChildStatus::kTimeout, 0, v1::WORKER_TIMEOUT, v1::COMPLETION_TRANSIENT},
       {"seccomp", ChildStatus::kSignaled, SIGSYS, v1::SANDBOX_VIOLATION, v1::COMPLETION_FINAL},
-      {"cpu rlimit", ChildStatus::kSignaled, SIGXCPU, v1::WORKER_TIMEOUT,
-       v1::COMPLETION_TRANSIENT},
+      {"cpu rlimit", ChildStatus::kSignaled, SIGXCPU, v1::WORKER_TIMEOUT, v1::COMPLETION_TRANSIENT},
       {"segfault", ChildStatus::kSignaled, SIGSEGV, v1::WORKER_CRASHED, v1::COMPLETION_TRANSIENT},
       {"exit without a record", ChildStatus::kExited, 0, v1::WORKER_CRASHED,
        v1::COMPLETION_TRANSIENT},
-      {"spawn failure", ChildStatus::kSpawnFailed, 0, v1::INTERNAL_ERROR,
-       v1::COMPLETION_TRANSIENT},
+      {"spawn failure", ChildStatus::kSpawnFailed, 0, v1::INTERNAL_ERROR, v1::COMPLETION_TRANSIENT},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);

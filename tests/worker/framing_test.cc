@@ -81,7 +81,11 @@ TEST(Framing, TornAndCorruptFramesAreDataLoss) {
     std::string name, bytes, message;
   } cases[] = {
       {"torn header", std::string("\x05\x00", 2), "torn header"},
-      {"torn body", std::string("\x05\x00\x00\x00" "ab", 6), "torn body"},
+      {"torn body",
+       std::string("\x05\x00\x00\x00"
+                   "ab",
+                   6),
+       "torn body"},
       {"length over the cap", std::string("\xff\xff\xff\x7f", 4), "frame: length"},
       {"not a message", std::string("\x02\x00\x00\x00\xff\xff", 6), "bad message"},
   };
@@ -103,8 +107,7 @@ util::UniqueFd FileWith(const std::string& content) {
   char path[] = "/tmp/preflight-framing-test-XXXXXX";
   util::UniqueFd fd(mkstemp(path));
   EXPECT_TRUE(fd.valid());
-  EXPECT_EQ(write(fd.get(), content.data(), content.size()),
-            static_cast<ssize_t>(content.size()));
+  EXPECT_EQ(write(fd.get(), content.data(), content.size()), static_cast<ssize_t>(content.size()));
   unlink(path);  // The descriptor is all the receiver gets.
   return fd;
 }

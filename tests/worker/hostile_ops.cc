@@ -9,17 +9,17 @@
 // zygote as production plus these registrations. Each op does the forbidden
 // thing for real; if the sandbox lets it through, the op returns its input
 // unchanged, the check runs to a verdict, and the e2e test fails.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdlib>
 
-#include <torch/library.h>
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 namespace {
 

@@ -2,10 +2,10 @@
 // forked child (the sandbox is irreversible).
 #include "service/worker/sandbox.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <netinet/in.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -24,8 +24,7 @@ namespace preflight::worker {
 namespace {
 
 // Runs `attempt` in a sandboxed child; returns the wait status.
-int InSandbox(const std::function<int()>& attempt, SandboxPolicy policy = {},
-              bool enter = true) {
+int InSandbox(const std::function<int()>& attempt, SandboxPolicy policy = {}, bool enter = true) {
   const pid_t pid = fork();
   if (pid == 0) {
     if (enter && !EnterSandbox(policy, nullptr).ok()) _exit(99);
@@ -48,8 +47,10 @@ TEST(Sandbox, AllowsOrdinaryWork) {
 }
 
 TEST(Sandbox, SeccompKillsNetworkSockets) {
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return socket(AF_INET, SOCK_STREAM, 0) >= 0 ? 0 : 1; })));
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return socket(AF_INET6, SOCK_DGRAM, 0) >= 0 ? 0 : 1; })));
+  EXPECT_TRUE(
+      KilledBySeccomp(InSandbox([] { return socket(AF_INET, SOCK_STREAM, 0) >= 0 ? 0 : 1; })));
+  EXPECT_TRUE(
+      KilledBySeccomp(InSandbox([] { return socket(AF_INET6, SOCK_DGRAM, 0) >= 0 ? 0 : 1; })));
 }
 
 TEST(Sandbox, SeccompKillsExecAndFork) {
@@ -63,9 +64,8 @@ TEST(Sandbox, SeccompKillsExecAndFork) {
 }
 
 TEST(Sandbox, SeccompKillsUnixDatagramSockets) {
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
-    return socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) >= 0 ? 0 : 1;
-  })));
+  EXPECT_TRUE(KilledBySeccomp(
+      InSandbox([] { return socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) >= 0 ? 0 : 1; })));
   const int s = InSandbox([] {
     int sv[2];
     return socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0 ? 0 : 1;
@@ -84,13 +84,11 @@ TEST(Sandbox, SeccompKillsMetadataAndHostWideCalls) {
   EXPECT_TRUE(KilledBySeccomp(InSandbox([&] { return chmod(file.c_str(), 0777) == 0 ? 0 : 1; })));
   EXPECT_TRUE(KilledBySeccomp(InSandbox([&] { return chown(file.c_str(), 0, 0) == 0 ? 0 : 1; })));
   // Wrong magic numbers: reboot(2) would refuse with EINVAL if it got that far.
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
-    return syscall(SYS_reboot, 0, 0, 0, nullptr) == 0 ? 0 : 1;
-  })));
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
-    return syscall(SYS_perf_event_open, nullptr, 0, -1, -1, 0) >= 0 ? 0 : 1;
-  })));
-  struct stat st{};
+  EXPECT_TRUE(KilledBySeccomp(
+      InSandbox([] { return syscall(SYS_reboot, 0, 0, 0, nullptr) == 0 ? 0 : 1; })));
+  EXPECT_TRUE(KilledBySeccomp(
+      InSandbox([] { return syscall(SYS_perf_event_open, nullptr, 0, -1, -1, 0) >= 0 ? 0 : 1; })));
+  struct stat st {};
   ASSERT_EQ(stat(file.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600) << "the file's mode is untouched";
   unlink(path);
@@ -107,9 +105,8 @@ TEST(Sandbox, SeccompKillsIoUring) {
 TEST(Sandbox, SignalsOnlyToItself) {
   // The parent stands in for the zygote, the server or another job.
   EXPECT_TRUE(KilledBySeccomp(InSandbox([] { return kill(getppid(), 0) == 0 ? 0 : 1; })));
-  EXPECT_TRUE(KilledBySeccomp(InSandbox([] {
-    return syscall(SYS_tgkill, getppid(), getppid(), 0) == 0 ? 0 : 1;
-  })));
+  EXPECT_TRUE(KilledBySeccomp(
+      InSandbox([] { return syscall(SYS_tgkill, getppid(), getppid(), 0) == 0 ? 0 : 1; })));
   int s = InSandbox([] { return kill(getpid(), 0) == 0 ? 0 : 1; });
   ASSERT_TRUE(WIFEXITED(s));
   EXPECT_EQ(WEXITSTATUS(s), 0) << "signalling itself stays allowed";
@@ -138,12 +135,14 @@ TEST(Sandbox, LandlockRefusesTcpConnectWithoutSeccomp) {
   getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
   SandboxPolicy policy;
   policy.seccomp = false;
-  const int s = InSandbox([&] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return 2;
-    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    return rc != 0 && errno == EACCES ? 0 : 1;
-  }, policy);
+  const int s = InSandbox(
+      [&] {
+        const int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) return 2;
+        const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+        return rc != 0 && errno == EACCES ? 0 : 1;
+      },
+      policy);
   close(listener);
   ASSERT_TRUE(WIFEXITED(s));
   EXPECT_EQ(WEXITSTATUS(s), 0) << "connect to a listening loopback port must be refused";
@@ -153,10 +152,12 @@ TEST(Sandbox, LandlockScopesSignalsWithoutSeccomp) {
   if (LandlockAbi() < 6) GTEST_SKIP() << "kernel Landlock ABI < 6 has no signal scoping";
   SandboxPolicy policy;
   policy.seccomp = false;
-  const int s = InSandbox([] {
-    if (kill(getpid(), 0) != 0) return 2;
-    return kill(getppid(), 0) != 0 && errno == EPERM ? 0 : 1;
-  }, policy);
+  const int s = InSandbox(
+      [] {
+        if (kill(getpid(), 0) != 0) return 2;
+        return kill(getppid(), 0) != 0 && errno == EPERM ? 0 : 1;
+      },
+      policy);
   ASSERT_TRUE(WIFEXITED(s));
   EXPECT_EQ(WEXITSTATUS(s), 0) << "signals beyond the job must be refused";
 }
@@ -177,9 +178,9 @@ TEST(Sandbox, LandlockRefusesFilesOutsideThePolicy) {
                 policy);
   ASSERT_TRUE(WIFEXITED(s));
   EXPECT_EQ(WEXITSTATUS(s), 0) << "reading outside the inputs must be refused";
-  s = InSandbox([] {
-    return open("/tmp/preflight-sandbox-new", O_WRONLY | O_CREAT, 0600) < 0 ? 0 : 1;
-  }, policy);
+  s = InSandbox(
+      [] { return open("/tmp/preflight-sandbox-new", O_WRONLY | O_CREAT, 0600) < 0 ? 0 : 1; },
+      policy);
   ASSERT_TRUE(WIFEXITED(s));
   EXPECT_EQ(WEXITSTATUS(s), 0) << "creating files must be refused";
   unlink(path);
@@ -209,33 +210,35 @@ TEST(Sandbox, DeviceFilesAreWritableAndNothingElse) {
 // other processes already have many threads must still start job threads.
 TEST(Sandbox, JobThreadsStartWhenTheUserAlreadyRunsManyTasks) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to become an unprivileged user";
-  const int s = InSandbox([] {
-    // Only this child becomes `nobody` (fork below happens before the sandbox).
-    if (setgid(65534) != 0 || setuid(65534) != 0) return 3;
-    for (int i = 0; i < 150; ++i) {  // The server's and other jobs' tasks.
-      const pid_t pid = fork();
-      if (pid == 0) {
-        // Gone on their own: the sandboxed test may not signal them.
-        close(STDOUT_FILENO);
-        close(STDERR_FILENO);
-        alarm(10);
-        pause();
-        _exit(0);
-      }
-      if (pid < 0) return 4;
-    }
-    int rc = 0;
-    if (!EnterSandbox(SandboxPolicy{}, nullptr).ok()) {
-      rc = 5;
-    } else {
-      try {
-        std::thread([] {}).join();
-      } catch (const std::system_error&) {
-        rc = 6;  // EAGAIN from the user's task limit.
-      }
-    }
-    return rc;
-  }, SandboxPolicy{}, /*enter=*/false);
+  const int s = InSandbox(
+      [] {
+        // Only this child becomes `nobody` (fork below happens before the sandbox).
+        if (setgid(65534) != 0 || setuid(65534) != 0) return 3;
+        for (int i = 0; i < 150; ++i) {  // The server's and other jobs' tasks.
+          const pid_t pid = fork();
+          if (pid == 0) {
+            // Gone on their own: the sandboxed test may not signal them.
+            close(STDOUT_FILENO);
+            close(STDERR_FILENO);
+            alarm(10);
+            pause();
+            _exit(0);
+          }
+          if (pid < 0) return 4;
+        }
+        int rc = 0;
+        if (!EnterSandbox(SandboxPolicy{}, nullptr).ok()) {
+          rc = 5;
+        } else {
+          try {
+            std::thread([] {}).join();
+          } catch (const std::system_error&) {
+            rc = 6;  // EAGAIN from the user's task limit.
+          }
+        }
+        return rc;
+      },
+      SandboxPolicy{}, /*enter=*/false);
   ASSERT_TRUE(WIFEXITED(s)) << "signal " << WTERMSIG(s);
   EXPECT_EQ(WEXITSTATUS(s), 0);
 }
@@ -267,11 +270,13 @@ TEST(Sandbox, StackLimitEndsRunawayRecursionWithSigsegv) {
 TEST(Sandbox, CpuLimitSendsSigxcpuBeforeSigkill) {
   SandboxPolicy policy;
   policy.cpu_seconds = 1;
-  const int s = InSandbox([] {
-    volatile uint64_t n = 0;
-    for (;;) n = n + 1;
-    return 0;
-  }, policy);
+  const int s = InSandbox(
+      [] {
+        volatile uint64_t n = 0;
+        for (;;) n = n + 1;
+        return 0;
+      },
+      policy);
   ASSERT_TRUE(WIFSIGNALED(s));
   EXPECT_EQ(WTERMSIG(s), SIGXCPU) << "SIGXCPU is reported as a timeout, SIGKILL as a crash";
 }

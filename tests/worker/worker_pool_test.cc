@@ -41,8 +41,7 @@ util::UniqueFd FileWith(const std::string& content) {
   char path[] = "/tmp/preflight-pool-test-XXXXXX";
   util::UniqueFd fd(mkstemp(path));
   EXPECT_TRUE(fd.valid());
-  EXPECT_EQ(write(fd.get(), content.data(), content.size()),
-            static_cast<ssize_t>(content.size()));
+  EXPECT_EQ(write(fd.get(), content.data(), content.size()), static_cast<ssize_t>(content.size()));
   unlink(path);
   return fd;
 }
@@ -85,8 +84,8 @@ TEST(WorkerPool, AbandonedJobIsCancelledInTheWorker) {
   job.mutable_config()->set_timeout_seconds(5);  // Backstop 35 s bounds a failure.
   std::atomic<int> asked{0};
   const absl::Time start = absl::Now();
-  const v1::WorkerResult r = pool->Run(job, {FileWith("m"), FileWith("b")},
-                                       [&] { return ++asked >= 2; });
+  const v1::WorkerResult r =
+      pool->Run(job, {FileWith("m"), FileWith("b")}, [&] { return ++asked >= 2; });
   EXPECT_EQ(r.exit_reason(), "cancelled");
   EXPECT_GE(asked.load(), 2);
   EXPECT_LT(absl::Now() - start, absl::Seconds(30)) << "answered by the cancel, not the backstop";

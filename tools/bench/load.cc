@@ -79,11 +79,16 @@ int main(int argc, char** argv) {
   std::vector<Case> cases;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--server") server = value;
-    else if (flag == "--clients") clients = std::atoi(value.c_str());
-    else if (flag == "--requests") requests = std::atoi(value.c_str());
-    else if (flag == "--distinct") distinct = std::atoi(value.c_str());
-    else if (flag == "--seed-offset") seed_offset = std::atoi(value.c_str());
+    if (flag == "--server")
+      server = value;
+    else if (flag == "--clients")
+      clients = std::atoi(value.c_str());
+    else if (flag == "--requests")
+      requests = std::atoi(value.c_str());
+    else if (flag == "--distinct")
+      distinct = std::atoi(value.c_str());
+    else if (flag == "--seed-offset")
+      seed_offset = std::atoi(value.c_str());
     else if (flag == "--case") {
       std::vector<std::string> p = absl::StrSplit(value, ',');
       if (p.size() < 3) return std::fprintf(stderr, "bad --case %s\n", value.c_str()), 2;
@@ -119,8 +124,8 @@ int main(int argc, char** argv) {
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
       // One channel per client, as separate submitters would have.
-      auto stub = preflight::v1::Preflight::NewStub(grpc::CreateCustomChannel(
-          server, grpc::InsecureChannelCredentials(), args));
+      auto stub = preflight::v1::Preflight::NewStub(
+          grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
       for (int i = next++; i < requests; i = next++) {
         const int key = i % distinct;  // Repeats of a key are cache hits.
         const Case& k = cases[key % cases.size()];
@@ -163,16 +168,17 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::sort(latencies.begin(), latencies.end());
   auto pct = [&](double q) {
-    return latencies.empty() ? 0.0 : latencies[std::min(latencies.size() - 1,
-                                                        static_cast<size_t>(q * latencies.size()))];
+    return latencies.empty() ? 0.0
+                             : latencies[std::min(latencies.size() - 1,
+                                                  static_cast<size_t>(q * latencies.size()))];
   };
   std::printf(
       "{\"requests\": %d, \"clients\": %d, \"distinct\": %d, \"ok\": %zu, \"errors\": %d, "
       "\"mismatches\": %d, \"cache_hits\": %d, \"wall_seconds\": %.3f, "
       "\"throughput_per_second\": %.2f, \"p50_seconds\": %.4f, \"p95_seconds\": %.4f, "
       "\"max_seconds\": %.4f, \"first_problem\": \"%s\"}\n",
-      requests, clients, distinct, latencies.size(), errors.load(), mismatches.load(),
-      hits.load(), wall, latencies.size() / wall, pct(0.5), pct(0.95),
+      requests, clients, distinct, latencies.size(), errors.load(), mismatches.load(), hits.load(),
+      wall, latencies.size() / wall, pct(0.5), pct(0.95),
       latencies.empty() ? 0.0 : latencies.back(), first_problem.c_str());
   return errors.load() == 0 && mismatches.load() == 0 ? 0 : 1;
 }

@@ -37,12 +37,12 @@ struct CheckContext {
   std::unique_ptr<Model> model;  // As loaded; never trained (runs clone it).
   Batch batch;
   std::vector<torch::Tensor> pristine_inputs;  // Copies taken at load time.
-  std::string loss;     // Resolved: a built-in name or kModelLoss.
-  double init_loss = 0; // Loss at initialisation (set by CheckAtInit).
+  std::string loss;                            // Resolved: a built-in name or kModelLoss.
+  double init_loss = 0;                        // Loss at initialisation (set by CheckAtInit).
   // Loss of an uninformed prediction (ln C, ln 2) where the loss defines
   // one; 0 otherwise (set by CheckAtInit). Bounds the overfit target.
   double chance_loss = 0;
-  double target = 0;    // Absolute |loss| target of the overfit run.
+  double target = 0;                 // Absolute |loss| target of the overfit run.
   std::optional<RunTrace> main_run;  // Set after the overfit run.
   v1::Report* report = nullptr;
 };

@@ -54,15 +54,16 @@ Next CheckDeterminism(CheckContext& c) {
     const auto& now = c.batch.inputs[i].toTensor();
     if (!torch::equal(now, c.pristine_inputs[i])) mutated.push_back(c.batch.input_names[i]);
   }
-  std::string msg =
-      bad_step >= 0
-          ? absl::StrFormat("replaying %d steps with seed %d gave a different loss at step %d "
-                            "(%.17g vs %.17g)",
-                            o.max_steps, c.config.seed(), bad_step, main_run.losses[bad_step],
-                            r.losses[bad_step])
-          : absl::StrFormat("replaying %d steps with seed %d gave identical losses but "
-                            "parameter %s differs bitwise",
-                            o.max_steps, c.config.seed(), bad_param);
+  std::string msg = bad_step >= 0
+                        ? absl::StrFormat(
+                              "replaying %d steps with seed %d gave a different loss at step %d "
+                              "(%.17g vs %.17g)",
+                              o.max_steps, c.config.seed(), bad_step, main_run.losses[bad_step],
+                              r.losses[bad_step])
+                        : absl::StrFormat(
+                              "replaying %d steps with seed %d gave identical losses but "
+                              "parameter %s differs bitwise",
+                              o.max_steps, c.config.seed(), bad_param);
   if (!mutated.empty()) {
     msg += absl::StrCat("; forward() modified ", absl::StrJoin(mutated, ", "),
                         " in place, so each run saw a different batch");

@@ -42,8 +42,7 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   result.kind = kind;
   result.change = DescribeChange(kind, c.config.lr(), c.config.max_steps());
   // The experiment's target: the same relative reduction of its own loss.
-  const double target =
-      OverfitTarget(c.config, r.losses.empty() ? 0 : r.losses[0], c.chance_loss);
+  const double target = OverfitTarget(c.config, r.losses.empty() ? 0 : r.losses[0], c.chance_loss);
   result.analysis = ClassifyCurve(r.losses, target, r.failure != v1::FINDING_CODE_UNSPECIFIED);
   result.outcome = grading == Grading::kStability
                        ? GradeStabilityExperiment(original_stability, result.analysis,
@@ -65,8 +64,7 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   e->set_improvement_factor(result.improvement_factor);
   e->set_stopped_early(result.stopped_early);
   AddText(curve_finding, absl::StrCat("experiment_", spec.name),
-          absl::StrCat(v1::Experiment::Outcome_Name(result.outcome), ": ",
-                       DescribeResult(result)));
+          absl::StrCat(v1::Experiment::Outcome_Name(result.outcome), ": ", DescribeResult(result)));
   return result;
 }
 
@@ -101,8 +99,7 @@ class DiagnosisTimer {
  public:
   explicit DiagnosisTimer(v1::Report* report) : report_(report), start_(absl::Now()) {}
   ~DiagnosisTimer() {
-    report_->mutable_timing()->set_diagnosis_seconds(
-        absl::ToDoubleSeconds(absl::Now() - start_));
+    report_->mutable_timing()->set_diagnosis_seconds(absl::ToDoubleSeconds(absl::Now() - start_));
   }
 
  private:
@@ -118,13 +115,13 @@ void ReportUnstable(CheckContext& c, const CurveAnalysis& a, const Stability& s)
   auto* f = AddFinding(
       c.report, v1::UNSTABLE_CONVERGENCE, settled ? v1::Finding::WARN : v1::Finding::FAIL,
       "overfit",
-      absl::StrFormat("the loss reached the target (%.3g) at step %d only after rising to "
-                      "%.3gx its initial %.4g; %s",
-                      c.target, s.first_target_step, s.peak_ratio, a.initial,
-                      settled ? absl::StrFormat("it stayed there for %d more steps",
-                                                static_cast<int>(run.losses.size()) - 1 -
-                                                    s.first_target_step)
-                              : std::string("it did not stay there")));
+      absl::StrFormat(
+          "the loss reached the target (%.3g) at step %d only after rising to "
+          "%.3gx its initial %.4g; %s",
+          c.target, s.first_target_step, s.peak_ratio, a.initial,
+          settled ? absl::StrFormat("it stayed there for %d more steps",
+                                    static_cast<int>(run.losses.size()) - 1 - s.first_target_step)
+                  : std::string("it did not stay there")));
   AddNumber(f, "initial_loss", a.initial);
   AddNumber(f, "peak_ratio", s.peak_ratio);
   AddNumber(f, "first_target_step", s.first_target_step);
@@ -137,9 +134,10 @@ void ReportUnstable(CheckContext& c, const CurveAnalysis& a, const Stability& s)
     results.push_back(RunExperiment(c, a, s, Grading::kStability, kind, f));
     if (results.back().outcome == v1::Experiment::CONFIRMED) break;
   }
-  f->set_hint(absl::StrCat("The target was touched only through a blow-up (often huge "
-                           "logits), not by fitting. ",
-                           DiagnosisHint(results, PlanInputsOf(c), f->hint())));
+  f->set_hint(
+      absl::StrCat("The target was touched only through a blow-up (often huge "
+                   "logits), not by fitting. ",
+                   DiagnosisHint(results, PlanInputsOf(c), f->hint())));
 }
 
 }  // namespace
@@ -157,8 +155,7 @@ Next CheckCurve(CheckContext& c) {
     return Next::kContinue;
   }
   if (a.curve_class == CurveClass::kConverged) {
-    auto* f = AddFinding(c.report, v1::OVERFIT_CONVERGED, v1::Finding::INFO, "overfit",
-                         a.summary);
+    auto* f = AddFinding(c.report, v1::OVERFIT_CONVERGED, v1::Finding::INFO, "overfit", a.summary);
     AddNumber(f, "initial_loss", a.initial);
     AddNumber(f, "final_loss", run.losses.back());
     AddNumber(f, "steps", static_cast<double>(run.losses.size()));
@@ -187,9 +184,9 @@ Next CheckCurve(CheckContext& c) {
   const auto severity = a.curve_class == CurveClass::kPlateau && a.still_falling
                             ? v1::Finding::WARN
                             : v1::Finding::FAIL;
-  auto* f = AddFinding(c.report, CurveCode(a.curve_class), severity, "overfit",
-                       absl::StrCat("did not fit one batch in ", run.losses.size(),
-                                    " steps: ", a.summary));
+  auto* f = AddFinding(
+      c.report, CurveCode(a.curve_class), severity, "overfit",
+      absl::StrCat("did not fit one batch in ", run.losses.size(), " steps: ", a.summary));
   AddNumber(f, "initial_loss", a.initial);
   AddNumber(f, "final_loss", a.final_value);
   AddNumber(f, "target_loss", c.target);
@@ -203,8 +200,9 @@ Next CheckCurve(CheckContext& c) {
   if (floor.stationary) {
     // Why this floor is not accepted as an irreducible minimum.
     AddText(f, "stationary_point",
-            absl::StrCat(floor.summary, evidence.clean ? "" : "; an earlier finding can "
-                                                              "explain the floor"));
+            absl::StrCat(floor.summary, evidence.clean ? ""
+                                                       : "; an earlier finding can "
+                                                         "explain the floor"));
   }
   if (c.config.diagnose()) {
     DiagnosisTimer timer(c.report);

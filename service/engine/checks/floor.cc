@@ -45,8 +45,7 @@ double RegressionShare(const torch::Tensor& out, const torch::Tensor& tg) {
   return (rms <= kFloorRegressionError * spread).to(torch::kFloat64).mean().item<double>();
 }
 
-double MemorisedShare(const std::string& loss, const torch::Tensor& out,
-                      const torch::Tensor& tg) {
+double MemorisedShare(const std::string& loss, const torch::Tensor& out, const torch::Tensor& tg) {
   if (!out.defined() || out.dim() < 1 || out.size(0) != tg.size(0)) return -1;
   torch::NoGradGuard no_grad;
   if (!tg.is_floating_point()) return ClassIndexShare(out, tg);

@@ -25,12 +25,10 @@ Next CheckGradientFlow(CheckContext& c) {
   if (!no_grad.empty()) {
     const bool all = no_grad.size() == t.params.size();
     auto* f = AddFinding(
-        c.report, v1::PARAM_NO_GRAD, all ? v1::Finding::FAIL : v1::Finding::WARN,
-        "gradient_flow",
+        c.report, v1::PARAM_NO_GRAD, all ? v1::Finding::FAIL : v1::Finding::WARN, "gradient_flow",
         absl::StrFormat("%d of %d trainable parameters never received a non-zero gradient in "
                         "%d steps: %s",
-                        no_grad.size(), t.params.size(), t.updates,
-                        JoinFirst(no_grad)));
+                        no_grad.size(), t.params.size(), t.updates, JoinFirst(no_grad)));
     AddNumber(f, "parameters_without_grad", static_cast<double>(no_grad.size()));
     AddText(f, "first", no_grad.front());
   }

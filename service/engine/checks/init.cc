@@ -146,10 +146,10 @@ Next CheckAtInit(CheckContext& c) {
     m->SetTraining(c.config.train_mode());
     auto output = m->Forward(c.batch.inputs);
     if (!output.ok()) {
-      AddFinding(&report, v1::FORWARD_ERROR, v1::Finding::FAIL, "init",
-                 absl::StrCat("forward() failed on the batch (",
-                              absl::StrJoin(c.batch.input_names, ", "),
-                              "): ", output.status().message()));
+      AddFinding(
+          &report, v1::FORWARD_ERROR, v1::Finding::FAIL, "init",
+          absl::StrCat("forward() failed on the batch (", absl::StrJoin(c.batch.input_names, ", "),
+                       "): ", output.status().message()));
       return Next::kStop;
     }
     if (output->isTensor()) {
@@ -174,8 +174,7 @@ Next CheckAtInit(CheckContext& c) {
     }
     c.init_loss = loss->item<double>();
   }
-  if (out.defined() && std::isfinite(c.init_loss) && CountNonFinite(out) == 0 &&
-      info != nullptr) {
+  if (out.defined() && std::isfinite(c.init_loss) && CountNonFinite(out) == 0 && info != nullptr) {
     CheckInitLoss(c, *info, out);
     CheckProbabilities(c, *info, out);
   }

@@ -28,9 +28,9 @@ Next CheckInputs(CheckContext& c) {
     const std::string name = is_target ? "targets" : c.batch.input_names[i];
     const int64_t bad = CountNonFinite(t);
     if (bad > 0) {
-      auto* f = AddFinding(&report, v1::DATA_NON_FINITE, v1::Finding::FAIL, "input",
-                           absl::StrFormat("%s has %d NaN/Inf values out of %d", name, bad,
-                                           t.numel()));
+      auto* f =
+          AddFinding(&report, v1::DATA_NON_FINITE, v1::Finding::FAIL, "input",
+                     absl::StrFormat("%s has %d NaN/Inf values out of %d", name, bad, t.numel()));
       AddText(f, "tensor", name);
       AddNumber(f, "non_finite", static_cast<double>(bad));
       bad_data = true;
@@ -55,14 +55,15 @@ Next CheckInputs(CheckContext& c) {
     for (const auto& t : buffers ? c.model->Buffers() : c.model->Parameters()) {
       const int64_t bad = CountNonFinite(t.tensor);
       if (bad == 0) continue;
-      auto* f = AddFinding(&report, v1::PARAM_NON_FINITE, v1::Finding::FAIL, "input",
-                           absl::StrFormat("%s %s has %d NaN/Inf values out of %d as loaded, "
-                                           "before any update",
-                                           buffers ? "buffer" : "parameter", t.name, bad,
-                                           t.tensor.numel()));
-      f->set_hint("The weights were NaN/Inf before training began: the checkpoint or the "
-                  "code that initialised them is broken. Re-export from finite weights "
-                  "(check torch.isfinite on every parameter and buffer).");
+      auto* f = AddFinding(
+          &report, v1::PARAM_NON_FINITE, v1::Finding::FAIL, "input",
+          absl::StrFormat("%s %s has %d NaN/Inf values out of %d as loaded, "
+                          "before any update",
+                          buffers ? "buffer" : "parameter", t.name, bad, t.tensor.numel()));
+      f->set_hint(
+          "The weights were NaN/Inf before training began: the checkpoint or the "
+          "code that initialised them is broken. Re-export from finite weights "
+          "(check torch.isfinite on every parameter and buffer).");
       AddText(f, "tensor", t.name);
       AddNumber(f, "step", 0);
       AddNumber(f, "non_finite", static_cast<double>(bad));
@@ -81,8 +82,8 @@ Next CheckInputs(CheckContext& c) {
   }
   if (!frozen.empty()) {
     auto* f = AddFinding(&report, v1::PARAM_FROZEN, v1::Finding::INFO, "input",
-                         absl::StrFormat("%d of %d parameter tensors are frozen: %s",
-                                         frozen.size(), tensors, JoinFirst(frozen)));
+                         absl::StrFormat("%d of %d parameter tensors are frozen: %s", frozen.size(),
+                                         tensors, JoinFirst(frozen)));
     AddNumber(f, "frozen_tensors", static_cast<double>(frozen.size()));
   }
   return bad_data || bad_weights ? Next::kStop : Next::kContinue;

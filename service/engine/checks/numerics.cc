@@ -18,12 +18,11 @@ Next CheckNumerics(CheckContext& c) {
   if (t.failure == v1::FINDING_CODE_UNSPECIFIED) return Next::kContinue;
   const bool numeric = t.failure == v1::OUTPUT_NON_FINITE || t.failure == v1::LOSS_NON_FINITE ||
                        t.failure == v1::GRAD_NON_FINITE || t.failure == v1::PARAM_NON_FINITE;
-  std::string message =
-      numeric ? absl::StrCat("first non-finite value at step ", t.failure_step, ": ",
-                             t.failure_message)
-              : absl::StrCat("at step ", t.failure_step, ": ", t.failure_message);
-  auto* f = AddFinding(c.report, t.failure, v1::Finding::FAIL, numeric ? "numerics" : "overfit",
-                       message);
+  std::string message = numeric ? absl::StrCat("first non-finite value at step ", t.failure_step,
+                                               ": ", t.failure_message)
+                                : absl::StrCat("at step ", t.failure_step, ": ", t.failure_message);
+  auto* f =
+      AddFinding(c.report, t.failure, v1::Finding::FAIL, numeric ? "numerics" : "overfit", message);
   AddNumber(f, "step", t.failure_step);
   if (!t.failure_tensor.empty()) AddText(f, "tensor", t.failure_tensor);
   if (!numeric) return Next::kContinue;

@@ -37,7 +37,8 @@ class TorchScriptModel : public Model {
 
   std::vector<NamedTensor> Parameters() const override {
     std::vector<NamedTensor> out;
-    for (const auto& p : module_.named_parameters(/*recurse=*/true)) out.push_back({p.name, p.value});
+    for (const auto& p : module_.named_parameters(/*recurse=*/true))
+      out.push_back({p.name, p.value});
     return out;
   }
 
@@ -87,9 +88,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadTorchScript(const std::string& bytes,
   try {
     module = torch::jit::load(in, device);
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not a loadable TorchScript archive (", bytes.size(),
-                     " bytes): ", TorchErrorStatus(e).message()));
+    return absl::InvalidArgumentError(absl::StrCat("not a loadable TorchScript archive (",
+                                                   bytes.size(),
+                                                   " bytes): ", TorchErrorStatus(e).message()));
   }
   if (!module.find_method("forward")) {
     return absl::InvalidArgumentError("the TorchScript module has no forward() method");
