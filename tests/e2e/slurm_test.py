@@ -7,11 +7,19 @@ against a real preflight-server. Starts and stops everything it runs.
   - one tagged FAIL is refused, the findings visible on sbatch's stderr;
   - PREFLIGHT_DIGEST in a batch job's environment is honoured;
   - unknown id and server down follow the configured policies;
-  - untagged jobs pass unless require_tag is set.
+  - untagged jobs pass unless require_tag is set;
+  - the TaskProlog (client/gates/slurm/preflight_prolog.sh) attests at each
+    task's start: a PASS-tagged job whose PREFLIGHT_MODEL is the checked
+    model runs; one whose model file differs by one byte is refused at start
+    (sbatch and srun), both sha256 digests in the job's output; a tagged job
+    without PREFLIGHT_MODEL runs unattested, and is refused with
+    attest_require; no verdict and server down at start follow
+    attest_on_missing and attest_on_unavailable.
 
 Skipped, with a message, only where Slurm is not installed.
 Usage: slurm_test.py BUILD_DIR ZOO_DIR
 """
+import hashlib
 import os
 import shutil
 import signal
@@ -67,6 +75,7 @@ def main():
         for d in ("state", "spool", "log", "munge", "out"):
             os.makedirs(f"{tmp}/{d}")
         shutil.copy(f"{ROOT}/client/gates/slurm/job_submit.lua", conf_dir)
+        shutil.copy(f"{ROOT}/client/gates/slurm/preflight_prolog.sh", conf_dir)
 
         def gate(**kw):
             settings = {"server": addr, "cli": cli_path(BUILD, thin=True), "timeout": "10", "on_missing": "reject",
@@ -102,6 +111,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 JobSubmitPlugins=lua
+TaskProlog={conf_dir}/preflight_prolog.sh
 MpiDefault=none
 ReturnToService=2
 NodeName=localhost CPUs=2 RealMemory=1000 State=UNKNOWN
@@ -169,6 +179,79 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         expect("srun with a FAIL tag is refused with findings",
                p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
 
+        # The TaskProlog: the job proves at start that it runs the checked model.
+        mlp = ZOO["mlp"]
+        def sha(path):
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        tampered = f"{tmp}/tampered.model.pt"
+        with open(mlp["model"], "rb") as f:
+            data = bytearray(f.read())
+        data[len(data) // 2] ^= 0x01
+        with open(tampered, "wb") as f:
+            f.write(data)
+        checked_sha, tampered_sha = sha(mlp["model"]), sha(tampered)
+
+        def finished(job_id):
+            """Waits until the job has left the queue; its final JobState."""
+            def state():
+                out = subprocess.run(["scontrol", "show", "job", job_id], env=env,
+                                     capture_output=True, text=True).stdout
+                st = out.split("JobState=")[1].split()[0] if "JobState=" in out else ""
+                return st if st in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
+            return wait_for(state, 60)
+
+        def output(job_id):
+            try:
+                with open(f"{tmp}/out/{job_id}.out") as f:
+                    return f.read()
+            except OSError:
+                return ""
+
+        out = output(job)
+        expect("a tagged job without PREFLIGHT_MODEL runs unattested, with a note",
+               "ran-pass" in out and "names no PREFLIGHT_MODEL" in out, out)
+
+        p = sbatch("--comment=preflight:train/pass",
+                   f"--export=ALL,PREFLIGHT_MODEL={mlp['model']},PREFLIGHT_BATCH={mlp['batch']}",
+                   "--wrap", "echo ran-attested")
+        aj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(aj), output(aj)) if aj else (None, p.stderr)
+        expect("the checked model (and batch) attested: the job runs",
+               st == "COMPLETED" and "ran-attested" in out and "attested: job train/pass" in out
+               and checked_sha in out, f"{st}: {out}")
+
+        p = sbatch("--comment=preflight:train/pass", f"--export=ALL,PREFLIGHT_MODEL={tampered}",
+                   "--wrap", "echo ran-tampered")
+        tj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(tj), output(tj)) if tj else (None, p.stderr)
+        expect("a changed model file is refused at start, both digests in the job's output",
+               st == "FAILED" and "ran-tampered" not in out and checked_sha in out
+               and tampered_sha in out and "refused" in out, f"{st}: {out}")
+
+        p = subprocess.run(["srun", "--comment=preflight:train/pass",
+                            f"--export=ALL,PREFLIGHT_MODEL={tampered}", "echo", "srun-tampered"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        expect("srun with a changed model file is refused, both digests on its stdout",
+               p.returncode != 0 and "srun-tampered" not in p.stdout and checked_sha in p.stdout
+               and tampered_sha in p.stdout, p.stdout + p.stderr)
+
+        p = subprocess.run(["srun", f"--export=ALL,PREFLIGHT_JOB_ID=train/pass,"
+                            f"PREFLIGHT_MODEL={mlp['model']}", "echo", "srun-env-attested"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        expect("PREFLIGHT_JOB_ID in the environment attests an untagged srun",
+               p.returncode == 0 and "srun-env-attested" in p.stdout
+               and "attested: job train/pass" in p.stdout, p.stdout + p.stderr)
+
+        gate(attest_require="yes")
+        p = sbatch("--comment=preflight:train/pass", "--wrap", "echo ran-unattested")
+        uj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(uj), output(uj)) if uj else (None, p.stderr)
+        expect("attest_require=yes: a tagged job without PREFLIGHT_MODEL is refused at start",
+               st == "FAILED" and "ran-unattested" not in out
+               and "requires attested jobs" in out, f"{st}: {out}")
+        gate()
+
         p = sbatch(f"--export=ALL,PREFLIGHT_DIGEST={digests['train/fail']}", "--wrap", "true")
         expect("PREFLIGHT_DIGEST in the environment is gated (FAIL refused)",
                p.returncode != 0 and "LOSS_FLAT" in p.stderr, p.stderr)
@@ -182,6 +265,13 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         gate(on_missing="admit")
         p = sbatch("--comment=preflight:train/unknown", "--wrap", "true")
         expect("unknown id, on_missing=admit: admitted", p.returncode == 0, p.stderr)
+        p = sbatch("--comment=preflight:train/unknown", f"--export=ALL,PREFLIGHT_MODEL={tampered}",
+                   "--wrap", "echo ran-unknown")
+        kj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(kj), output(kj)) if kj else (None, p.stderr)
+        expect("no verdict at start, attest_on_missing=reject (default): refused at start",
+               st == "FAILED" and "ran-unknown" not in out and "no Preflight verdict stored" in out,
+               f"{st}: {out}")
 
         p = sbatch("--wrap", "true")
         expect("untagged job passes untouched", p.returncode == 0, p.stderr)
@@ -195,6 +285,19 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
         expect("server down, on_unavailable=admit: admitted with a message",
                p.returncode == 0 and "did not answer" in p.stderr, p.stderr)
+        p = sbatch("--comment=preflight:train/pass", f"--export=ALL,PREFLIGHT_MODEL={tampered}",
+                   "--wrap", "echo ran-down")
+        dj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(dj), output(dj)) if dj else (None, p.stderr)
+        expect("server down at start, attest_on_unavailable=admit (default): runs with a message",
+               st == "COMPLETED" and "ran-down" in out and "did not answer" in out, f"{st}: {out}")
+        gate(on_unavailable="admit", attest_on_unavailable="reject")
+        p = sbatch("--comment=preflight:train/pass", f"--export=ALL,PREFLIGHT_MODEL={tampered}",
+                   "--wrap", "echo ran-down")
+        dj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(dj), output(dj)) if dj else (None, p.stderr)
+        expect("server down at start, attest_on_unavailable=reject: refused at start",
+               st == "FAILED" and "ran-down" not in out and "did not answer" in out, f"{st}: {out}")
         gate(on_unavailable="reject")
         p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
         expect("server down, on_unavailable=reject: refused",
