@@ -167,19 +167,20 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
 
   v1::CheckResponse response;
   response.set_request_digest(digest);
+  // A request answered from an existing verdict binds its job id to it: a
+  // binding of its own, leaving the verdict and every other job id as they are.
+  auto bind_job = [&]() -> absl::Status {
+    if (request.job_id().empty()) return absl::OkStatus();
+    absl::Status s = verdicts_->Bind(request.job_id(), digest);
+    if (!s.ok()) metrics_->RecordStoreError();
+    return s;
+  };
   auto stored = verdicts_->GetByDigest(digest);
   if (stored.ok() && Reusable(stored->report)) {
     metrics_->RecordCache(true);
     *response.mutable_report() = stored->report;
     response.set_cached(true);
-    // A second job id for the same check is a binding of its own; the
-    // verdict and every other job id bound to it stay as they are.
-    if (!request.job_id().empty()) {
-      if (absl::Status s = verdicts_->Bind(request.job_id(), digest); !s.ok()) {
-        metrics_->RecordStoreError();
-        return s;
-      }
-    }
+    if (absl::Status s = bind_job(); !s.ok()) return s;
     return response;
   }
   if (!stored.ok() && stored.status().code() != absl::StatusCode::kNotFound) {
@@ -214,12 +215,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
       *response.mutable_report() = *other->report;
       response.set_cached(true);
       // The check that ran stored its verdict before it finished.
-      if (!request.job_id().empty()) {
-        if (absl::Status s = verdicts_->Bind(request.job_id(), digest); !s.ok()) {
-          metrics_->RecordStoreError();
-          return s;
-        }
-      }
+      if (absl::Status s = bind_job(); !s.ok()) return s;
       return response;
     }
     flight = std::make_shared<InFlight>();
