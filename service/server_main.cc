@@ -31,6 +31,10 @@ ABSL_FLAG(std::string, store, "preflight-store",
           "where verdicts and uploaded artifacts live: a directory (SQLite verdicts.db + "
           "blobs/, created if absent) or SCHEME://... for another backend (none built in yet: "
           "a scheme is a start-up error)");
+ABSL_FLAG(bool, init_store, false,
+          "create a new, empty verdict store in a --store directory that is in use but has "
+          "lost its verdicts.db (missing or zero bytes), which is otherwise a start-up error; "
+          "an absent or empty directory needs no flag");
 ABSL_FLAG(std::string, worker, "", "path of preflight-worker (default: next to this binary)");
 ABSL_FLAG(int, job_slots, 0, "checks running at once; 0 = one per CPU this process may use");
 ABSL_FLAG(int, queue_size, 16, "checks waiting for a slot before RESOURCE_EXHAUSTED");
@@ -103,6 +107,7 @@ int main(int argc, char** argv) {
   preflight::server::ServerConfig config;
   config.address = absl::GetFlag(FLAGS_address);
   config.store = absl::GetFlag(FLAGS_store);
+  config.init_store = absl::GetFlag(FLAGS_init_store);
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
