@@ -9,6 +9,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "service/engine/config.h"
+#include "service/engine/utf8.h"
 #include "service/store/sha256.h"
 
 namespace preflight::server {
@@ -111,7 +112,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
       if (!store::IsSha256Hex(a.sha256())) {
         return absl::InvalidArgumentError(
             absl::StrCat(field, ".sha256: expected 64 lowercase hex characters, got '",
-                         a.sha256().substr(0, 80), "'"));
+                         engine::TruncateUtf8(a.sha256(), 80, ""), "'"));
       }
       if (!blobs_->Has(a.sha256())) {
         return absl::NotFoundError(
