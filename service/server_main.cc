@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
-  if (config.core.job_slots == 0) config.core.job_slots = preflight::worker::UsableCpus();
+  config.core.job_cpus = preflight::worker::UsableCpus();
+  if (config.core.job_slots == 0) config.core.job_slots = config.core.job_cpus;
   config.core.queue_size = absl::GetFlag(FLAGS_queue_size);
   config.core.max_inline_bytes = absl::GetFlag(FLAGS_max_inline_mb) << 20;
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;

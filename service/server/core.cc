@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "service/engine/budgets.h"
 #include "service/engine/config.h"
 #include "service/engine/utf8.h"
 #include "service/store/sha256.h"
@@ -151,6 +152,13 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   if (config.timeout_seconds() > config_.max_job_timeout_seconds) {
     return absl::InvalidArgumentError(absl::StrCat(
         "config.timeout_seconds: at most ", config_.max_job_timeout_seconds, " on this server"));
+  }
+  const int max_threads =
+      engine::DeriveBudgets(config.timeout_seconds(), config_.job_cpus).max_intra_op_threads;
+  if (config.intra_op_threads() > max_threads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.intra_op_threads: at most ", max_threads,
+        " on this server (the CPUs a job may run on), got ", config.intra_op_threads()));
   }
   auto model = ResolveArtifact(request.model(), "model");
   if (!model.ok()) return model.status();
