@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 
+#include "service/server/host_memory.h"
 #include "service/server/server.h"
 #include "service/worker/child_process.h"
 
@@ -153,6 +154,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "preflight-server: WARNING: this kernel has no Landlock; jobs are "
                  "confined by seccomp and rlimits only (--require_landlock refuses)\n");
+  }
+
+  if (const std::string w = preflight::server::MemoryOvercommitWarning(
+          config.core.job_slots, config.core.job_memory_bytes,
+          preflight::server::HostMemoryBytes());
+      !w.empty()) {
+    std::fprintf(stderr, "preflight-server: WARNING: %s\n", w.c_str());
   }
 
   int sig = 0;
