@@ -1,6 +1,8 @@
 #include "service/store/blob_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,12 +17,16 @@ namespace preflight::store {
 namespace {
 
 std::atomic<uint64_t> g_temp_counter{0};
+constexpr char kTempPrefix[] = ".tmp-";
 
 class FileBlobWriter : public BlobWriter {
  public:
   FileBlobWriter(const BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
-    temp_ = absl::StrCat(dir_, "/.tmp-", getpid(), "-", g_temp_counter.fetch_add(1));
+    temp_ = absl::StrCat(dir_, "/", kTempPrefix, getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    // Held until the writer is gone, with its process if that is killed:
+    // how RemoveStaleTemps tells a live upload from an abandoned one.
+    if (fd_ >= 0) flock(fd_, LOCK_EX);
   }
   ~FileBlobWriter() override {
     if (fd_ >= 0) close(fd_);
@@ -76,6 +82,26 @@ class FileBlobWriter : public BlobWriter {
   Sha256 hash_;
 };
 
+// Removes the temp files of writers that are gone (a killed upload, a crash
+// mid-write): nobody holds their lock. A live writer's file stays. Returns how
+// many were removed.
+int RemoveStaleTemps(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  int removed = 0;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind(kTempPrefix, 0) != 0) continue;
+    const std::string path = absl::StrCat(dir, "/", name);
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && unlink(path.c_str()) == 0) ++removed;
+    close(fd);
+  }
+  closedir(d);
+  return removed;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir,
@@ -88,7 +114,9 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& di
     return absl::FailedPreconditionError(
         absl::StrCat("blob store: ", dir, " is not a writable directory"));
   }
-  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+  auto store = std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+  store->stale_temps_removed_ = RemoveStaleTemps(dir);
+  return store;
 }
 
 std::unique_ptr<BlobWriter> BlobStore::NewWriter() {

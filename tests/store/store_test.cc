@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,6 +71,32 @@ TEST(BlobStore, OpensABlobForReadingWithoutItsPath) {
   EXPECT_EQ((*store)->OpenForRead(std::string(64, 'e')).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ((*store)->ReadHead(std::string(64, 'e'), 4), "");
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// A killed upload's temp file stayed forever; a live one must survive.
+TEST(BlobStore, OpenRemovesTempFilesOfUploadsThatAreGone) {
+  const std::string dir = TempDir() + "/blobs";
+  auto first = BlobStore::Open(dir, 1 << 20);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ((*first)->stale_temps_removed(), 0);
+  // As a killed server leaves it: a temp file nobody holds.
+  const std::string stale = dir + "/.tmp-4242-7";
+  ASSERT_EQ(close(creat(stale.c_str(), 0640)), 0);
+  // A live upload of this process, mid-write.
+  auto live = (*first)->NewWriter();
+  ASSERT_TRUE(live->Append("partial").ok());
+  auto again = BlobStore::Open(dir, 1 << 20);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->stale_temps_removed(), 1);
+  EXPECT_FALSE(Exists(stale));
+  auto info = live->Commit();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE((*again)->Has(Sha256Hex("partial")));
 }
 
 }  // namespace
