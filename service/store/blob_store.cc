@@ -54,17 +54,19 @@ class FileBlobWriter : public BlobWriter {
 
   absl::StatusOr<BlobInfo> Commit() override {
     if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    BlobInfo info;
+    info.sha256 = hash_.HexDigest();
+    info.size = size_;
+    const std::string final_path = store_->PathOf(info.sha256);
+    // Content-addressed: the stored blob already holds these bytes, so this
+    // copy needs no sync (the destructor removes it).
+    info.already_present = store_->Has(info.sha256);
+    if (info.already_present) return info;
     if (fsync(fd_) != 0 || close(fd_) != 0) {
       fd_ = -1;
       return absl::InternalError(absl::StrCat("blob store: sync: ", std::strerror(errno)));
     }
     fd_ = -1;
-    BlobInfo info;
-    info.sha256 = hash_.HexDigest();
-    info.size = size_;
-    const std::string final_path = store_->PathOf(info.sha256);
-    info.already_present = store_->Has(info.sha256);
-    if (info.already_present) return info;  // Destructor removes the temp file.
     if (rename(temp_.c_str(), final_path.c_str()) != 0) {
       return absl::InternalError(absl::StrCat("blob store: rename: ", std::strerror(errno)));
     }
@@ -124,6 +126,10 @@ std::unique_ptr<BlobWriter> BlobStore::NewWriter() {
 }
 
 absl::StatusOr<BlobInfo> BlobStore::Put(absl::string_view bytes) {
+  // A repeat of a stored artifact (every repeated inline Check) writes
+  // nothing: same sha256, same bytes. It then works on a full disk too.
+  const std::string sha256 = Sha256Hex(bytes);
+  if (Has(sha256)) return BlobInfo{sha256, static_cast<int64_t>(bytes.size()), true};
   auto w = NewWriter();
   if (absl::Status s = w->Append(bytes); !s.ok()) return s;
   return w->Commit();

@@ -43,6 +43,8 @@ class BlobStore {
                                                          int64_t max_blob_bytes);
 
   std::unique_ptr<BlobWriter> NewWriter();
+  // Stores `bytes` unless a blob of their sha256 is already stored, in which
+  // case nothing is written (already_present).
   absl::StatusOr<BlobInfo> Put(absl::string_view bytes);
   bool Has(const std::string& sha256) const;
   // A stored blob opened read-only (close-on-exec): how its bytes reach a

@@ -1,4 +1,6 @@
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,6 +99,50 @@ TEST(BlobStore, OpenRemovesTempFilesOfUploadsThatAreGone) {
   auto info = live->Commit();
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_TRUE((*again)->Has(Sha256Hex("partial")));
+}
+
+// File-size limit 0 for the current scope: any write to a regular file fails
+// (EFBIG), as on a full disk.
+class NoFileWrites {
+ public:
+  NoFileWrites() {
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &saved_);
+    rlimit none = saved_;
+    none.rlim_cur = 0;
+    setrlimit(RLIMIT_FSIZE, &none);
+  }
+  ~NoFileWrites() { setrlimit(RLIMIT_FSIZE, &saved_); }
+
+ private:
+  rlimit saved_;
+};
+
+// Every repeated inline Check stored its artifacts again (write + fsync), so
+// even a repeat of a stored request failed on a full disk.
+TEST(BlobStore, PutOfAStoredBlobWritesNothing) {
+  const std::string dir = TempDir() + "/blobs";
+  auto store = BlobStore::Open(dir, 1 << 20);
+  ASSERT_TRUE(store.ok());
+  auto a = (*store)->Put("model bytes");
+  ASSERT_TRUE(a.ok());
+  struct stat before;
+  ASSERT_EQ(stat((*store)->PathOf(a->sha256).c_str(), &before), 0);
+  absl::StatusOr<BlobInfo> b;
+  {
+    NoFileWrites no_writes;
+    b = (*store)->Put("model bytes");
+  }
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->already_present);
+  EXPECT_EQ(b->sha256, a->sha256);
+  EXPECT_EQ(b->size, 11);
+  struct stat after;
+  ASSERT_EQ(stat((*store)->PathOf(a->sha256).c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  EXPECT_EQ(std::system(("test \"$(ls -A " + dir + ")\" = " + a->sha256).c_str()), 0)
+      << "a temp file was left";
 }
 
 }  // namespace
