@@ -19,11 +19,24 @@ namespace {
 std::atomic<uint64_t> g_temp_counter{0};
 constexpr char kTempPrefix[] = ".tmp-";
 
+// A failed filesystem call of the blob store in `dir`. A full disk or quota is
+// the store's capacity, RESOURCE_EXHAUSTED naming the store, not a fault.
+absl::Status IoError(const std::string& dir, const char* what, int err) {
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(absl::StrCat("blob store ", dir, " is full: ", what, ": ",
+                                                     std::strerror(err),
+                                                     "; free space in the store's filesystem"));
+  }
+  return absl::InternalError(
+      absl::StrCat("blob store ", dir, ": ", what, ": ", std::strerror(err)));
+}
+
 class FileBlobWriter : public BlobWriter {
  public:
   FileBlobWriter(const BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
     temp_ = absl::StrCat(dir_, "/", kTempPrefix, getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    open_errno_ = errno;
     // Held until the writer is gone, with its process if that is killed:
     // how RemoveStaleTemps tells a live upload from an abandoned one.
     if (fd_ >= 0) flock(fd_, LOCK_EX);
@@ -34,7 +47,7 @@ class FileBlobWriter : public BlobWriter {
   }
 
   absl::Status Append(absl::string_view data) override {
-    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    if (fd_ < 0) return IoError(dir_, "cannot create a temp file", open_errno_);
     if (size_ + static_cast<int64_t>(data.size()) > store_->max_blob_bytes()) {
       return absl::ResourceExhaustedError(absl::StrCat("artifact exceeds the server's limit of ",
                                                        store_->max_blob_bytes(), " bytes"));
@@ -45,7 +58,7 @@ class FileBlobWriter : public BlobWriter {
       const ssize_t n = write(fd_, data.data(), data.size());
       if (n < 0) {
         if (errno == EINTR) continue;
-        return absl::InternalError(absl::StrCat("blob store: write: ", std::strerror(errno)));
+        return IoError(dir_, "write", errno);
       }
       data.remove_prefix(static_cast<size_t>(n));
     }
@@ -53,7 +66,7 @@ class FileBlobWriter : public BlobWriter {
   }
 
   absl::StatusOr<BlobInfo> Commit() override {
-    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    if (fd_ < 0) return IoError(dir_, "cannot create a temp file", open_errno_);
     BlobInfo info;
     info.sha256 = hash_.HexDigest();
     info.size = size_;
@@ -63,12 +76,13 @@ class FileBlobWriter : public BlobWriter {
     info.already_present = store_->Has(info.sha256);
     if (info.already_present) return info;
     if (fsync(fd_) != 0 || close(fd_) != 0) {
+      const int err = errno;
       fd_ = -1;
-      return absl::InternalError(absl::StrCat("blob store: sync: ", std::strerror(errno)));
+      return IoError(dir_, "sync", err);
     }
     fd_ = -1;
     if (rename(temp_.c_str(), final_path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("blob store: rename: ", std::strerror(errno)));
+      return IoError(dir_, "rename", errno);
     }
     committed_ = true;
     return info;
@@ -79,6 +93,7 @@ class FileBlobWriter : public BlobWriter {
   std::string dir_;
   std::string temp_;
   int fd_ = -1;
+  int open_errno_ = 0;
   int64_t size_ = 0;
   bool committed_ = false;
   Sha256 hash_;

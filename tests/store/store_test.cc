@@ -13,6 +13,7 @@
 
 #include "service/store/blob_store.h"
 #include "service/store/sha256.h"
+#include "tests/store/tiny_tmpfs.h"
 
 namespace preflight::store {
 namespace {
@@ -143,6 +144,26 @@ TEST(BlobStore, PutOfAStoredBlobWritesNothing) {
   EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
   EXPECT_EQ(std::system(("test \"$(ls -A " + dir + ")\" = " + a->sha256).c_str()), 0)
       << "a temp file was left";
+}
+
+// A full disk was INTERNAL: it is the store's capacity, named.
+TEST(BlobStore, FullDiskIsResourceExhaustedNamingTheStore) {
+  TinyTmpfs disk(64 << 10);
+  if (!disk.error().empty()) GTEST_SKIP() << disk.error();
+  const std::string dir = disk.dir() + "/blobs";
+  auto store = BlobStore::Open(dir, 4 << 20);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto put = (*store)->Put(std::string(1 << 20, 'x'));
+  ASSERT_FALSE(put.ok());
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(put.status().message()), HasSubstr("blob store " + dir + " is full"));
+  EXPECT_THAT(std::string(put.status().message()), HasSubstr("No space left on device"));
+  // The same through a streamed upload, and no temp file is left behind.
+  auto w = (*store)->NewWriter();
+  absl::Status s = w->Append(std::string(1 << 20, 'y'));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  w.reset();
+  EXPECT_EQ(std::system(("test -z \"$(ls -A " + dir + ")\"").c_str()), 0) << "temp file left";
 }
 
 }  // namespace
