@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 
+#include "service/server/host_memory.h"
 #include "service/server/server.h"
 #include "service/worker/child_process.h"
 
@@ -31,6 +32,10 @@ ABSL_FLAG(std::string, store, "preflight-store",
           "where verdicts and uploaded artifacts live: a directory (SQLite verdicts.db + "
           "blobs/, created if absent) or SCHEME://... for another backend (none built in yet: "
           "a scheme is a start-up error)");
+ABSL_FLAG(bool, init_store, false,
+          "create a new, empty verdict store in a --store directory that is in use but has "
+          "lost its verdicts.db (missing or zero bytes), which is otherwise a start-up error; "
+          "an absent or empty directory needs no flag");
 ABSL_FLAG(std::string, worker, "", "path of preflight-worker (default: next to this binary)");
 ABSL_FLAG(int, job_slots, 0, "checks running at once; 0 = one per CPU this process may use");
 ABSL_FLAG(int, queue_size, 16, "checks waiting for a slot before RESOURCE_EXHAUSTED");
@@ -103,11 +108,13 @@ int main(int argc, char** argv) {
   preflight::server::ServerConfig config;
   config.address = absl::GetFlag(FLAGS_address);
   config.store = absl::GetFlag(FLAGS_store);
+  config.init_store = absl::GetFlag(FLAGS_init_store);
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
-  if (config.core.job_slots == 0) config.core.job_slots = preflight::worker::UsableCpus();
+  config.core.job_cpus = preflight::worker::UsableCpus();
+  if (config.core.job_slots == 0) config.core.job_slots = config.core.job_cpus;
   config.core.queue_size = absl::GetFlag(FLAGS_queue_size);
   config.core.max_inline_bytes = absl::GetFlag(FLAGS_max_inline_mb) << 20;
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;
@@ -147,6 +154,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "preflight-server: WARNING: this kernel has no Landlock; jobs are "
                  "confined by seccomp and rlimits only (--require_landlock refuses)\n");
+  }
+
+  if (const std::string w = preflight::server::MemoryOvercommitWarning(
+          config.core.job_slots, config.core.job_memory_bytes,
+          preflight::server::HostMemoryBytes());
+      !w.empty()) {
+    std::fprintf(stderr, "preflight-server: WARNING: %s\n", w.c_str());
   }
 
   int sig = 0;

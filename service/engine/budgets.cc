@@ -14,6 +14,7 @@ Budgets DeriveBudgets(double timeout_seconds, int usable_cpus) {
       static_cast<int64_t>(std::ceil(b.job_deadline_seconds * std::max(1, usable_cpus))) + 1;
   b.backstop_seconds = b.job_deadline_seconds + kBackstopSlackSeconds;
   b.rpc_deadline_seconds = b.job_deadline_seconds + kQueueAllowanceSeconds;
+  b.max_intra_op_threads = std::max(1, usable_cpus);
   return b;
 }
 

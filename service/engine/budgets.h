@@ -28,6 +28,10 @@ struct Budgets {
   // The client's gRPC deadline for Check: the job deadline plus time to wait
   // for a job slot on a busy server. Seconds.
   double rpc_deadline_seconds = 0;
+  // Most intra-op threads a job may ask for: one per CPU it may run on. More
+  // only contend for the same CPUs, and each costs a stack inside the job's
+  // address-space limit (512 threads ended jobs without a report).
+  int max_intra_op_threads = 1;
 };
 
 // Slack of the server's backstop past the job deadline, and the client's

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "service/engine/utf8.h"
 
 namespace preflight::engine {
 
@@ -16,8 +17,8 @@ v1::Finding* AddFinding(v1::Report* report, v1::FindingCode code, v1::Finding::S
   v1::Finding* f = report->add_findings();
   f->set_code(code);
   f->set_severity(severity);
-  f->set_check(std::string(check));
-  f->set_message(std::string(message));
+  f->set_check(ValidUtf8(check));
+  f->set_message(ValidUtf8(message));
   f->set_hint(CanonicalHint(code));
   return f;
 }
@@ -30,8 +31,8 @@ void AddNumber(v1::Finding* finding, absl::string_view name, double value) {
 
 void AddText(v1::Finding* finding, absl::string_view name, absl::string_view value) {
   v1::Evidence* e = finding->add_evidence();
-  e->set_name(std::string(name));
-  e->set_text(std::string(value));
+  e->set_name(ValidUtf8(name));
+  e->set_text(ValidUtf8(value));
 }
 
 v1::Verdict ComputeVerdict(const v1::Report& report) {
@@ -166,9 +167,12 @@ bool LooksLikeErrorLine(absl::string_view line) {
 
 }  // namespace
 
+// The result is valid UTF-8, cut between characters: a message cut inside one
+// made its whole report undecodable.
 std::string TrimTorchMessage(absl::string_view what, size_t max_chars) {
+  const std::string valid = ValidUtf8(what);
   std::vector<std::string> kept;
-  for (absl::string_view line : absl::StrSplit(what, '\n')) {
+  for (absl::string_view line : absl::StrSplit(valid, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
     // LibTorch appends a native backtrace ("Exception raised from ...",
@@ -202,8 +206,7 @@ std::string TrimTorchMessage(absl::string_view what, size_t max_chars) {
   } else {
     out = absl::StrJoin(kept, " | ");
   }
-  if (out.size() > max_chars) out = out.substr(0, max_chars - 3) + "...";
-  return out;
+  return TruncateUtf8(out, max_chars);
 }
 
 std::string JoinFirst(const std::vector<std::string>& names, size_t max_shown) {

@@ -8,7 +8,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "service/engine/budgets.h"
 #include "service/engine/config.h"
+#include "service/engine/utf8.h"
 #include "service/store/sha256.h"
 
 namespace preflight::server {
@@ -111,7 +113,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
       if (!store::IsSha256Hex(a.sha256())) {
         return absl::InvalidArgumentError(
             absl::StrCat(field, ".sha256: expected 64 lowercase hex characters, got '",
-                         a.sha256().substr(0, 80), "'"));
+                         engine::TruncateUtf8(a.sha256(), 80, ""), "'"));
       }
       if (!blobs_->Has(a.sha256())) {
         return absl::NotFoundError(
@@ -150,6 +152,13 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   if (config.timeout_seconds() > config_.max_job_timeout_seconds) {
     return absl::InvalidArgumentError(absl::StrCat(
         "config.timeout_seconds: at most ", config_.max_job_timeout_seconds, " on this server"));
+  }
+  const int max_threads =
+      engine::DeriveBudgets(config.timeout_seconds(), config_.job_cpus).max_intra_op_threads;
+  if (config.intra_op_threads() > max_threads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.intra_op_threads: at most ", max_threads,
+        " on this server (the CPUs a job may run on), got ", config.intra_op_threads()));
   }
   auto model = ResolveArtifact(request.model(), "model");
   if (!model.ok()) return model.status();

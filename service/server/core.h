@@ -30,6 +30,9 @@ struct CoreConfig {
   int64_t max_inline_bytes = 16 << 20;  // Per inline artifact.
   int64_t job_memory_bytes = int64_t{8} << 30;  // RLIMIT_AS of each job.
   double max_job_timeout_seconds = 1800;        // Cap on a request's timeout.
+  // CPUs a job may run on (the server's own affinity, as the zygote's jobs
+  // inherit it): bounds config.intra_op_threads through engine::DeriveBudgets.
+  int job_cpus = 1;
 };
 
 class PreflightCore {

@@ -155,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->metrics = std::make_unique<ServiceMetrics>(registry);
-  auto stores = store::OpenStore(config.store, config.max_upload_bytes);
+  auto stores = store::OpenStore(config.store, config.max_upload_bytes, config.init_store);
   if (!stores.ok()) return stores.status();
   impl->stores = *std::move(stores);
   worker::WorkerPoolConfig wc;

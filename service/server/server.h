@@ -24,6 +24,9 @@ struct ServerConfig {
   // Where verdicts and artifacts live: a directory (SQLite verdicts.db +
   // blobs/) or a backend URL; store/store_factory.h lists the specs.
   std::string store = "preflight-store";
+  // Create a new, empty verdict store even where the store directory is in
+  // use but its verdict file is missing or empty (otherwise a start-up error).
+  bool init_store = false;
   std::string worker_binary;                    // preflight-worker; empty: next to this binary.
   int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
   // Refuse to start on a kernel without Landlock instead of running jobs

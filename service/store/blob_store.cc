@@ -1,6 +1,8 @@
 #include "service/store/blob_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,12 +17,29 @@ namespace preflight::store {
 namespace {
 
 std::atomic<uint64_t> g_temp_counter{0};
+constexpr char kTempPrefix[] = ".tmp-";
+
+// A failed filesystem call of the blob store in `dir`. A full disk or quota is
+// the store's capacity, RESOURCE_EXHAUSTED naming the store, not a fault.
+absl::Status IoError(const std::string& dir, const char* what, int err) {
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(absl::StrCat("blob store ", dir, " is full: ", what, ": ",
+                                                     std::strerror(err),
+                                                     "; free space in the store's filesystem"));
+  }
+  return absl::InternalError(
+      absl::StrCat("blob store ", dir, ": ", what, ": ", std::strerror(err)));
+}
 
 class FileBlobWriter : public BlobWriter {
  public:
   FileBlobWriter(const BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
-    temp_ = absl::StrCat(dir_, "/.tmp-", getpid(), "-", g_temp_counter.fetch_add(1));
+    temp_ = absl::StrCat(dir_, "/", kTempPrefix, getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    open_errno_ = errno;
+    // Held until the writer is gone, with its process if that is killed:
+    // how RemoveStaleTemps tells a live upload from an abandoned one.
+    if (fd_ >= 0) flock(fd_, LOCK_EX);
   }
   ~FileBlobWriter() override {
     if (fd_ >= 0) close(fd_);
@@ -28,7 +47,7 @@ class FileBlobWriter : public BlobWriter {
   }
 
   absl::Status Append(absl::string_view data) override {
-    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
+    if (fd_ < 0) return IoError(dir_, "cannot create a temp file", open_errno_);
     if (size_ + static_cast<int64_t>(data.size()) > store_->max_blob_bytes()) {
       return absl::ResourceExhaustedError(absl::StrCat("artifact exceeds the server's limit of ",
                                                        store_->max_blob_bytes(), " bytes"));
@@ -39,7 +58,7 @@ class FileBlobWriter : public BlobWriter {
       const ssize_t n = write(fd_, data.data(), data.size());
       if (n < 0) {
         if (errno == EINTR) continue;
-        return absl::InternalError(absl::StrCat("blob store: write: ", std::strerror(errno)));
+        return IoError(dir_, "write", errno);
       }
       data.remove_prefix(static_cast<size_t>(n));
     }
@@ -47,20 +66,23 @@ class FileBlobWriter : public BlobWriter {
   }
 
   absl::StatusOr<BlobInfo> Commit() override {
-    if (fd_ < 0) return absl::InternalError(absl::StrCat("blob store: cannot create ", temp_));
-    if (fsync(fd_) != 0 || close(fd_) != 0) {
-      fd_ = -1;
-      return absl::InternalError(absl::StrCat("blob store: sync: ", std::strerror(errno)));
-    }
-    fd_ = -1;
+    if (fd_ < 0) return IoError(dir_, "cannot create a temp file", open_errno_);
     BlobInfo info;
     info.sha256 = hash_.HexDigest();
     info.size = size_;
     const std::string final_path = store_->PathOf(info.sha256);
+    // Content-addressed: the stored blob already holds these bytes, so this
+    // copy needs no sync (the destructor removes it).
     info.already_present = store_->Has(info.sha256);
-    if (info.already_present) return info;  // Destructor removes the temp file.
+    if (info.already_present) return info;
+    if (fsync(fd_) != 0 || close(fd_) != 0) {
+      const int err = errno;
+      fd_ = -1;
+      return IoError(dir_, "sync", err);
+    }
+    fd_ = -1;
     if (rename(temp_.c_str(), final_path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("blob store: rename: ", std::strerror(errno)));
+      return IoError(dir_, "rename", errno);
     }
     committed_ = true;
     return info;
@@ -71,10 +93,31 @@ class FileBlobWriter : public BlobWriter {
   std::string dir_;
   std::string temp_;
   int fd_ = -1;
+  int open_errno_ = 0;
   int64_t size_ = 0;
   bool committed_ = false;
   Sha256 hash_;
 };
+
+// Removes the temp files of writers that are gone (a killed upload, a crash
+// mid-write): nobody holds their lock. A live writer's file stays. Returns how
+// many were removed.
+int RemoveStaleTemps(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  int removed = 0;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind(kTempPrefix, 0) != 0) continue;
+    const std::string path = absl::StrCat(dir, "/", name);
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && unlink(path.c_str()) == 0) ++removed;
+    close(fd);
+  }
+  closedir(d);
+  return removed;
+}
 
 }  // namespace
 
@@ -88,7 +131,9 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& di
     return absl::FailedPreconditionError(
         absl::StrCat("blob store: ", dir, " is not a writable directory"));
   }
-  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+  auto store = std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+  store->stale_temps_removed_ = RemoveStaleTemps(dir);
+  return store;
 }
 
 std::unique_ptr<BlobWriter> BlobStore::NewWriter() {
@@ -96,6 +141,10 @@ std::unique_ptr<BlobWriter> BlobStore::NewWriter() {
 }
 
 absl::StatusOr<BlobInfo> BlobStore::Put(absl::string_view bytes) {
+  // A repeat of a stored artifact (every repeated inline Check) writes
+  // nothing: same sha256, same bytes. It then works on a full disk too.
+  const std::string sha256 = Sha256Hex(bytes);
+  if (Has(sha256)) return BlobInfo{sha256, static_cast<int64_t>(bytes.size()), true};
   auto w = NewWriter();
   if (absl::Status s = w->Append(bytes); !s.ok()) return s;
   return w->Commit();

@@ -37,11 +37,14 @@ class BlobWriter {
 class BlobStore {
  public:
   // Creates DIR if needed; FAILED_PRECONDITION if it is not a writable
-  // directory.
+  // directory. Removes the temp files of uploads that never completed (their
+  // writer was killed): nothing else would.
   static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir,
                                                          int64_t max_blob_bytes);
 
   std::unique_ptr<BlobWriter> NewWriter();
+  // Stores `bytes` unless a blob of their sha256 is already stored, in which
+  // case nothing is written (already_present).
   absl::StatusOr<BlobInfo> Put(absl::string_view bytes);
   bool Has(const std::string& sha256) const;
   // A stored blob opened read-only (close-on-exec): how its bytes reach a
@@ -53,12 +56,15 @@ class BlobStore {
   // and its tests: nothing outside service/store passes it on.
   std::string PathOf(const std::string& sha256) const;
   int64_t max_blob_bytes() const { return max_blob_bytes_; }
+  // How many abandoned temp files Open removed.
+  int stale_temps_removed() const { return stale_temps_removed_; }
 
  private:
   BlobStore(std::string dir, int64_t max_blob_bytes)
       : dir_(std::move(dir)), max_blob_bytes_(max_blob_bytes) {}
   std::string dir_;
   int64_t max_blob_bytes_;
+  int stale_temps_removed_ = 0;
 };
 
 }  // namespace preflight::store

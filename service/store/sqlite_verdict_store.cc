@@ -20,12 +20,24 @@ struct SqliteVerdictStore::Impl {
 
 namespace {
 
+// SQLITE_FULL (the disk or quota is full) is the store's capacity:
+// RESOURCE_EXHAUSTED naming the file. Anything else is a fault.
+absl::Status SqliteError(sqlite3* db, int rc, const std::string& message) {
+  if ((rc & 0xff) == SQLITE_FULL) {
+    const char* file = sqlite3_db_filename(db, "main");
+    return absl::ResourceExhaustedError(absl::StrCat("verdict store ", file != nullptr ? file : "",
+                                                     " is full: ", message,
+                                                     "; free space in the store's filesystem"));
+  }
+  return absl::InternalError(absl::StrCat("verdict store: ", message));
+}
+
 absl::Status Exec(sqlite3* db, const char* sql) {
   char* err = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string m = err != nullptr ? err : "unknown error";
+  if (const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err); rc != SQLITE_OK) {
+    std::string m = err != nullptr ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    return absl::InternalError(m);
+    return SqliteError(db, rc, m);
   }
   return absl::OkStatus();
 }
@@ -119,8 +131,8 @@ absl::Status BindLocked(sqlite3* db, const std::string& job_id, const std::strin
   BindText(st, 1, job_id);
   BindText(st, 2, digest);
   sqlite3_bind_double(st.s, 3, Now());
-  if (sqlite3_step(st.s) != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(db)));
+  if (const int rc = sqlite3_step(st.s); rc != SQLITE_DONE) {
+    return SqliteError(db, rc, sqlite3_errmsg(db));
   }
   return absl::OkStatus();
 }
@@ -208,8 +220,8 @@ absl::Status SqliteVerdictStore::Put(const StoredVerdict& v) {
     sqlite3_bind_int(st.s, 2, v.report.verdict());
     sqlite3_bind_blob(st.s, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
     sqlite3_bind_double(st.s, 4, v.created_unix_seconds > 0 ? v.created_unix_seconds : Now());
-    if (sqlite3_step(st.s) != SQLITE_DONE) {
-      return absl::InternalError(absl::StrCat("verdict store: ", sqlite3_errmsg(db)));
+    if (const int rc = sqlite3_step(st.s); rc != SQLITE_DONE) {
+      return SqliteError(db, rc, sqlite3_errmsg(db));
     }
     return v.job_id.empty() ? absl::OkStatus() : BindLocked(db, v.job_id, v.request_digest);
   });

@@ -25,13 +25,47 @@ std::string SchemeOf(const std::string& spec) {
   return absl::AsciiStrToLower(spec.substr(0, sep));
 }
 
-absl::StatusOr<Stores> OpenDirectory(const std::string& dir, int64_t max_blob_bytes) {
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// A directory that was used as a store but has lost its verdict file (deleted,
+// or truncated to zero bytes) must not silently become an empty store: the
+// verdicts the gates rely on would be gone without a word. Evidence of use is
+// what only a store writes (blobs/, SQLite's side files); other files (a log,
+// lost+found) are not, so an absent or otherwise empty directory is a fresh
+// store. `init_store` creates a new verdict file anyway.
+absl::Status CheckVerdictFile(const std::string& dir, const std::string& db, bool init_store) {
+  if (init_store) return absl::OkStatus();
+  const std::string hint =
+      "; restore it from a backup, or start with --init-store to begin a new, empty verdict "
+      "store";
+  struct stat st;
+  if (stat(db.c_str(), &st) == 0) {
+    if (st.st_size > 0) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("store: ", db, " is empty (zero bytes): its verdicts are lost", hint));
+  }
+  for (const std::string used : {dir + "/blobs", db + "-wal", db + "-shm", db + "-journal"}) {
+    if (Exists(used)) {
+      return absl::FailedPreconditionError(absl::StrCat("store: ", db, " is missing, but ", dir,
+                                                        " holds a used store (", used, ")", hint));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Stores> OpenDirectory(const std::string& dir, int64_t max_blob_bytes,
+                                     bool init_store) {
   if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
         absl::StrCat("store: cannot create ", dir, ": ", std::strerror(errno)));
   }
+  const std::string db = dir + "/verdicts.db";
+  if (absl::Status s = CheckVerdictFile(dir, db, init_store); !s.ok()) return s;
   Stores stores;
-  auto verdicts = SqliteVerdictStore::Open(dir + "/verdicts.db");
+  auto verdicts = SqliteVerdictStore::Open(db);
   if (!verdicts.ok()) return verdicts.status();
   stores.verdicts = *std::move(verdicts);
   auto blobs = BlobStore::Open(dir + "/blobs", max_blob_bytes);
@@ -42,10 +76,10 @@ absl::StatusOr<Stores> OpenDirectory(const std::string& dir, int64_t max_blob_by
 
 }  // namespace
 
-absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes) {
+absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes, bool init_store) {
   if (spec.empty()) return absl::InvalidArgumentError("store: must not be empty");
   const std::string scheme = SchemeOf(spec);
-  if (scheme.empty()) return OpenDirectory(spec, max_blob_bytes);
+  if (scheme.empty()) return OpenDirectory(spec, max_blob_bytes, init_store);
   return absl::InvalidArgumentError(
       absl::StrCat("store: no '", scheme, "' backend in this build (", scheme,
                    "://... is not supported yet); pass a directory for the embedded store (SQLite "

@@ -4,6 +4,10 @@
 // Specs:
 //   DIR                 a directory (created if absent): SQLite verdicts at
 //                       DIR/verdicts.db, artifacts at DIR/blobs/<sha256>.
+//                       An absent or empty DIR is a new store; a DIR that
+//                       holds anything but has no verdicts.db, or a
+//                       zero-length one, is FAILED_PRECONDITION naming the
+//                       file (its verdicts were lost) unless `init_store`.
 //   SCHEME://...        a backend by URL scheme. None is built in yet: every
 //                       scheme (postgresql:// comes in a later issue) is
 //                       INVALID_ARGUMENT naming the scheme.
@@ -34,7 +38,9 @@ struct Stores {
 // INVALID_ARGUMENT for an empty spec or an unknown scheme (the message names
 // the scheme only: a URL may carry credentials); FAILED_PRECONDITION with the
 // reason when the backend cannot be opened (unwritable, corrupt).
-// `max_blob_bytes` caps each stored artifact.
-absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes);
+// `max_blob_bytes` caps each stored artifact. `init_store` (--init-store)
+// creates a new, empty verdict store where a used one lost its file.
+absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes,
+                                 bool init_store = false);
 
 }  // namespace preflight::store

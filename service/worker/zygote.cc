@@ -22,6 +22,7 @@
 #include "service/engine/budgets.h"
 #include "service/engine/engine.h"
 #include "service/engine/report_util.h"
+#include "service/engine/utf8.h"
 #include "service/worker/child_process.h"
 #include "service/worker/classify.h"
 #include "service/worker/framing.h"
@@ -104,6 +105,9 @@ bool ReadFd(int fd, std::string* out) {
       record.set_failure("unknown exception");
     }
     TakeIncidents(&record);
+    // A model's message or a file name may hold any bytes; a report that is
+    // not UTF-8 would not decode on the server's side.
+    engine::MakeValidUtf8(&record);
     return record.SerializeAsString();
   });
 }

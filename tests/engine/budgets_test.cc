@@ -23,6 +23,12 @@ TEST(Budgets, DegenerateInputsStayUsable) {
   const Budgets b = DeriveBudgets(-5, 0);
   EXPECT_DOUBLE_EQ(b.job_deadline_seconds, 0);
   EXPECT_EQ(b.cpu_limit_seconds, 1);
+  EXPECT_EQ(b.max_intra_op_threads, 1);
+}
+
+TEST(Budgets, ThreadsAreBoundedByTheJobsCpus) {
+  EXPECT_EQ(DeriveBudgets(10, 4).max_intra_op_threads, 4);
+  EXPECT_EQ(DeriveBudgets(10, 1).max_intra_op_threads, 1);
 }
 
 TEST(Budgets, DefaultTimeoutMatchesTheDocumentedSandboxLine) {

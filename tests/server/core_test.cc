@@ -177,6 +177,27 @@ TEST_F(CoreTest, MalformedRequestsNameTheField) {
   EXPECT_EQ(runner_.runs.load(), 0);
 }
 
+// 512 intra-op threads passed validation and the job then exited without a
+// report: a job may use no more threads than CPUs it may run on.
+TEST_F(CoreTest, ThreadsAboveTheJobsCpusAreRefusedNamingTheBound) {
+  CoreConfig c;
+  c.job_cpus = 4;
+  PreflightCore core(c, blobs_.get(), verdicts_.get(), &runner_, metrics_.get());
+  v1::CheckRequest r = Valid();
+  r.mutable_config()->set_intra_op_threads(512);
+  auto refused = core.Check(r, Deadline());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("config.intra_op_threads: at most 4 on this server"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("got 512"));
+  EXPECT_EQ(runner_.runs.load(), 0);
+  r.mutable_config()->set_intra_op_threads(4);  // The bound itself runs.
+  auto ran = core.Check(r, Deadline());
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(runner_.runs.load(), 1);
+}
+
 TEST_F(CoreTest, UploadedGarbageIsRefusedByItsDigestField) {
   auto garbage = blobs_->Put("an uploaded text file, not a model");
   ASSERT_TRUE(garbage.ok());

@@ -11,6 +11,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/store/tiny_tmpfs.h"
 #include "tests/store/verdict_store_conformance.h"
 
 namespace preflight::store {
@@ -102,6 +103,25 @@ TEST(SqliteVerdictStore, FileFromANewerSchemaIsAStartupError) {
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(store.status().message()), HasSubstr("newer Preflight (schema 9"));
+}
+
+// SQLITE_FULL was INTERNAL: a full disk is the store's capacity, named.
+TEST(SqliteVerdictStore, FullDiskIsResourceExhaustedNamingTheFile) {
+  TinyTmpfs disk(256 << 10);
+  if (!disk.error().empty()) GTEST_SKIP() << disk.error();
+  const std::string path = disk.dir() + "/verdicts.db";
+  auto store = SqliteVerdictStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::Status s;
+  for (int i = 0; i < 64 && s.ok(); ++i) {
+    StoredVerdict v;
+    v.request_digest = std::string(63, 'a') + static_cast<char>('a' + i % 26) + std::to_string(i);
+    v.report.add_findings()->set_message(std::string(32 << 10, 'm'));
+    s = (*store)->Put(v);
+  }
+  ASSERT_FALSE(s.ok()) << "256 KiB held 64 reports of 32 KiB";
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("verdict store " + path + " is full"));
 }
 
 }  // namespace

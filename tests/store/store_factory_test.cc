@@ -2,8 +2,10 @@
 // scheme is refused at start-up, naming the scheme and never echoing the URL.
 #include "service/store/store_factory.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -44,6 +46,57 @@ TEST(OpenStore, DirectoryIsSqliteVerdictsAndBlobFiles) {
   auto again = OpenStore(dir, 1 << 20);
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->verdicts->GetByDigest(std::string(64, 'a')).ok());
+}
+
+// A store that lost its verdict file must not come back as an empty store:
+// the gates would find no verdicts and nobody would be told why.
+TEST(OpenStore, UsedDirectoryWithoutItsVerdictFileIsRefusedUnlessInitStore) {
+  struct Case {
+    const char* name;
+    void (*lose)(const std::string& db);
+    const char* says;
+  } cases[] = {
+      {"deleted", [](const std::string& db) { ASSERT_EQ(unlink(db.c_str()), 0); }, "is missing"},
+      {"zero-length", [](const std::string& db) { ASSERT_EQ(truncate(db.c_str(), 0), 0); },
+       "is empty (zero bytes)"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    const std::string dir = TempDir();
+    const std::string db = dir + "/verdicts.db";
+    {
+      auto stores = OpenStore(dir, 1 << 20);
+      ASSERT_TRUE(stores.ok()) << stores.status();
+      StoredVerdict v;
+      v.request_digest = std::string(64, 'a');
+      ASSERT_TRUE(stores->verdicts->Put(v).ok());
+      ASSERT_TRUE(stores->blobs->Put("x").ok());
+    }
+    tc.lose(db);
+    auto refused = OpenStore(dir, 1 << 20);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    const std::string m(refused.status().message());
+    EXPECT_THAT(m, HasSubstr(db));
+    EXPECT_THAT(m, HasSubstr(tc.says));
+    EXPECT_THAT(m, HasSubstr("--init-store"));
+    // Refusing leaves the evidence as it was.
+    struct stat st;
+    EXPECT_TRUE(stat(db.c_str(), &st) != 0 || st.st_size == 0);
+
+    auto fresh = OpenStore(dir, 1 << 20, /*init_store=*/true);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    EXPECT_TRUE(absl::IsNotFound(fresh->verdicts->GetByDigest(std::string(64, 'a')).status()));
+  }
+}
+
+TEST(OpenStore, EmptyDirectoryOrOneWithOnlyForeignFilesIsANewStore) {
+  const std::string dir = TempDir();
+  // As tools/quickstart.sh does: its server log lives in the store directory.
+  ASSERT_EQ(close(creat((dir + "/server.out").c_str(), 0640)), 0);
+  auto stores = OpenStore(dir, 1 << 20);
+  ASSERT_TRUE(stores.ok()) << stores.status();
+  EXPECT_TRUE(Exists(dir + "/verdicts.db"));
 }
 
 TEST(OpenStore, UnknownSchemeIsInvalidArgumentNamingOnlyTheScheme) {
