@@ -127,17 +127,23 @@ using preflight::worker::NeedsMode;
 using preflight::worker::Next;
 using preflight::worker::NoteOpen;
 
+// The optional mode argument of the open family: present only when the
+// flags create a file. A macro because va_start must run in the variadic
+// function itself.
+#define PREFLIGHT_READ_MODE(flags, mode)         \
+  mode_t mode = 0;                               \
+  if (NeedsMode(flags)) {                        \
+    va_list ap;                                  \
+    va_start(ap, flags);                         \
+    mode = static_cast<mode_t>(va_arg(ap, int)); \
+    va_end(ap);                                  \
+  }
+
 extern "C" {
 
 int open(const char* path, int flags, ...) {
   static auto real = Next<int (*)(const char*, int, ...)>("open");
-  mode_t mode = 0;
-  if (NeedsMode(flags)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(path, flags, mode);
   NoteOpen(fd, "open", path);
   return fd;
@@ -145,13 +151,7 @@ int open(const char* path, int flags, ...) {
 
 int open64(const char* path, int flags, ...) {
   static auto real = Next<int (*)(const char*, int, ...)>("open64");
-  mode_t mode = 0;
-  if (NeedsMode(flags)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(path, flags, mode);
   NoteOpen(fd, "open64", path);
   return fd;
@@ -159,13 +159,7 @@ int open64(const char* path, int flags, ...) {
 
 int openat(int dirfd, const char* path, int flags, ...) {
   static auto real = Next<int (*)(int, const char*, int, ...)>("openat");
-  mode_t mode = 0;
-  if (NeedsMode(flags)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(dirfd, path, flags, mode);
   NoteOpen(fd, "openat", path);
   return fd;
@@ -173,13 +167,7 @@ int openat(int dirfd, const char* path, int flags, ...) {
 
 int openat64(int dirfd, const char* path, int flags, ...) {
   static auto real = Next<int (*)(int, const char*, int, ...)>("openat64");
-  mode_t mode = 0;
-  if (NeedsMode(flags)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(dirfd, path, flags, mode);
   NoteOpen(fd, "openat64", path);
   return fd;
