@@ -92,6 +92,13 @@ class CoreTest : public ::testing::Test {
     core_ =
         std::make_unique<PreflightCore>(c, blobs_.get(), verdicts_.get(), &runner_, metrics_.get());
   }
+  // A valid request distinct per seed (a different cache key).
+  v1::CheckRequest WithSeed(uint64_t seed) {
+    v1::CheckRequest r = Valid();
+    r.mutable_config()->set_seed(seed);
+    return r;
+  }
+
   v1::CheckRequest Valid() {
     v1::CheckRequest r;
     // The core only looks at the zip header; the fake runner at nothing.
@@ -249,14 +256,9 @@ bool Eventually(const std::function<bool()>& cond, absl::Duration limit = absl::
 
 TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
   runner_.hold = true;
-  auto make = [&](uint64_t seed) {
-    v1::CheckRequest r = Valid();
-    r.mutable_config()->set_seed(seed);
-    return r;
-  };
-  std::thread running([&] { (void)core_->Check(make(1), Deadline()); });
+  std::thread running([&] { (void)core_->Check(WithSeed(1), Deadline()); });
   const bool started = Eventually([&] { return core_->running() >= 1; });
-  std::thread queued([&] { (void)core_->Check(make(2), Deadline()); });
+  std::thread queued([&] { (void)core_->Check(WithSeed(2), Deadline()); });
   const bool waiting = started && Eventually([&] { return core_->queued() >= 1; });
   if (!waiting) {
     runner_.Release();
@@ -265,7 +267,7 @@ TEST_F(CoreTest, FullSlotsAndQueueAreResourceExhaustedImmediately) {
     FAIL() << "the first check never " << (started ? "queued the second" : "started");
   }
   const absl::Time start = absl::Now();
-  auto third = core_->Check(make(3), Deadline());
+  auto third = core_->Check(WithSeed(3), Deadline());
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(third.status().message()), HasSubstr("retry"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // Immediate, not after a slot frees.
@@ -336,23 +338,18 @@ TEST_F(CoreTest, CallerThatGivesUpFreesItsRunningSlot) {
 
 TEST_F(CoreTest, QueuedCallerThatGivesUpLeavesTheQueue) {
   runner_.hold = true;
-  auto make = [&](uint64_t seed) {
-    v1::CheckRequest r = Valid();
-    r.mutable_config()->set_seed(seed);
-    return r;
-  };
-  std::thread running([&] { (void)core_->Check(make(1), Deadline()); });
+  std::thread running([&] { (void)core_->Check(WithSeed(1), Deadline()); });
   const bool started = Eventually([&] { return core_->running() >= 1; });
   std::atomic<bool> gone{false};
   absl::StatusOr<v1::CheckResponse> cancelled, expired;
   std::thread queued(
-      [&] { cancelled = core_->Check(make(2), Deadline(), [&] { return gone.load(); }); });
+      [&] { cancelled = core_->Check(WithSeed(2), Deadline(), [&] { return gone.load(); }); });
   const bool waiting = started && Eventually([&] { return core_->queued() >= 1; });
   if (waiting) {
     gone = true;
     queued.join();
     // A deadline that passes in the queue leaves it the same way.
-    expired = core_->Check(make(3), absl::Now() + absl::Milliseconds(100));
+    expired = core_->Check(WithSeed(3), absl::Now() + absl::Milliseconds(100));
   }
   runner_.Release();
   running.join();
