@@ -237,7 +237,7 @@ TEST_F(RemoteTest, AListSpreadsCallsOverEveryServer) {
     auto r = RemoteVerdict(both, "job", "", 10);
     ASSERT_TRUE(r.ok()) << r.status();
   }
-  EXPECT_GT(a->Verdicts(), 0);  // Both missed by 64 fair draws: p = 2^-63.
+  EXPECT_GT(a->Verdicts(), 0);  // One missed by 64 fair draws: p = 2^-63.
   EXPECT_GT(b->Verdicts(), 0);
 }
 
