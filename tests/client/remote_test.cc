@@ -5,7 +5,9 @@
 #include "client/remote.h"
 
 #include <grpcpp/grpcpp.h>
+
 #include <unistd.h>
+#include <chrono>
 
 #include <cstdlib>
 #include <fstream>
@@ -15,7 +17,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/random/random.h"
 #include "absl/time/clock.h"
+#include "client/server_target.h"
 #include "preflight/v1/preflight.grpc.pb.h"
 #include "service/engine/budgets.h"
 #include "service/store/sha256.h"
@@ -238,6 +242,35 @@ TEST_F(RemoteTest, AListSpreadsCallsOverEveryServer) {
     ASSERT_TRUE(r.ok()) << r.status();
   }
   EXPECT_GT(a->Verdicts(), 0);  // One missed by 64 fair draws: p = 2^-63.
+  EXPECT_GT(b->Verdicts(), 0);
+}
+
+TEST_F(RemoteTest, OneChannelWithTheClientSettingsAlternatesBetweenServers) {
+  // What makes it round_robin and not the shuffle alone: pick_first would
+  // send every call of one channel to one server. The channel is built as
+  // remote.cc builds it (GrpcTarget + kRoundRobinServiceConfig).
+  auto a = StartFake(), b = StartFake();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  auto spec = ParseServerSpec(a->address + "," + b->address);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::BitGen gen;
+  auto target = GrpcTarget(*spec, SystemResolver, gen);
+  ASSERT_TRUE(target.ok()) << target.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kRoundRobinServiceConfig);
+  auto stub = v1::Preflight::NewStub(
+      grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args));
+  // Until the second connection is up, calls go to the first; then they alternate.
+  for (int i = 0; i < 500 && (a->Verdicts() == 0 || b->Verdicts() == 0); ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetVerdictRequest req;
+    req.set_job_id("job");
+    v1::GetVerdictResponse resp;
+    ASSERT_TRUE(stub->GetVerdict(&ctx, req, &resp).ok());
+  }
+  EXPECT_GT(a->Verdicts(), 0);
   EXPECT_GT(b->Verdicts(), 0);
 }
 

@@ -4,7 +4,8 @@ preflight-servers sharing nothing (own stores, own zygotes, port 0), and the
 real clients pointed at both with one `--server` list:
 
 - the thin CLI's lookups and checks, and the Python client's lookups, reach
-  both servers (counted by each server's own /metrics);
+  both servers (counted by each server's own /metrics), and one Python
+  channel alternates its calls between them (round_robin, not pick_first);
 - with one dead address in the list, the CLI's check, verdict and the
   Python client's check and verdict still succeed, every time;
 - dns:///localhost:PORT reaches the server; every address dead is exit 5
@@ -86,6 +87,31 @@ def main():
 
         gained = until_both([a, b], "GetVerdict", lambda: _py_lookup(preflight, both))
         expect(f"Python client lookups over the list reach both servers (gained {gained})",
+               all(g > 0 for g in gained), gained)
+
+        # One channel of the Python client, many calls: round_robin (not just
+        # the shuffled order) alternates them; pick_first would stay on one.
+        from preflight import _client
+        from preflight.v1 import preflight_pb2, preflight_pb2_grpc
+
+        with _client._channel(both) as channel:
+            stub = preflight_pb2_grpc.PreflightStub(channel)
+
+            def one_call():
+                try:
+                    stub.GetVerdict(preflight_pb2.GetVerdictRequest(job_id="fleet/none"),
+                                    timeout=10)
+                except _client.grpc.RpcError as e:
+                    if e.code().name != "NOT_FOUND":
+                        raise
+
+            before = [rpc_count(s, "GetVerdict") for s in (a, b)]
+            for _ in range(500):
+                one_call()
+                gained = [rpc_count(s, "GetVerdict") - x for s, x in zip((a, b), before)]
+                if all(g > 0 for g in gained):
+                    break
+        expect(f"one Python channel alternates its calls over both servers (gained {gained})",
                all(g > 0 for g in gained), gained)
 
         # One dead address: round_robin skips it; every call is answered.
