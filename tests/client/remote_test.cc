@@ -88,7 +88,7 @@ class RemoteTest : public ::testing::Test {
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port, 0);
-    address_ = "127.0.0.1:" + std::to_string(port);
+    address_.server = "127.0.0.1:" + std::to_string(port);
     char tmpl[] = "/tmp/preflight-remote-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
   }
@@ -104,7 +104,8 @@ class RemoteTest : public ::testing::Test {
 
   FakePreflight fake_;
   std::unique_ptr<grpc::Server> server_;
-  std::string address_, dir_;
+  Connection address_;
+  std::string dir_;
 };
 
 TEST_F(RemoteTest, SmallFilesTravelInlineWithConfigJobIdAndBudgetDeadline) {
