@@ -219,6 +219,8 @@ int RunAttestCommand(const std::vector<std::string>& args) {
       code >= 0) {
     return code;
   }
+  // Asked by digest: the messages name the verdict by it, as the caller did.
+  if (!v.digest.empty()) resp->clear_job_id();
   const client::Attestation a = client::Attest(*resp, model_sha, batch_sha);
   (a.exit_code == 0 ? std::cout : std::cerr) << "preflight attest: " << a.message << "\n";
   return a.exit_code;
