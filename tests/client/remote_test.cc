@@ -58,6 +58,10 @@ class FakePreflight final : public v1::Preflight::Service {
   grpc::Status GetVerdict(grpc::ServerContext* ctx, const v1::GetVerdictRequest* req,
                           v1::GetVerdictResponse* resp) override {
     std::lock_guard<std::mutex> lock(mu);
+    auto auth = ctx->client_metadata().find("authorization");
+    last_authorization = auth == ctx->client_metadata().end()
+                             ? ""
+                             : std::string(auth->second.data(), auth->second.size());
     last_verdict = *req;
     verdict_deadline_seconds =
         absl::ToDoubleSeconds(absl::FromChrono(ctx->deadline()) - absl::Now());
@@ -72,6 +76,7 @@ class FakePreflight final : public v1::Preflight::Service {
   std::mutex mu;
   v1::CheckRequest last_check;
   v1::GetVerdictRequest last_verdict;
+  std::string last_authorization;
   double check_deadline_seconds = 0, verdict_deadline_seconds = 0;
   grpc::Status check_error = grpc::Status::OK;
   int uploads = 0;
@@ -197,6 +202,24 @@ TEST_F(RemoteTest, UnreachableServerIsUnavailable) {
   server_.reset();
   auto r = RemoteVerdict(address_, "job", "", 10);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(RemoteTest, TokenTravelsAsBearerMetadataEvenOnPlaintext) {
+  ASSERT_TRUE(RemoteVerdict(address_, "job", "", 10).ok());
+  EXPECT_EQ(fake_.last_authorization, "") << "no token, no metadata";
+  Connection with_token = address_;
+  with_token.token = "tok-0123456789abcdef";
+  ASSERT_TRUE(RemoteVerdict(with_token, "job", "", 10).ok());
+  EXPECT_EQ(fake_.last_authorization, "Bearer tok-0123456789abcdef");
+}
+
+TEST_F(RemoteTest, UnreadableTlsFilesAreFailedPreconditionNamingTheFlag) {
+  Connection tls = address_;
+  tls.tls_ca_file = dir_ + "/absent-ca.pem";
+  auto r = RemoteVerdict(tls, "job", "", 10);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("--tls-ca: cannot read"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("absent-ca.pem"));
 }
 
 }  // namespace
