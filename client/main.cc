@@ -161,6 +161,12 @@ int RunVerdictCommand(const std::vector<std::string>& args) {
     std::cout << MessageJson(*resp) << "\n";
   } else {
     std::cout << client::RenderVerdict(*resp);
+    if (!cmd->remote.verify_key.empty()) {
+      std::cout << "  signature verified: key " << resp->signing_key_id() << "\n";
+    } else if (!resp->signing_key_id().empty()) {
+      std::cout << "  signed by key " << resp->signing_key_id()
+                << " (not verified: no --verify-key)\n";
+    }
   }
   return client::ExitCodeFor(resp->report().verdict());
 }

@@ -203,8 +203,9 @@ def main():
         expect("...and tenant A still reads its PASS (exit 0)", p.returncode == 0, p.stderr)
         p = thin("verdict", "--server", addr, "--job-id", "tenant-a/pass", who="gate",
                  verify="signing", d=d)
-        expect("the reader (a gate) reads it, signature verified (exit 0)", p.returncode == 0,
-               p.stderr)
+        expect("the reader (a gate) reads it, signature verified (exit 0)",
+               p.returncode == 0 and "signature verified: key ed25519:" in p.stdout,
+               (p.stdout, p.stderr))
         p = check(d, addr, "mlp", "", "gate")
         expect("the reader cannot run checks (exit 7)",
                p.returncode == 7 and "reader role" in p.stderr, (p.returncode, p.stderr))
