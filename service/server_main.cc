@@ -61,6 +61,10 @@ ABSL_FLAG(std::string, tokens, "",
 ABSL_FLAG(std::string, signing_key, "",
           "PEM Ed25519 private key: every stored verdict is signed with it (clients check "
           "with --verify-key)");
+ABSL_FLAG(std::string, health_address, "",
+          "HOST:PORT of a plaintext listener serving only the gRPC health service, for probes "
+          "that cannot speak TLS (the kubelet's); port 0 picks one (printed at start); empty: "
+          "none");
 
 namespace {
 
@@ -131,6 +135,7 @@ int main(int argc, char** argv) {
   config.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   config.tokens_file = absl::GetFlag(FLAGS_tokens);
   config.signing_key_file = absl::GetFlag(FLAGS_signing_key);
+  config.health_address = absl::GetFlag(FLAGS_health_address);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
   config.core.job_cpus = preflight::worker::UsableCpus();
   if (config.core.job_slots == 0) config.core.job_slots = config.core.job_cpus;
@@ -160,6 +165,9 @@ int main(int argc, char** argv) {
   }
   if (exposer) {
     std::printf("preflight-server metrics on port %d\n", exposer->GetListeningPorts().at(0));
+  }
+  if ((*server)->health_port() > 0) {
+    std::printf("preflight-server health on port %d\n", (*server)->health_port());
   }
   // Printed last: scripts wait for this line.
   std::printf("preflight-server listening on port %d\n", (*server)->port());

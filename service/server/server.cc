@@ -198,6 +198,9 @@ struct Server::Impl {
   std::unique_ptr<Service> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
+  // Plaintext, health service only (ServerConfig::health_address).
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
 };
 
 absl::Status ServerConfig::Validate() const {
@@ -295,11 +298,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
         "address: cannot listen on ", config.address,
         impl->tls ? " (with TLS: are --tls-cert and --tls-key a matching PEM pair?)" : ""));
   }
+  if (!config.health_address.empty()) {
+    // No service registered: the default health service is all it serves.
+    grpc::ServerBuilder health;
+    health.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
+                            &impl->health_port);
+    impl->health_server = health.BuildAndStart();
+    if (!impl->health_server || impl->health_port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("health_address: cannot listen on ", config.health_address));
+    }
+    impl->health_server->GetHealthCheckService()->SetServingStatus(true);
+  }
   impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
+int Server::health_port() const { return impl_->health_port; }
 double Server::worker_start_seconds() const { return impl_->pool->last_start_seconds(); }
 int Server::worker_pid() const { return impl_->pool->zygote_pid(); }
 int Server::landlock_abi() const { return impl_->pool->landlock_abi(); }
@@ -312,9 +328,16 @@ void Server::Shutdown(absl::Duration grace) {
   if (!impl_->grpc_server) return;
   impl_->core->StartDraining();
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  if (impl_->health_server) {
+    impl_->health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->grpc_server->Wait();
   impl_->grpc_server.reset();
+  if (impl_->health_server) {
+    impl_->health_server->Shutdown(absl::ToChronoTime(absl::Now()));
+    impl_->health_server.reset();
+  }
 }
 
 void Server::Wait() {

@@ -44,6 +44,10 @@ struct ServerConfig {
   // PEM Ed25519 private key: every stored verdict is signed with it
   // (crypto/signature.h). Empty: verdicts are unsigned.
   std::string signing_key_file;
+  // HOST:PORT of a plaintext listener serving only the gRPC health service
+  // (port 0 picks one): the kubelet's native gRPC probes cannot speak TLS.
+  // Empty: none.
+  std::string health_address;
   CoreConfig core;
 
   // INVALID_ARGUMENT naming the field.
@@ -59,6 +63,8 @@ class Server {
   ~Server();
 
   int port() const;
+  // The health listener's port (0 without health_address).
+  int health_port() const;
   // Seconds the zygote took to start (exec + LibTorch load), and its pid.
   double worker_start_seconds() const;
   int worker_pid() const;

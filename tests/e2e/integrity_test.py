@@ -146,6 +146,21 @@ def python_verdict(d, addr, job, verify):
                           timeout=120, env=env)
 
 
+def health_check(addr):
+    """grpc.health.v1.Health/Check over plaintext: the raw response bytes
+    (08 01 is SERVING), or None when the call fails."""
+    import grpc
+
+    with grpc.insecure_channel(addr) as channel:
+        call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        try:
+            return call(b"", timeout=10)
+        except grpc.RpcError:
+            return None
+
+
 def server_flags(d, *extra):
     return ("--tls-cert", f"{d}/server.crt", "--tls-key", f"{d}/server.key", "--tokens",
             f"{d}/tokens", "--signing-key", f"{d}/signing.pem", *extra)
@@ -268,10 +283,13 @@ def main():
         with open(log, "w") as err:
             probe = subprocess.Popen(
                 [f"{BUILD}/service/preflight-server", "--address", "127.0.0.1:0", "--store",
-                 store, "--metrics_address", "", *server_flags(d)],
+                 store, "--metrics_address", "", "--health-address", "127.0.0.1:0",
+                 *server_flags(d)],
                 stdout=subprocess.PIPE, stderr=err, text=True)
+            health_line = probe.stdout.readline()
             server_line = probe.stdout.readline()
         port = server_line.split()[-1] if "listening on port" in server_line else ""
+        health_port = health_line.split()[-1] if "health on port" in health_line else ""
         try:
             p = thin("verdict", "--server", f"127.0.0.1:{port}", "--job-id", "tenant-a/pass",
                      who="gate", d=d)
@@ -279,6 +297,8 @@ def main():
                    p.returncode == 6 and "DATA_LOSS" in p.stderr and digest_pass in p.stderr
                    and "does not match its recorded sha256" in p.stderr,
                    (p.returncode, p.stderr))
+            expect("the plaintext health listener answers SERVING beside the TLS-only port",
+                   health_check(f"127.0.0.1:{health_port}") == b"\x08\x01", health_line)
         finally:
             probe.terminate()
             probe.wait(timeout=60)
