@@ -93,6 +93,22 @@ def main():
            and pod_sc["seccompProfile"]["type"] == "RuntimeDefault", sc)
     expect("native gRPC liveness/readiness probes",
            "grpc" in c["livenessProbe"] and "grpc" in c["readinessProbe"], c)
+    args = c["args"]
+    health = next((a.split(":")[-1] for a in args if a.startswith("--health-address=")), None)
+    expect("the server turns TLS, tokens and signing on; probes use the plaintext health port",
+           any(a.startswith("--tls-cert=") for a in args)
+           and any(a.startswith("--tls-key=") for a in args)
+           and any(a.startswith("--tokens=") for a in args)
+           and any(a.startswith("--signing-key=") for a in args)
+           and health is not None
+           and all(str(c[p]["grpc"]["port"]) == health
+                   for p in ("startupProbe", "readinessProbe", "livenessProbe")), args)
+    gate = next(d for d in base if d["kind"] == "Deployment"
+                and d["metadata"]["name"] == "preflight-gate")
+    gargs = gate["spec"]["template"]["spec"]["containers"][0]["args"]
+    expect("the admission gate reads with a token, trusts the server's CA, verifies signatures",
+           all(any(a.startswith(f) for a in gargs)
+               for f in ("--token-file=", "--tls-ca=", "--verify-key=")), gargs)
 
     kinds = {d["kind"] for d in base}
     for kind in ("Namespace", "StatefulSet", "Service", "NetworkPolicy", "PodDisruptionBudget",
@@ -100,6 +116,9 @@ def main():
                  "Certificate", "ConfigMap"):
         expect(f"base has a {kind}", kind in kinds)
     cert = next(d for d in base if d["kind"] == "Certificate")
+    expect("a Certificate for the server's TLS port",
+           any(d["kind"] == "Certificate" and d["spec"]["secretName"] == "preflight-server-tls"
+               for d in base))
     expect("Certificate names its secret, DNS name and issuer",
            cert["spec"]["secretName"] and cert["spec"]["dnsNames"] and cert["spec"]["issuerRef"])
     rule = next(d for d in base if d["kind"] == "PrometheusRule")
