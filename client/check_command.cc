@@ -14,6 +14,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
 #include "client/server_target.h"
+#include "service/crypto/signature.h"
 #include "service/engine/config.h"
 #include "service/engine/losses.h"
 
@@ -75,6 +76,45 @@ absl::Status ToFlagError(const absl::Status& s) {
   return absl::InvalidArgumentError(absl::StrCat("--", flag, msg.substr(colon)));
 }
 
+constexpr char kRemoteUsage[] =
+    R"(  --token TOKEN         bearer token for a server started with --tokens (or
+                        PREFLIGHT_TOKEN; --token-file FILE keeps it out of ps)
+  --tls                 connect with TLS, trusting the system's CAs
+  --tls-ca PEM          connect with TLS, trusting this CA bundle (or
+                        PREFLIGHT_TLS_CA)
+  --tls-cert PEM, --tls-key PEM
+                        client certificate and key, for mutual TLS
+  --tls-server-name N   the name the server's certificate must carry
+  --verify-key PEM      Ed25519 public key of the server's --signing-key:
+                        refuse a verdict it did not sign (or PREFLIGHT_VERIFY_KEY)
+)";
+
+// The remote options that take a value (names without the dashes).
+bool IsRemoteValueFlag(const std::string& name) {
+  return name == "token" || name == "token-file" || name == "tls-ca" || name == "tls-cert" ||
+         name == "tls-key" || name == "tls-server-name" || name == "verify-key";
+}
+
+void SetRemoteValue(const std::string& name, const std::string& value, RemoteOptions* r) {
+  if (name == "token") r->token = value;
+  if (name == "token-file") r->token_file = value;
+  if (name == "tls-ca") r->tls_ca = value;
+  if (name == "tls-cert") r->tls_cert = value;
+  if (name == "tls-key") r->tls_key = value;
+  if (name == "tls-server-name") r->tls_server_name = value;
+  if (name == "verify-key") r->verify_key = value;
+}
+
+absl::Status ValidateRemote(const RemoteOptions& r) {
+  if (!r.token.empty() && !r.token_file.empty()) {
+    return absl::InvalidArgumentError("give one of --token and --token-file");
+  }
+  if (r.tls_cert.empty() != r.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string CheckUsage() {
@@ -121,27 +161,34 @@ Service:
                         dead ones skipped) or dns:///NAME:PORT (every address
                         of NAME, e.g. a headless Service)
   --job-id ID           the training job this check gates, for `preflight verdict`
-
+%s
 Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR,
-5 the server could not answer.
+5 the server could not answer, 6 the verdict is unsigned or badly signed
+(--verify-key), 7 the server refused the token or the job id.
 )",
                          engine::BuiltinLossNames(), engine::kDefaultLoss,
                          engine::kDefaultOptimizer, engine::kDefaultLr, engine::kDefaultMaxSteps,
                          engine::kDefaultTargetRatio, engine::kDefaultIntraOpThreads,
-                         engine::kDefaultTimeoutSeconds, engine::kDefaultDeterminismSteps);
+                         engine::kDefaultTimeoutSeconds, engine::kDefaultDeterminismSteps,
+                         kRemoteUsage);
 }
 
 std::string VerdictUsage() {
-  return R"(Usage: preflight verdict --server SERVERS (--job-id ID | --digest SHA256)
-                         [--timeout SEC] [--json]
+  return absl::StrCat(R"(Usage: preflight verdict --server SERVERS (--job-id ID | --digest SHA256)
+                         [--timeout SEC] [--json] [remote options]
 
 SERVERS: HOST:PORT, a list H1:P1,H2:P2 (round-robin, dead ones skipped) or
 dns:///NAME:PORT (every address of NAME).
 
 Prints the stored verdict of an earlier check; never runs a check. Meant as a
 scheduler gate: exit 0 PASS or WARN, 1 FAIL, 3 ERROR, 4 no verdict stored,
-5 the server could not answer (default --timeout 10), 2 usage error.
-)";
+5 the server could not answer (default --timeout 10), 6 the verdict is
+unsigned, badly signed (--verify-key) or failed the store's integrity check,
+7 the server refused the token or the job id, 2 usage error.
+
+Remote options:
+)",
+                      kRemoteUsage);
 }
 
 absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& args) {
@@ -150,12 +197,13 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
     auto flag = SplitFlag(args[i]);
     if (!flag.ok()) return flag.status();
     auto& [name, value, has_value] = *flag;
-    if (name == "json" || name == "help") {
+    if (name == "json" || name == "help" || name == "tls") {
       if (has_value) return Bad(name, "takes no value");
-      (name == "json" ? cmd.json : cmd.help) = true;
+      (name == "json" ? cmd.json : name == "help" ? cmd.help : cmd.remote.tls) = true;
       continue;
     }
-    if (name != "server" && name != "job-id" && name != "digest" && name != "timeout") {
+    if (name != "server" && name != "job-id" && name != "digest" && name != "timeout" &&
+        !IsRemoteValueFlag(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see preflight verdict --help)"));
     }
@@ -163,6 +211,7 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
       if (i + 1 >= args.size()) return Bad(name, "needs a value");
       value = args[++i];
     }
+    SetRemoteValue(name, value, &cmd.remote);
     if (name == "server") cmd.server = value;
     if (name == "job-id") cmd.job_id = value;
     if (name == "digest") cmd.digest = value;
@@ -181,22 +230,29 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
   if (cmd.job_id.empty() == cmd.digest.empty()) {
     return absl::InvalidArgumentError("give exactly one of --job-id and --digest");
   }
+  if (absl::Status s = ValidateRemote(cmd.remote); !s.ok()) return s;
   return cmd;
 }
 
 std::string AttestUsage() {
-  return R"(Usage: preflight attest --server SERVERS --job-id ID --model PATH [--batch PATH]
-                        [--timeout SEC] [--json]
+  return absl::StrCat(R"(Usage: preflight attest --server SERVERS (--job-id ID | --digest SHA256)
+                        --model PATH [--batch PATH] [--timeout SEC] [--json] [remote options]
 
 Proves at a job's start that it runs the artifacts its stored verdict was given
 for: the sha256 of PATH must be the model digest recorded in the verdict of ID
-(and, with --batch, the batch digest too), and the verdict must be PASS or WARN.
-Meant as a Slurm prolog / task prolog or a Kubernetes init container.
+(or of the request digest; and, with --batch, the batch digest too), and the
+verdict must be PASS or WARN. Meant as a Slurm prolog / task prolog or a
+Kubernetes init container.
 Exit 0 attested; 1 refused (digest differs, or the verdict is FAIL/ERROR; the
 message names both digests); 2 usage error or unreadable file; 4 no verdict
-stored for ID; 5 the server could not answer (default --timeout 10).
+stored; 5 the server could not answer (default --timeout 10); 6 the verdict is
+unsigned, badly signed (--verify-key) or failed the store's integrity check;
+7 the server refused the token or the job id.
 SERVERS as for `preflight verdict`: HOST:PORT, H1:P1,H2:P2 or dns:///NAME:PORT.
-)";
+
+Remote options:
+)",
+                      kRemoteUsage);
 }
 
 absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& args) {
@@ -209,7 +265,7 @@ absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& ar
     if (name != "model" && name != "batch") {
       rest.push_back(args[i]);
       // A value given as the next argument belongs to that flag.
-      if (!has_value && name != "json" && name != "help" && i + 1 < args.size()) {
+      if (!has_value && name != "json" && name != "help" && name != "tls" && i + 1 < args.size()) {
         rest.push_back(args[++i]);
       }
       continue;
@@ -227,7 +283,6 @@ absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& ar
   }
   cmd.verdict = *std::move(verdict);
   if (cmd.verdict.help) return cmd;
-  if (!cmd.verdict.digest.empty()) return Bad("digest", "attest takes --job-id, not --digest");
   if (cmd.model_path.empty()) return Bad("model", "is required");
   return cmd;
 }
@@ -235,7 +290,9 @@ absl::StatusOr<AttestCommand> ParseAttestArgs(const std::vector<std::string>& ar
 Attestation Attest(const v1::GetVerdictResponse& r, const std::string& model_sha256,
                    const std::string& batch_sha256) {
   const v1::Report& report = r.report();
-  const std::string job = absl::StrCat("job ", r.job_id());
+  // GetVerdict by digest also names the job id last bound to it, if any.
+  const std::string job = r.job_id().empty() ? absl::StrCat("request digest ", r.request_digest())
+                                             : absl::StrCat("job ", r.job_id());
   if (report.model_sha256().empty()) {
     return {1, absl::StrCat("refused: the verdict of ", job,
                             " records no model digest (stored before verdicts were bound to "
@@ -268,14 +325,29 @@ int ExitCodeForRpcError(const absl::Status& status) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kFailedPrecondition: return kExitUsage;
     case absl::StatusCode::kNotFound: return kExitNotFound;
+    case absl::StatusCode::kDataLoss: return kExitUntrusted;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied: return kExitDenied;
     default: return kExitUnavailable;
   }
+}
+
+absl::Status VerifyReportSignature(const std::string& verify_key_path, const v1::Report& report,
+                                   const std::string& signature, const std::string& key_id) {
+  if (verify_key_path.empty()) return absl::OkStatus();
+  auto verifier = crypto::Ed25519Verifier::FromPemFile(verify_key_path);
+  if (!verifier.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--verify-key: ", verifier.status().message()));
+  }
+  return crypto::VerifyVerdict(**verifier, report.SerializeAsString(), signature, key_id);
 }
 
 absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args) {
   CheckCommand cmd;
   v1::CheckConfig& c = cmd.config;
-  static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose", "help"};
+  static const std::vector<std::string> kBoolFlags = {"json", "eval-mode", "no-diagnose", "help",
+                                                      "tls"};
   for (size_t i = 0; i < args.size(); ++i) {
     auto flag = SplitFlag(args[i]);
     if (!flag.ok()) return flag.status();
@@ -287,6 +359,7 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       if (name == "eval-mode") c.set_train_mode(false);
       if (name == "no-diagnose") c.set_diagnose(false);
       if (name == "help") cmd.help = true;
+      if (name == "tls") cmd.remote.tls = true;
       continue;
     }
     static const std::vector<std::string> kValueFlags = {
@@ -294,7 +367,8 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
         "lr",          "weight-decay", "momentum", "timeout",   "target-ratio",
         "target-loss", "steps",        "seed",     "threads",   "determinism-steps",
         "server",      "job-id"};
-    if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end()) {
+    if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end() &&
+        !IsRemoteValueFlag(name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
     }
@@ -302,7 +376,9 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       if (i + 1 >= args.size()) return Bad(name, "needs a value");
       value = args[++i];
     }
-    if (name == "server") {
+    if (IsRemoteValueFlag(name)) {
+      SetRemoteValue(name, value, &cmd.remote);
+    } else if (name == "server") {
       cmd.server = value;
     } else if (name == "job-id") {
       cmd.job_id = value;
@@ -354,6 +430,7 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       return Bad("server", std::string(spec.status().message()));
     }
   }
+  if (absl::Status s = ValidateRemote(cmd.remote); !s.ok()) return s;
   engine::ApplyDefaults(&c);
   if (absl::Status s = engine::ValidateConfig(c); !s.ok()) return ToFlagError(s);
   return cmd;

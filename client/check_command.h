@@ -21,6 +21,28 @@ inline constexpr int kExitUsage = 2;        // Bad flags or unreadable input fil
 inline constexpr int kExitError = 3;        // ERROR: the check could not run.
 inline constexpr int kExitNotFound = 4;     // `verdict`: no stored verdict.
 inline constexpr int kExitUnavailable = 5;  // The service could not answer.
+// The verdict cannot be trusted: unsigned or badly signed (with
+// --verify-key), or its stored row failed the store's integrity check.
+inline constexpr int kExitUntrusted = 6;
+// The server refused the caller: no or unknown token (UNAUTHENTICATED), or
+// the tenant may not use that job id (PERMISSION_DENIED).
+inline constexpr int kExitDenied = 7;
+
+// How to reach a server and whom to trust, shared by every remote command:
+// --token / --token-file, --tls, --tls-ca, --tls-cert, --tls-key,
+// --tls-server-name, --verify-key. The environment (PREFLIGHT_TOKEN,
+// PREFLIGHT_TLS_CA, PREFLIGHT_VERIFY_KEY) fills what the flags leave empty;
+// main applies it.
+struct RemoteOptions {
+  std::string token;            // Bearer token (visible in `ps`; prefer the file or env).
+  std::string token_file;       // File holding the token (surrounding whitespace ignored).
+  bool tls = false;             // TLS with the system's roots (implied by tls_ca).
+  std::string tls_ca;           // PEM CA bundle that signed the server's certificate.
+  std::string tls_cert;         // Client certificate, for a server with mutual TLS.
+  std::string tls_key;          // Its private key.
+  std::string tls_server_name;  // Name to expect in the server's certificate.
+  std::string verify_key;       // PEM Ed25519 public key: refuse verdicts it did not sign.
+};
 
 struct CheckCommand {
   std::string model_path;
@@ -30,6 +52,7 @@ struct CheckCommand {
   bool help = false;
   std::string server;  // HOST:PORT: run on a Preflight server instead of locally.
   std::string job_id;  // With --server: the training job this check gates.
+  RemoteOptions remote;
 };
 
 struct VerdictCommand {
@@ -39,6 +62,7 @@ struct VerdictCommand {
   double timeout_seconds = 10;
   bool json = false;
   bool help = false;
+  RemoteOptions remote;
 };
 
 // Parses the arguments after `verdict`.
@@ -48,7 +72,7 @@ std::string VerdictUsage();
 // `preflight attest`: a job proves, at its start, that it runs the artifacts
 // its verdict was given for (a Slurm prolog, a Kubernetes init container).
 struct AttestCommand {
-  VerdictCommand verdict;  // --server, --job-id, --timeout, --json.
+  VerdictCommand verdict;  // --server, --job-id or --digest, --timeout, --json, remote options.
   std::string model_path;  // Required.
   std::string batch_path;  // Optional: checked too when given.
 };
@@ -67,8 +91,17 @@ Attestation Attest(const v1::GetVerdictResponse& verdict, const std::string& mod
                    const std::string& batch_sha256);
 
 // Exit code for a failed RPC: 2 for a request the server rejected as
-// invalid, 4 for NOT_FOUND, 5 when the service could not answer.
+// invalid, 4 for NOT_FOUND, 6 for DATA_LOSS (a stored verdict that failed
+// its integrity check), 7 for UNAUTHENTICATED / PERMISSION_DENIED, 5 when
+// the service could not answer.
 int ExitCodeForRpcError(const absl::Status& status);
+
+// With `verify_key_path` set: OK only when `signature` is `key_id`'s valid
+// Ed25519 signature over the serialized `report` (crypto/signature.h);
+// UNAUTHENTICATED saying why not (exit kExitUntrusted); FAILED_PRECONDITION
+// when the key file cannot be used (a usage error). OK when no key is given.
+absl::Status VerifyReportSignature(const std::string& verify_key_path, const v1::Report& report,
+                                   const std::string& signature, const std::string& key_id);
 
 // Parses the arguments after `check`. INVALID_ARGUMENT naming the flag on
 // any problem. Accepts --flag value and --flag=value.

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include <google/protobuf/util/json_util.h>
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
@@ -42,18 +44,81 @@ std::string MessageJson(const google::protobuf::Message& m) {
   return out;
 }
 
-int RunRemoteCheck(const preflight::client::CheckCommand& cmd) {
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+// The connection of a remote command: its flags, then the environment for
+// what they leave empty (PREFLIGHT_TOKEN, PREFLIGHT_TLS_CA,
+// PREFLIGHT_VERIFY_KEY). FAILED_PRECONDITION for an unreadable token file.
+absl::StatusOr<preflight::client::Connection> ConnectionFor(const std::string& server,
+                                                            preflight::client::RemoteOptions* r) {
+  if (r->token.empty() && r->token_file.empty()) r->token = Env("PREFLIGHT_TOKEN");
+  if (r->tls_ca.empty()) r->tls_ca = Env("PREFLIGHT_TLS_CA");
+  if (r->verify_key.empty()) r->verify_key = Env("PREFLIGHT_VERIFY_KEY");
+  preflight::client::Connection c;
+  c.server = server;
+  c.token = r->token;
+  if (!r->token_file.empty()) {
+    std::ifstream in(r->token_file);
+    if (!in) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--token-file: cannot read '", r->token_file, "'"));
+    }
+    std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    c.token = std::string(absl::StripAsciiWhitespace(token));
+    if (c.token.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--token-file: '", r->token_file, "' is empty"));
+    }
+  }
+  c.tls = r->tls;
+  c.tls_ca_file = r->tls_ca;
+  c.tls_cert_file = r->tls_cert;
+  c.tls_key_file = r->tls_key;
+  c.tls_server_name = r->tls_server_name;
+  return c;
+}
+
+// -1 when the verdict may be used: no --verify-key, or a valid signature by
+// it. Otherwise prints why and returns the exit code (6 untrusted, 2 when
+// the key file itself is unusable).
+int RefuseUnverified(const char* command, const preflight::client::RemoteOptions& r,
+                     const preflight::v1::Report& report, const std::string& signature,
+                     const std::string& key_id) {
+  namespace client = preflight::client;
+  const absl::Status s = client::VerifyReportSignature(r.verify_key, report, signature, key_id);
+  if (s.ok()) return -1;
+  if (absl::IsFailedPrecondition(s)) {
+    std::cerr << command << ": " << s.message() << "\n";
+    return client::kExitUsage;
+  }
+  std::cerr << command << ": refused: " << s.message() << "\n";
+  return client::kExitUntrusted;
+}
+
+int RunRemoteCheck(preflight::client::CheckCommand cmd) {
   namespace client = preflight::client;
   if (!cmd.json && isatty(STDERR_FILENO)) {
     std::cerr << "preflight: sending " << cmd.model_path << " to " << cmd.server << "...\n";
   }
-  auto resp =
-      client::RemoteCheck(cmd.server, cmd.model_path, cmd.batch_path, cmd.config, cmd.job_id);
+  auto conn = ConnectionFor(cmd.server, &cmd.remote);
+  if (!conn.ok()) {
+    std::cerr << "preflight check: " << conn.status().message() << "\n";
+    return client::kExitUsage;
+  }
+  auto resp = client::RemoteCheck(*conn, cmd.model_path, cmd.batch_path, cmd.config, cmd.job_id);
   if (!resp.ok()) {
     std::cerr << "preflight check: " << cmd.server << ": "
               << absl::StatusCodeToString(resp.status().code()) << ": " << resp.status().message()
               << "\n";
     return client::ExitCodeForRpcError(resp.status());
+  }
+  if (int code = RefuseUnverified("preflight check", cmd.remote, resp->report(),
+                                  resp->report_signature(), resp->signing_key_id());
+      code >= 0) {
+    return code;
   }
   if (cmd.json) {
     std::cout << MessageJson(*resp) << "\n";
@@ -76,16 +141,32 @@ int RunVerdictCommand(const std::vector<std::string>& args) {
     std::cout << client::VerdictUsage();
     return 0;
   }
-  auto resp = client::RemoteVerdict(cmd->server, cmd->job_id, cmd->digest, cmd->timeout_seconds);
+  auto conn = ConnectionFor(cmd->server, &cmd->remote);
+  if (!conn.ok()) {
+    std::cerr << "preflight verdict: " << conn.status().message() << "\n";
+    return client::kExitUsage;
+  }
+  auto resp = client::RemoteVerdict(*conn, cmd->job_id, cmd->digest, cmd->timeout_seconds);
   if (!resp.ok()) {
     std::cerr << "preflight verdict: " << absl::StatusCodeToString(resp.status().code()) << ": "
               << resp.status().message() << "\n";
     return client::ExitCodeForRpcError(resp.status());
   }
+  if (int code = RefuseUnverified("preflight verdict", cmd->remote, resp->report(),
+                                  resp->report_signature(), resp->signing_key_id());
+      code >= 0) {
+    return code;
+  }
   if (cmd->json) {
     std::cout << MessageJson(*resp) << "\n";
   } else {
     std::cout << client::RenderVerdict(*resp);
+    if (!cmd->remote.verify_key.empty()) {
+      std::cout << "  signature verified: key " << resp->signing_key_id() << "\n";
+    } else if (!resp->signing_key_id().empty()) {
+      std::cout << "  signed by key " << resp->signing_key_id()
+                << " (not verified: no --verify-key)\n";
+    }
   }
   return client::ExitCodeFor(resp->report().verdict());
 }
@@ -127,13 +208,25 @@ int RunAttestCommand(const std::vector<std::string>& args) {
     std::cerr << "preflight attest: " << error << "\n";
     return client::kExitUsage;
   }
-  const auto& v = cmd->verdict;
-  auto resp = client::RemoteVerdict(v.server, v.job_id, "", v.timeout_seconds);
+  auto& v = cmd->verdict;
+  auto conn = ConnectionFor(v.server, &v.remote);
+  if (!conn.ok()) {
+    std::cerr << "preflight attest: " << conn.status().message() << "\n";
+    return client::kExitUsage;
+  }
+  auto resp = client::RemoteVerdict(*conn, v.job_id, v.digest, v.timeout_seconds);
   if (!resp.ok()) {
     std::cerr << "preflight attest: " << absl::StatusCodeToString(resp.status().code()) << ": "
               << resp.status().message() << "\n";
     return client::ExitCodeForRpcError(resp.status());
   }
+  if (int code = RefuseUnverified("preflight attest", v.remote, resp->report(),
+                                  resp->report_signature(), resp->signing_key_id());
+      code >= 0) {
+    return code;
+  }
+  // Asked by digest: the messages name the verdict by it, as the caller did.
+  if (!v.digest.empty()) resp->clear_job_id();
   const client::Attestation a = client::Attest(*resp, model_sha, batch_sha);
   (a.exit_code == 0 ? std::cout : std::cerr) << "preflight attest: " << a.message << "\n";
   return a.exit_code;

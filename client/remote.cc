@@ -22,9 +22,27 @@ namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
 
-// A channel to every server `server` names, calls spread by round_robin.
-absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel(const std::string& server) {
+// More than one server: the calls of one command may reach different ones.
+bool SeveralServers(const std::string& server) {
   auto spec = ParseServerSpec(server);
+  return spec.ok() && (spec->addresses.size() > 1 || absl::StartsWith(spec->uri, "dns:") ||
+                       absl::StrContains(spec->uri, ','));
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return std::move(ss).str();
+}
+
+// A channel to every server `c.server` names, calls spread by round_robin,
+// with TLS when asked for.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel(const Connection& c) {
+  auto spec = ParseServerSpec(c.server);
   if (!spec.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("server: ", spec.status().message()));
   }
@@ -38,19 +56,34 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel(const std::string& server
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   args.SetServiceConfigJSON(kRoundRobinServiceConfig);
-  return grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (c.tls || !c.tls_ca_file.empty() || !c.tls_cert_file.empty()) {
+    grpc::SslCredentialsOptions options;
+    if (!c.tls_ca_file.empty()) {
+      auto ca = ReadPem(c.tls_ca_file, "tls-ca");
+      if (!ca.ok()) return ca.status();
+      options.pem_root_certs = *ca;
+    }
+    if (!c.tls_cert_file.empty()) {
+      auto cert = ReadPem(c.tls_cert_file, "tls-cert");
+      if (!cert.ok()) return cert.status();
+      auto key = ReadPem(c.tls_key_file, "tls-key");
+      if (!key.ok()) return key.status();
+      options.pem_cert_chain = *cert;
+      options.pem_private_key = *key;
+    }
+    creds = grpc::SslCredentials(options);
+    if (!c.tls_server_name.empty()) args.SetSslTargetNameOverride(c.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(*target, creds, args);
 }
 
-// More than one server: the calls of one command may reach different ones.
-bool SeveralServers(const std::string& server) {
-  auto spec = ParseServerSpec(server);
-  return spec.ok() && (spec->addresses.size() > 1 || absl::StartsWith(spec->uri, "dns:") ||
-                       absl::StrContains(spec->uri, ','));
-}
-
-void SetDeadline(grpc::ClientContext* ctx, double seconds) {
+// Deadline and, when given, the bearer token. (gRPC's own call credentials
+// refuse plaintext channels; the metadata is the same on the wire.)
+void Prepare(grpc::ClientContext* ctx, const Connection& c, double seconds) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  if (!c.token.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", c.token));
 }
 
 absl::StatusOr<int64_t> FileSize(const std::string& path) {
@@ -68,13 +101,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return std::move(ss).str();
 }
 
-absl::StatusOr<std::string> UploadWith(v1::Preflight::Stub* stub, const std::string& path) {
+absl::StatusOr<std::string> UploadWith(v1::Preflight::Stub* stub, const Connection& c,
+                                       const std::string& path) {
   auto size = FileSize(path);
   if (!size.ok()) return size.status();
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, 600);
+  Prepare(&ctx, c, 600);
   v1::UploadResponse resp;
   auto writer = stub->Upload(&ctx, &resp);
   std::string buf(kChunkBytes, '\0');
@@ -96,11 +130,12 @@ absl::StatusOr<std::string> UploadWith(v1::Preflight::Stub* stub, const std::str
   return resp.sha256();
 }
 
-absl::Status ArtifactFrom(v1::Preflight::Stub* stub, const std::string& path, v1::Artifact* a) {
+absl::Status ArtifactFrom(v1::Preflight::Stub* stub, const Connection& c, const std::string& path,
+                          v1::Artifact* a) {
   auto size = FileSize(path);
   if (!size.ok()) return size.status();
   if (*size > kInlineThresholdBytes) {
-    auto sha = UploadWith(stub, path);
+    auto sha = UploadWith(stub, c, path);
     if (!sha.ok()) return sha.status();
     a->set_sha256(*sha);
     return absl::OkStatus();
@@ -113,7 +148,7 @@ absl::Status ArtifactFrom(v1::Preflight::Stub* stub, const std::string& path, v1
 
 }  // namespace
 
-absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
+absl::StatusOr<v1::CheckResponse> RemoteCheck(const Connection& server,
                                               const std::string& model_path,
                                               const std::string& batch_path,
                                               const v1::CheckConfig& config,
@@ -122,22 +157,26 @@ absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
   if (!channel.ok()) return channel.status();
   auto stub = v1::Preflight::NewStub(*channel);
   v1::CheckRequest req;
-  if (absl::Status s = ArtifactFrom(stub.get(), model_path, req.mutable_model()); !s.ok()) return s;
-  if (absl::Status s = ArtifactFrom(stub.get(), batch_path, req.mutable_batch()); !s.ok()) return s;
+  if (absl::Status s = ArtifactFrom(stub.get(), server, model_path, req.mutable_model()); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ArtifactFrom(stub.get(), server, batch_path, req.mutable_batch()); !s.ok()) {
+    return s;
+  }
   const bool uploaded = req.model().has_sha256() || req.batch().has_sha256();
   *req.mutable_config() = config;
   req.set_job_id(job_id);
   grpc::ClientContext ctx;
   // The check's own budget plus time to wait for a job slot. Past it the
   // server sees the call cancelled and frees the job's slot.
-  SetDeadline(&ctx, engine::DeriveBudgets(config.timeout_seconds()).rpc_deadline_seconds);
+  Prepare(&ctx, server, engine::DeriveBudgets(config.timeout_seconds()).rpc_deadline_seconds);
   v1::CheckResponse resp;
   if (absl::Status s = rpc::FromGrpcStatus(stub->Check(&ctx, req, &resp)); !s.ok()) {
-    if (s.code() == absl::StatusCode::kNotFound && uploaded && SeveralServers(server)) {
+    if (s.code() == absl::StatusCode::kNotFound && uploaded && SeveralServers(server.server)) {
       // The upload and the check are separate calls: round_robin may send
       // them to different servers, which then must share one store.
       return absl::NotFoundError(absl::StrCat(
-          s.message(), " (the upload and the check may reach different servers of '", server,
+          s.message(), " (the upload and the check may reach different servers of '", server.server,
           "': they must share one store, e.g. a fleet on --store postgresql://...)"));
     }
     return s;
@@ -145,7 +184,7 @@ absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
   return resp;
 }
 
-absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
+absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const Connection& server,
                                                      const std::string& job_id,
                                                      const std::string& digest,
                                                      double timeout_seconds) {
@@ -159,17 +198,17 @@ absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
     req.set_request_digest(digest);
   }
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, timeout_seconds);
+  Prepare(&ctx, server, timeout_seconds);
   v1::GetVerdictResponse resp;
   if (absl::Status s = rpc::FromGrpcStatus(stub->GetVerdict(&ctx, req, &resp)); !s.ok()) return s;
   return resp;
 }
 
-absl::StatusOr<std::string> UploadFile(const std::string& server, const std::string& path) {
+absl::StatusOr<std::string> UploadFile(const Connection& server, const std::string& path) {
   auto channel = Channel(server);
   if (!channel.ok()) return channel.status();
   auto stub = v1::Preflight::NewStub(*channel);
-  return UploadWith(stub.get(), path);
+  return UploadWith(stub.get(), server, path);
 }
 
 }  // namespace preflight::client

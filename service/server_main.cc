@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 
+#include "service/server/auth.h"
 #include "service/server/host_memory.h"
 #include "service/server/server.h"
 #include "service/worker/child_process.h"
@@ -47,6 +48,23 @@ ABSL_FLAG(double, grace, 30, "on SIGTERM: seconds running checks may take to fin
 ABSL_FLAG(bool, require_landlock, false,
           "refuse to start on a kernel without Landlock (jobs would then be confined by "
           "seccomp and rlimits only)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port: with --tls-key, the port speaks TLS only");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS); needs "
+          "--tls-cert");
+ABSL_FLAG(std::string, tokens, "",
+          "tokens file (TOKEN TENANT ROLE [JOB-ID-PREFIX...] per line): every RPC needs "
+          "`authorization: Bearer TOKEN`; a tenant binds and reads only its own job ids. "
+          "Empty: no authentication");
+ABSL_FLAG(std::string, signing_key, "",
+          "PEM Ed25519 private key: every stored verdict is signed with it (clients check "
+          "with --verify-key)");
+ABSL_FLAG(std::string, health_address, "",
+          "HOST:PORT of a plaintext listener serving only the gRPC health service, for probes "
+          "that cannot speak TLS (the kubelet's); port 0 picks one (printed at start); empty: "
+          "none");
 
 namespace {
 
@@ -112,6 +130,12 @@ int main(int argc, char** argv) {
   config.worker_binary = absl::GetFlag(FLAGS_worker);
   config.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   config.require_landlock = absl::GetFlag(FLAGS_require_landlock);
+  config.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  config.tokens_file = absl::GetFlag(FLAGS_tokens);
+  config.signing_key_file = absl::GetFlag(FLAGS_signing_key);
+  config.health_address = absl::GetFlag(FLAGS_health_address);
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
   config.core.job_cpus = preflight::worker::UsableCpus();
   if (config.core.job_slots == 0) config.core.job_slots = config.core.job_cpus;
@@ -142,6 +166,9 @@ int main(int argc, char** argv) {
   if (exposer) {
     std::printf("preflight-server metrics on port %d\n", exposer->GetListeningPorts().at(0));
   }
+  if ((*server)->health_port() > 0) {
+    std::printf("preflight-server health on port %d\n", (*server)->health_port());
+  }
   // Printed last: scripts wait for this line.
   std::printf("preflight-server listening on port %d\n", (*server)->port());
   std::fflush(stdout);
@@ -154,6 +181,31 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "preflight-server: WARNING: this kernel has no Landlock; jobs are "
                  "confined by seccomp and rlimits only (--require_landlock refuses)\n");
+  }
+
+  const bool loopback = preflight::server::IsLoopbackAddress(config.address);
+  if (!(*server)->authenticates() && !loopback) {
+    std::fprintf(stderr,
+                 "preflight-server: WARNING: listening on %s without authentication: anyone "
+                 "who reaches it may read every verdict and bind any job id (use --tokens and "
+                 "--tls-cert/--tls-key)\n",
+                 config.address.c_str());
+  } else if ((*server)->authenticates() && !(*server)->tls() && !loopback) {
+    std::fprintf(stderr,
+                 "preflight-server: WARNING: bearer tokens travel in plaintext on %s (use "
+                 "--tls-cert/--tls-key)\n",
+                 config.address.c_str());
+  }
+  std::fprintf(
+      stderr, "preflight-server: %s, %s, %s\n",
+      (*server)->tls() ? (config.tls_client_ca_file.empty() ? "TLS" : "mutual TLS") : "plaintext",
+      (*server)->authenticates() ? "bearer tokens required" : "no authentication",
+      (*server)->signing_key_id().empty()
+          ? "verdicts unsigned"
+          : ("verdicts signed by " + (*server)->signing_key_id()).c_str());
+  if (const absl::Status integrity = (*server)->store_integrity(); absl::IsDataLoss(integrity)) {
+    std::fprintf(stderr, "preflight-server: WARNING: store integrity: %s\n",
+                 std::string(integrity.message()).c_str());
   }
 
   if (const std::string w = preflight::server::MemoryOvercommitWarning(

@@ -1,16 +1,49 @@
 #!/usr/bin/env bash
 # Installs everything Preflight needs on Debian bookworm: Debian packages and
 # the pinned torch wheel. Idempotent: a second run only checks and exits.
-# Usage: tools/setup.sh
+#
+# Usage: tools/setup.sh [--profile build|test] [--dry-run]
+#   build  what compiling the service and clients needs, and nothing that
+#          only tests use: the image's build stage (Dockerfile). Slurm and
+#          munge are not in it (munge's post-install script fails under
+#          buildah's chroot isolation).
+#   test   (default) build + what the test suite drives for real: Slurm and
+#          munge, Prometheus (promtool), clang (fuzz targets), clang-format,
+#          openssl (certificates made in the tests). CI and the quickstart.
+#   --dry-run  print the profile's Debian packages (one per line) and exit;
+#          installs nothing (tests/e2e/dockerfile_test.py reads it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(
+profile=test
+dry_run=no
+while (($#)); do
+  case "$1" in
+    --profile) profile=${2:-}; shift 2 ;;
+    --profile=*) profile=${1#--profile=}; shift ;;
+    --dry-run) dry_run=yes; shift ;;
+    *) echo "setup: unknown argument '$1' (usage: tools/setup.sh [--profile build|test] [--dry-run])" >&2
+       exit 2 ;;
+  esac
+done
+
+BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev
-  libseccomp-dev nlohmann-json3-dev prometheus slurm-wlm munge clang-format
+  libseccomp-dev nlohmann-json3-dev
 )
+TEST_PACKAGES=(prometheus slurm-wlm munge clang clang-format openssl)
+
+case "$profile" in
+  build) APT_PACKAGES=("${BUILD_PACKAGES[@]}") ;;
+  test) APT_PACKAGES=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  *) echo "setup: unknown profile '$profile' (build or test)" >&2; exit 2 ;;
+esac
+if [ "$dry_run" = yes ]; then
+  printf '%s\n' "${APT_PACKAGES[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -49,4 +82,4 @@ then
   "$PYTHON" -m pip install -q -r tools/requirements.txt 2>/dev/null ||
     "$PYTHON" -m pip install -q --break-system-packages -r tools/requirements.txt
 fi
-echo "setup: ok (torch $("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null))"
+echo "setup: ok, profile $profile (torch $("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null))"

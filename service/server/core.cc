@@ -63,8 +63,13 @@ bool ValidJobId(const std::string& id) {
 
 PreflightCore::PreflightCore(CoreConfig config, store::BlobStore* blobs,
                              store::VerdictStore* verdicts, worker::JobRunner* runner,
-                             ServiceMetrics* metrics)
-    : config_(config), blobs_(blobs), verdicts_(verdicts), runner_(runner), metrics_(metrics) {
+                             ServiceMetrics* metrics, const crypto::Ed25519Signer* signer)
+    : config_(config),
+      blobs_(blobs),
+      verdicts_(verdicts),
+      runner_(runner),
+      metrics_(metrics),
+      signer_(signer) {
   metrics_->SetSlots(0, config_.job_slots);
   metrics_->SetQueueDepth(0);
 }
@@ -185,9 +190,14 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     return s;
   };
   auto stored = verdicts_->GetByDigest(digest);
-  if (stored.ok() && Reusable(stored->report)) {
+  // Unsigned, or signed by a key this server no longer holds: run again.
+  const bool signed_here =
+      signer_ == nullptr || (stored.ok() && stored->signing_key_id == signer_->key_id());
+  if (stored.ok() && Reusable(stored->report) && signed_here) {
     metrics_->RecordCache(true);
     *response.mutable_report() = stored->report;
+    response.set_report_signature(stored->report_signature);
+    response.set_signing_key_id(stored->signing_key_id);
     response.set_cached(true);
     if (absl::Status s = bind_job(); !s.ok()) return s;
     return response;
@@ -222,6 +232,8 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
       lock.unlock();
       metrics_->RecordCache(true);
       *response.mutable_report() = *other->report;
+      response.set_report_signature(other->report_signature);
+      response.set_signing_key_id(other->signing_key_id);
       response.set_cached(true);
       // The check that ran stored its verdict before it finished.
       if (absl::Status s = bind_job(); !s.ok()) return s;
@@ -231,9 +243,12 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     in_flight_[digest] = flight;
   }
   metrics_->RecordCache(false);
-  auto finish_flight = [&](absl::StatusOr<v1::Report> r) {
+  auto finish_flight = [&](absl::StatusOr<v1::Report> r, const std::string& signature = "",
+                           const std::string& key_id = "") {
     std::lock_guard<std::mutex> lock(mu_);
     flight->report = std::move(r);
+    flight->report_signature = signature;
+    flight->signing_key_id = key_id;
     flight->done = true;
     auto it = in_flight_.find(digest);
     if (it != in_flight_.end() && it->second == flight) in_flight_.erase(it);
@@ -282,13 +297,23 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   v.request_digest = digest;
   v.job_id = request.job_id();
   v.report = result.report();
+  if (signer_ != nullptr) {
+    // Signed once, as stored: the signature travels with the stored row, so
+    // a report edited in the store no longer verifies. Serialization of a
+    // Report (no map fields) is deterministic, and a client re-serializes the
+    // report it received to the same bytes.
+    v.report_signature = signer_->Sign(v.report.SerializeAsString());
+    v.signing_key_id = signer_->key_id();
+  }
   if (absl::Status s = verdicts_->Put(v); !s.ok()) {
     metrics_->RecordStoreError();
     finish_flight(s);
     return s;
   }
-  finish_flight(result.report());
+  finish_flight(result.report(), v.report_signature, v.signing_key_id);
   *response.mutable_report() = std::move(*result.mutable_report());
+  response.set_report_signature(v.report_signature);
+  response.set_signing_key_id(v.signing_key_id);
   return response;
 }
 
@@ -317,6 +342,8 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
   r.set_request_digest(v->request_digest);
   r.set_job_id(v->job_id);
   r.set_created_unix_seconds(v->created_unix_seconds);
+  r.set_report_signature(v->report_signature);
+  r.set_signing_key_id(v->signing_key_id);
   for (const store::JobBinding& b : v->bindings) {
     v1::JobBinding* out = r.add_bindings();
     out->set_request_digest(b.request_digest);

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "preflight/v1/preflight.pb.h"
+#include "service/crypto/signature.h"
 #include "service/server/metrics.h"
 #include "service/store/blob_store.h"
 #include "service/store/verdict_store.h"
@@ -38,8 +39,13 @@ struct CoreConfig {
 class PreflightCore {
  public:
   // All pointers must outlive the core; `metrics` receives every outcome.
+  // With a `signer`, every verdict is signed when it is stored (the
+  // signature over its serialized report is stored with it and returned by
+  // Check and GetVerdict), and a stored verdict not signed by this key is
+  // not reused: Check runs it again, so it comes back signed.
   PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
-                worker::JobRunner* runner, ServiceMetrics* metrics);
+                worker::JobRunner* runner, ServiceMetrics* metrics,
+                const crypto::Ed25519Signer* signer = nullptr);
 
   // Whether the caller has gone away (its RPC was cancelled). Polled while
   // the check waits or runs, from the calling thread; may be empty.
@@ -87,13 +93,15 @@ class PreflightCore {
   store::VerdictStore* verdicts_;
   worker::JobRunner* runner_;
   ServiceMetrics* metrics_;
+  const crypto::Ed25519Signer* signer_;
 
   // Identical requests in flight run once; later arrivals wait for the first.
   struct InFlight {
     bool done = false;
     absl::StatusOr<v1::Report> report = absl::UnknownError("pending");
-    int waiting = 1;           // Callers still waiting, the leader included.
-    bool leader_gone = false;  // The leader is no longer among them.
+    std::string report_signature, signing_key_id;  // Of `report`, when signed.
+    int waiting = 1;                               // Callers still waiting, the leader included.
+    bool leader_gone = false;                      // The leader is no longer among them.
   };
   std::map<std::string, std::shared_ptr<InFlight>> in_flight_;  // Guarded by mu_.
   std::condition_variable in_flight_done_;

@@ -6,10 +6,15 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "preflight/v1/preflight.grpc.pb.h"
+#include "service/crypto/signature.h"
 #include "service/rpc/grpc_status.h"
+#include "service/server/auth.h"
 #include "service/store/store_factory.h"
 
 namespace preflight::server {
@@ -21,12 +26,19 @@ constexpr int64_t kMaxChunkBytes = 4 << 20;
 
 class Service final : public v1::Preflight::Service {
  public:
-  Service(PreflightCore* core, int64_t max_upload_bytes, ServiceMetrics* metrics)
-      : core_(core), max_upload_bytes_(max_upload_bytes), metrics_(metrics) {}
+  // `tokens` null: no authentication (every caller may do everything).
+  Service(PreflightCore* core, int64_t max_upload_bytes, ServiceMetrics* metrics,
+          const TokenTable* tokens)
+      : core_(core), max_upload_bytes_(max_upload_bytes), metrics_(metrics), tokens_(tokens) {}
 
   grpc::Status Check(grpc::ServerContext* ctx, const v1::CheckRequest* req,
                      v1::CheckResponse* resp) override {
     return Timed("Check", [&] {
+      auto who = Who(ctx);
+      if (!who.ok()) return ToGrpcStatus(who.status());
+      if (*who != nullptr) {
+        if (absl::Status s = AuthorizeCheck(**who, req->job_id()); !s.ok()) return ToGrpcStatus(s);
+      }
       auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()),
                             [ctx] { return ctx->IsCancelled(); });
       if (!r.ok()) return ToGrpcStatus(r.status());
@@ -35,22 +47,52 @@ class Service final : public v1::Preflight::Service {
     });
   }
 
-  grpc::Status Upload(grpc::ServerContext*, grpc::ServerReader<v1::UploadRequest>* reader,
+  grpc::Status Upload(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadRequest>* reader,
                       v1::UploadResponse* resp) override {
-    return Timed("Upload", [&] { return DoUpload(reader, resp); });
+    return Timed("Upload", [&] {
+      auto who = Who(ctx);
+      if (!who.ok()) return ToGrpcStatus(who.status());
+      if (*who != nullptr) {
+        if (absl::Status s = AuthorizeCheck(**who, ""); !s.ok()) return ToGrpcStatus(s);
+      }
+      return DoUpload(reader, resp);
+    });
   }
 
-  grpc::Status GetVerdict(grpc::ServerContext*, const v1::GetVerdictRequest* req,
+  grpc::Status GetVerdict(grpc::ServerContext* ctx, const v1::GetVerdictRequest* req,
                           v1::GetVerdictResponse* resp) override {
     return Timed("GetVerdict", [&] {
+      auto who = Who(ctx);
+      if (!who.ok()) return ToGrpcStatus(who.status());
+      // A job id's owner follows from its name: refused before the lookup,
+      // so whether another tenant's job id exists is never revealed.
+      if (*who != nullptr && req->key_case() == v1::GetVerdictRequest::kJobId) {
+        if (absl::Status s = AuthorizeRead(**who, req->job_id()); !s.ok()) return ToGrpcStatus(s);
+      }
       auto r = core_->GetVerdict(*req);
       if (!r.ok()) return ToGrpcStatus(r.status());
+      if (*who != nullptr && req->key_case() == v1::GetVerdictRequest::kRequestDigest &&
+          !AuthorizeRead(**who, r->job_id()).ok()) {
+        return ToGrpcStatus(absl::PermissionDeniedError(absl::StrCat(
+            "request_digest: the verdict is bound to a job id of another tenant than '",
+            (*who)->tenant, "'")));
+      }
       *resp = *std::move(r);
       return grpc::Status::OK;
     });
   }
 
  private:
+  // The authenticated caller; nullptr when the server authenticates nobody.
+  absl::StatusOr<const Principal*> Who(grpc::ServerContext* ctx) const {
+    if (tokens_ == nullptr) return nullptr;
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("authorization");
+    const std::string value =
+        it == md.end() ? "" : std::string(it->second.data(), it->second.size());
+    return Authenticate(*tokens_, value);
+  }
+
   template <typename F>
   grpc::Status Timed(const char* method, F&& handler) {
     const absl::Time start = absl::Now();
@@ -100,7 +142,39 @@ class Service final : public v1::Preflight::Service {
   PreflightCore* core_;
   int64_t max_upload_bytes_;
   ServiceMetrics* metrics_;
+  const TokenTable* tokens_;
 };
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::FailedPreconditionError(absl::StrCat(flag, ": ", path, " cannot be read"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string pem = std::move(ss).str();
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::FailedPreconditionError(absl::StrCat(flag, ": ", path, " holds no PEM block"));
+  }
+  return pem;
+}
+
+// Plaintext, or TLS (mutual with a client CA) from the configured files.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& c) {
+  if (c.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  auto cert = ReadPemFile(c.tls_cert_file, "tls_cert");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPemFile(c.tls_key_file, "tls_key");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options(
+      c.tls_client_ca_file.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                   : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!c.tls_client_ca_file.empty()) {
+    auto ca = ReadPemFile(c.tls_client_ca_file, "tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+  }
+  return grpc::SslServerCredentials(options);
+}
 
 std::string DefaultWorkerBinary() {
   char buf[4096];
@@ -114,12 +188,19 @@ std::string DefaultWorkerBinary() {
 
 struct Server::Impl {
   std::unique_ptr<ServiceMetrics> metrics;
+  std::unique_ptr<TokenTable> tokens;
+  std::unique_ptr<crypto::Ed25519Signer> signer;
+  absl::Status store_integrity;
+  bool tls = false;
   store::Stores stores;
   std::unique_ptr<worker::WorkerPool> pool;
   std::unique_ptr<PreflightCore> core;
   std::unique_ptr<Service> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
+  // Plaintext, health service only (ServerConfig::health_address).
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
 };
 
 absl::Status ServerConfig::Validate() const {
@@ -142,6 +223,13 @@ absl::Status ServerConfig::Validate() const {
   if (core.max_job_timeout_seconds <= 0) {
     return absl::InvalidArgumentError("max_job_timeout: must be > 0");
   }
+  if (tls_cert_file.empty() != tls_key_file.empty()) {
+    return absl::InvalidArgumentError("tls_cert, tls_key: give both or neither");
+  }
+  if (!tls_client_ca_file.empty() && tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca: mutual TLS needs the server's own --tls-cert and --tls-key");
+  }
   return absl::OkStatus();
 }
 
@@ -155,9 +243,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->metrics = std::make_unique<ServiceMetrics>(registry);
+  if (!config.tokens_file.empty()) {
+    auto tokens = TokenTable::FromFile(config.tokens_file);
+    if (!tokens.ok()) return tokens.status();
+    impl->tokens = std::make_unique<TokenTable>(*std::move(tokens));
+  }
+  if (!config.signing_key_file.empty()) {
+    auto signer = crypto::Ed25519Signer::FromPemFile(config.signing_key_file);
+    if (!signer.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("signing_key: ", signer.status().message()));
+    }
+    impl->signer = *std::move(signer);
+  }
+  auto credentials = Credentials(config);
+  if (!credentials.ok()) return credentials.status();
+  impl->tls = !config.tls_cert_file.empty();
   auto stores = store::OpenStore(config.store, config.max_upload_bytes, config.init_store);
   if (!stores.ok()) return stores.status();
   impl->stores = *std::move(stores);
+  impl->store_integrity = impl->stores.verdicts->CheckIntegrity();
   worker::WorkerPoolConfig wc;
   wc.worker_binary = config.worker_binary.empty() ? DefaultWorkerBinary() : config.worker_binary;
   wc.on_restart = [m = impl->metrics.get()] { m->RecordZygoteRestart(); };
@@ -174,14 +279,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
   impl->core = std::make_unique<PreflightCore>(config.core, impl->stores.blobs.get(),
                                                impl->stores.verdicts.get(), impl->pool.get(),
-                                               impl->metrics.get());
-  impl->service =
-      std::make_unique<Service>(impl->core.get(), config.max_upload_bytes, impl->metrics.get());
+                                               impl->metrics.get(), impl->signer.get());
+  impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
+                                            impl->metrics.get(), impl->tokens.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(config.address, *credentials, &impl->port);
   // Inline artifacts up to the limit, for both model and batch, plus slack.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(2 * config.core.max_inline_bytes + (1 << 20), INT32_MAX)));
@@ -189,24 +294,50 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   builder.RegisterService(impl->service.get());
   impl->grpc_server = builder.BuildAndStart();
   if (!impl->grpc_server || impl->port == 0) {
-    return absl::UnavailableError(absl::StrCat("address: cannot listen on ", config.address));
+    return absl::UnavailableError(absl::StrCat(
+        "address: cannot listen on ", config.address,
+        impl->tls ? " (with TLS: are --tls-cert and --tls-key a matching PEM pair?)" : ""));
+  }
+  if (!config.health_address.empty()) {
+    // No service registered: the default health service is all it serves.
+    grpc::ServerBuilder health;
+    health.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
+                            &impl->health_port);
+    impl->health_server = health.BuildAndStart();
+    if (!impl->health_server || impl->health_port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("health_address: cannot listen on ", config.health_address));
+    }
+    impl->health_server->GetHealthCheckService()->SetServingStatus(true);
   }
   impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
+int Server::health_port() const { return impl_->health_port; }
 double Server::worker_start_seconds() const { return impl_->pool->last_start_seconds(); }
 int Server::worker_pid() const { return impl_->pool->zygote_pid(); }
 int Server::landlock_abi() const { return impl_->pool->landlock_abi(); }
+bool Server::authenticates() const { return impl_->tokens != nullptr; }
+bool Server::tls() const { return impl_->tls; }
+std::string Server::signing_key_id() const { return impl_->signer ? impl_->signer->key_id() : ""; }
+absl::Status Server::store_integrity() const { return impl_->store_integrity; }
 
 void Server::Shutdown(absl::Duration grace) {
   if (!impl_->grpc_server) return;
   impl_->core->StartDraining();
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  if (impl_->health_server) {
+    impl_->health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->grpc_server->Wait();
   impl_->grpc_server.reset();
+  if (impl_->health_server) {
+    impl_->health_server->Shutdown(absl::ToChronoTime(absl::Now()));
+    impl_->health_server.reset();
+  }
 }
 
 void Server::Wait() {

@@ -32,6 +32,22 @@ struct ServerConfig {
   // Refuse to start on a kernel without Landlock instead of running jobs
   // with seccomp and rlimits only.
   bool require_landlock = false;
+  // TLS: PEM certificate chain and private key files; both or neither.
+  // With `tls_client_ca_file` too, clients must present a certificate
+  // signed by that CA (mutual TLS). Without them the port is plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // Bearer tokens -> tenants (auth.h's file format). Empty: no
+  // authentication, every caller may do everything (the loopback default).
+  std::string tokens_file;
+  // PEM Ed25519 private key: every stored verdict is signed with it
+  // (crypto/signature.h). Empty: verdicts are unsigned.
+  std::string signing_key_file;
+  // HOST:PORT of a plaintext listener serving only the gRPC health service
+  // (port 0 picks one): the kubelet's native gRPC probes cannot speak TLS.
+  // Empty: none.
+  std::string health_address;
   CoreConfig core;
 
   // INVALID_ARGUMENT naming the field.
@@ -47,12 +63,22 @@ class Server {
   ~Server();
 
   int port() const;
+  // The health listener's port (0 without health_address).
+  int health_port() const;
   // Seconds the zygote took to start (exec + LibTorch load), and its pid.
   double worker_start_seconds() const;
   int worker_pid() const;
   // The kernel's Landlock ABI inside a job (0: jobs run without the file
   // sandbox; see ServerConfig::require_landlock).
   int landlock_abi() const;
+  // What start-up found, for the start-up log: whether callers are
+  // authenticated, the port speaks TLS, and the signing key's id ("" if none).
+  bool authenticates() const;
+  bool tls() const;
+  std::string signing_key_id() const;
+  // The verdict store's integrity check at start (VerdictStore::CheckIntegrity):
+  // DATA_LOSS naming altered reports; UNIMPLEMENTED for a backend without it.
+  absl::Status store_integrity() const;
   // Stops taking new checks (UNAVAILABLE, health NOT_SERVING), lets running
   // ones finish for up to `grace`, then stops.
   void Shutdown(absl::Duration grace);

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "service/store/sha256.h"
 
 namespace preflight::store {
 
@@ -67,8 +69,19 @@ double Now() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
 
 // The schema this code writes. 1: one row per digest holding its last job
 // id (a second job id overwrote the first). 2: job ids in their own table,
-// every (re)binding a row.
-constexpr int kSchemaVersion = 2;
+// every (re)binding a row. 3: each verdict row records its report's SHA-256
+// (tamper evidence) and the server's signature of it.
+constexpr int kSchemaVersion = 3;
+
+// SQL function preflight_sha256(blob) -> lowercase hex, registered on the
+// connection: the migration and the integrity check hash inside SQLite.
+void SqlSha256(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  const void* data = sqlite3_value_blob(argv[0]);
+  const int n = sqlite3_value_bytes(argv[0]);
+  const std::string hex =
+      Sha256Hex(absl::string_view(static_cast<const char*>(data), static_cast<size_t>(n)));
+  sqlite3_result_text(ctx, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
 
 absl::Status Migrate(sqlite3* db) {
   Stmt st;
@@ -80,28 +93,44 @@ absl::Status Migrate(sqlite3* db) {
                                                       version, ", this one reads ", kSchemaVersion,
                                                       ")"));
   }
-  // One transaction: a crash mid-migration leaves schema 1 intact.
+  // One transaction per step: a crash mid-migration leaves the last schema
+  // intact.
+  if (version < 2) {
+    if (absl::Status s =
+            Exec(db,
+                 "BEGIN IMMEDIATE;"
+                 "CREATE TABLE IF NOT EXISTS verdicts ("
+                 "  request_digest TEXT PRIMARY KEY,"
+                 "  job_id TEXT,"  // Schema 1's binding; read once below, then unused.
+                 "  verdict INTEGER NOT NULL,"
+                 "  report BLOB NOT NULL,"
+                 "  created_unix_seconds REAL NOT NULL);"
+                 "CREATE TABLE IF NOT EXISTS job_bindings ("
+                 "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                 "  job_id TEXT NOT NULL,"
+                 "  request_digest TEXT NOT NULL,"
+                 "  bound_unix_seconds REAL NOT NULL);"
+                 "CREATE INDEX IF NOT EXISTS job_bindings_by_job ON job_bindings(job_id, seq);"
+                 "CREATE INDEX IF NOT EXISTS job_bindings_by_digest "
+                 "  ON job_bindings(request_digest, seq);"
+                 "INSERT INTO job_bindings(job_id, request_digest, bound_unix_seconds)"
+                 "  SELECT job_id, request_digest, created_unix_seconds FROM verdicts"
+                 "  WHERE job_id IS NOT NULL ORDER BY created_unix_seconds;"
+                 "UPDATE verdicts SET job_id = NULL;"
+                 "PRAGMA user_version = 2;"
+                 "COMMIT;");
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Rows stored before schema 3 get the digest of the report as it is now.
   return Exec(db,
               "BEGIN IMMEDIATE;"
-              "CREATE TABLE IF NOT EXISTS verdicts ("
-              "  request_digest TEXT PRIMARY KEY,"
-              "  job_id TEXT,"  // Schema 1's binding; read once below, then unused.
-              "  verdict INTEGER NOT NULL,"
-              "  report BLOB NOT NULL,"
-              "  created_unix_seconds REAL NOT NULL);"
-              "CREATE TABLE IF NOT EXISTS job_bindings ("
-              "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-              "  job_id TEXT NOT NULL,"
-              "  request_digest TEXT NOT NULL,"
-              "  bound_unix_seconds REAL NOT NULL);"
-              "CREATE INDEX IF NOT EXISTS job_bindings_by_job ON job_bindings(job_id, seq);"
-              "CREATE INDEX IF NOT EXISTS job_bindings_by_digest "
-              "  ON job_bindings(request_digest, seq);"
-              "INSERT INTO job_bindings(job_id, request_digest, bound_unix_seconds)"
-              "  SELECT job_id, request_digest, created_unix_seconds FROM verdicts"
-              "  WHERE job_id IS NOT NULL ORDER BY created_unix_seconds;"
-              "UPDATE verdicts SET job_id = NULL;"
-              "PRAGMA user_version = 2;"
+              "ALTER TABLE verdicts ADD COLUMN report_sha256 TEXT;"
+              "ALTER TABLE verdicts ADD COLUMN report_signature BLOB;"
+              "ALTER TABLE verdicts ADD COLUMN signing_key_id TEXT;"
+              "UPDATE verdicts SET report_sha256 = preflight_sha256(report);"
+              "PRAGMA user_version = 3;"
               "COMMIT;");
 }
 
@@ -169,6 +198,8 @@ absl::StatusOr<std::unique_ptr<SqliteVerdictStore>> SqliteVerdictStore::Open(
     return fail(why);
   }
   sqlite3_busy_timeout(impl->db, 5000);
+  sqlite3_create_function(impl->db, "preflight_sha256", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                          nullptr, SqlSha256, nullptr, nullptr);
   // quick_check reads every page: a corrupt file fails here, at start-up,
   // instead of silently serving an empty or partial store.
   {
@@ -210,8 +241,9 @@ absl::Status SqliteVerdictStore::Put(const StoredVerdict& v) {
     Stmt st;
     if (absl::Status s = Prepare(db,
                                  "INSERT OR REPLACE INTO verdicts(request_digest, job_id, "
-                                 "verdict, report, created_unix_seconds) "
-                                 "VALUES (?, NULL, ?, ?, ?)",
+                                 "verdict, report, created_unix_seconds, report_sha256, "
+                                 "report_signature, signing_key_id) "
+                                 "VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
                                  &st);
         !s.ok()) {
       return s;
@@ -220,6 +252,10 @@ absl::Status SqliteVerdictStore::Put(const StoredVerdict& v) {
     sqlite3_bind_int(st.s, 2, v.report.verdict());
     sqlite3_bind_blob(st.s, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
     sqlite3_bind_double(st.s, 4, v.created_unix_seconds > 0 ? v.created_unix_seconds : Now());
+    BindText(st, 5, Sha256Hex(blob));
+    sqlite3_bind_blob(st.s, 6, v.report_signature.data(),
+                      static_cast<int>(v.report_signature.size()), SQLITE_TRANSIENT);
+    BindText(st, 7, v.signing_key_id);
     if (const int rc = sqlite3_step(st.s); rc != SQLITE_DONE) {
       return SqliteError(db, rc, sqlite3_errmsg(db));
     }
@@ -253,7 +289,8 @@ absl::StatusOr<StoredVerdict> VerdictOf(sqlite3* db, const std::string& digest,
   if (absl::Status s = Prepare(db,
                                "SELECT report, created_unix_seconds, (SELECT job_id FROM "
                                "job_bindings b WHERE b.request_digest = v.request_digest "
-                               "ORDER BY seq DESC LIMIT 1) FROM verdicts v "
+                               "ORDER BY seq DESC LIMIT 1), report_sha256, report_signature, "
+                               "signing_key_id FROM verdicts v "
                                "WHERE request_digest = ?",
                                &st);
       !s.ok()) {
@@ -265,11 +302,26 @@ absl::StatusOr<StoredVerdict> VerdictOf(sqlite3* db, const std::string& digest,
   if (rc != SQLITE_ROW) return absl::InternalError(sqlite3_errmsg(db));
   StoredVerdict v;
   v.request_digest = digest;
-  if (!v.report.ParseFromArray(sqlite3_column_blob(st.s, 0), sqlite3_column_bytes(st.s, 0))) {
+  const absl::string_view blob(static_cast<const char*>(sqlite3_column_blob(st.s, 0)),
+                               static_cast<size_t>(sqlite3_column_bytes(st.s, 0)));
+  // Tamper evidence: the report must still be the bytes that were stored.
+  const std::string recorded = ColumnText(st, 3);
+  if (const std::string actual = Sha256Hex(blob); actual != recorded) {
+    return absl::DataLossError(absl::StrCat(
+        "the stored report for ", what, " (request digest ", digest,
+        ") does not match its recorded sha256 ", recorded.empty() ? "(none)" : recorded,
+        ": it hashes to ", actual, "; the row was altered after it was stored"));
+  }
+  if (!v.report.ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
     return absl::DataLossError(absl::StrCat("stored report for ", what, " does not decode"));
   }
   v.created_unix_seconds = sqlite3_column_double(st.s, 1);
   v.job_id = ColumnText(st, 2);
+  if (const int n = sqlite3_column_bytes(st.s, 4); n > 0) {
+    v.report_signature.assign(static_cast<const char*>(sqlite3_column_blob(st.s, 4)),
+                              static_cast<size_t>(n));
+  }
+  v.signing_key_id = ColumnText(st, 5);
   return v;
 }
 
@@ -313,6 +365,33 @@ absl::StatusOr<StoredVerdict> SqliteVerdictStore::GetByJobId(const std::string& 
   v->job_id = job_id;
   v->bindings = std::move(bindings);
   return v;
+}
+
+absl::Status SqliteVerdictStore::CheckIntegrity() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Stmt st;
+  if (absl::Status s = Prepare(impl_->db,
+                               "SELECT request_digest FROM verdicts WHERE report_sha256 IS NULL "
+                               "OR report_sha256 != preflight_sha256(report) "
+                               "ORDER BY request_digest",
+                               &st);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<std::string> bad;
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) bad.push_back(ColumnText(st, 0));
+  if (rc != SQLITE_DONE) return SqliteError(impl_->db, rc, sqlite3_errmsg(impl_->db));
+  if (bad.empty()) return absl::OkStatus();
+  constexpr size_t kNamed = 10;
+  const size_t n = bad.size();
+  if (n > kNamed) bad.resize(kNamed);
+  return absl::DataLossError(absl::StrCat(
+      n,
+      " stored report(s) do not match the sha256 recorded when they were stored: request "
+      "digest ",
+      absl::StrJoin(bad, ", "), n > kNamed ? ", ..." : "",
+      "; reading them is DATA_LOSS (restore the rows from a backup, or check again)"));
 }
 
 }  // namespace preflight::store

@@ -1,6 +1,8 @@
 // The embedded verdict store: one SQLite file in WAL mode with
 // synchronous=FULL, so a Put that returned OK survives kill -9 and power
-// loss, and readers never block the writer. Thread-safe.
+// loss, and readers never block the writer. Thread-safe. Each verdict row
+// holds the SHA-256 of its report blob, recomputed on every read, so a
+// report edited in the file is DATA_LOSS instead of a different verdict.
 //
 // Only store_factory.cc names this type; everything else holds a
 // VerdictStore.
@@ -28,6 +30,7 @@ class SqliteVerdictStore : public VerdictStore {
   absl::Status Bind(const std::string& job_id, const std::string& digest) override;
   absl::StatusOr<StoredVerdict> GetByDigest(const std::string& digest) override;
   absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) override;
+  absl::Status CheckIntegrity() override;
 
  private:
   struct Impl;

@@ -11,7 +11,9 @@
 //
 // Contract, for every implementation: thread-safe; a Put that returned OK is
 // durable (survives a crash of the process); the report comes back
-// byte-for-byte as stored.
+// byte-for-byte as stored, with its signature; a stored report that no
+// longer matches what was stored (edited in the database, a flipped bit) is
+// never returned: reading it is DATA_LOSS naming its request digest.
 //
 //   auto stores = OpenStore("/var/lib/preflight");
 //   (*stores).verdicts->Put({digest, job_id, report});
@@ -43,6 +45,11 @@ struct StoredVerdict {
   std::string job_id;
   v1::Report report;
   double created_unix_seconds = 0;
+  // The server's Ed25519 signature over the serialized report and the id of
+  // its key (crypto/signature.h); empty when the server signs nothing.
+  // Stored and returned as given.
+  std::string report_signature;
+  std::string signing_key_id;
   // GetByJobId only: every binding of the job id, oldest first; the last one
   // is the verdict returned. More than one means the id was rebound.
   std::vector<JobBinding> bindings;
@@ -66,6 +73,13 @@ class VerdictStore {
   // The verdict of the job id's latest binding, with its binding history;
   // NOT_FOUND when the id was never bound.
   virtual absl::StatusOr<StoredVerdict> GetByJobId(const std::string& job_id) = 0;
+  // Verifies every stored report against the digest recorded when it was
+  // stored: OK, or DATA_LOSS naming the request digests whose reports no
+  // longer match. The server runs it at start and reports the result.
+  // UNIMPLEMENTED for a backend that keeps no such digests.
+  virtual absl::Status CheckIntegrity() {
+    return absl::UnimplementedError("this verdict store keeps no report digests");
+  }
 };
 
 }  // namespace preflight::store

@@ -147,11 +147,12 @@ TEST(ParseAttestArgs, NeedsTheModelAndAJobId) {
   EXPECT_EQ(ok->batch_path, "b");
   EXPECT_THAT(std::string(ParseAttestArgs({"--server", "h:1", "--job-id", "j"}).status().message()),
               HasSubstr("--model: is required"));
-  EXPECT_THAT(std::string(ParseAttestArgs(
-                              {"--server", "h:1", "--digest", std::string(64, 'a'), "--model", "m"})
-                              .status()
-                              .message()),
-              HasSubstr("--digest: attest takes --job-id"));
+  // A request digest names a verdict as well as a job id does.
+  auto by_digest =
+      ParseAttestArgs({"--server", "h:1", "--digest", std::string(64, 'a'), "--model", "m"});
+  ASSERT_TRUE(by_digest.ok()) << by_digest.status();
+  EXPECT_EQ(by_digest->verdict.digest, std::string(64, 'a'));
+  EXPECT_EQ(by_digest->verdict.job_id, "");
   EXPECT_THAT(std::string(ParseAttestArgs({"--model", "m", "--bogus"}).status().message()),
               HasSubstr("preflight attest --help"));
 }
@@ -183,6 +184,68 @@ TEST(ParseServerFlag, ListsAndDnsTargetsAreAcceptedBadOnesNamed) {
     auto a = ParseAttestArgs({"--server", tc.server, "--job-id", "j", "--model", "m"});
     EXPECT_THAT(std::string(a.status().message()), HasSubstr(tc.message));
   }
+}
+
+TEST(ParseRemoteOptions, EveryRemoteCommandTakesCredentialsAndTrust) {
+  const std::vector<std::string> remote = {
+      "--token-file",      "t",         "--tls", "--tls-ca",     "ca.pem",
+      "--tls-cert=c.pem",  "--tls-key", "k",     "--verify-key", "v.pem",
+      "--tls-server-name", "svc"};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), remote.begin(), remote.end());
+    return args;
+  };
+  auto check = ParseCheckArgs(with({"--model", "m", "--batch", "b", "--server", "h:1"}));
+  auto verdict = ParseVerdictArgs(with({"--server", "h:1", "--job-id", "j"}));
+  auto attest = ParseAttestArgs(with({"--server", "h:1", "--job-id", "j", "--model", "m"}));
+  ASSERT_TRUE(check.ok()) << check.status();
+  ASSERT_TRUE(verdict.ok()) << verdict.status();
+  ASSERT_TRUE(attest.ok()) << attest.status();
+  for (const RemoteOptions* r : {&check->remote, &verdict->remote, &attest->verdict.remote}) {
+    EXPECT_EQ(r->token_file, "t");
+    EXPECT_TRUE(r->tls);
+    EXPECT_EQ(r->tls_ca, "ca.pem");
+    EXPECT_EQ(r->tls_cert, "c.pem");
+    EXPECT_EQ(r->tls_key, "k");
+    EXPECT_EQ(r->verify_key, "v.pem");
+    EXPECT_EQ(r->tls_server_name, "svc");
+  }
+  EXPECT_THAT(std::string(ParseVerdictArgs({"--server", "h:1", "--job-id", "j", "--token", "a",
+                                            "--token-file", "f"})
+                              .status()
+                              .message()),
+              HasSubstr("one of --token and --token-file"));
+  EXPECT_THAT(std::string(ParseVerdictArgs({"--server", "h:1", "--job-id", "j", "--tls-cert", "c"})
+                              .status()
+                              .message()),
+              HasSubstr("--tls-cert and --tls-key go together"));
+}
+
+TEST(ExitCodeForRpcError, RefusalsAndUntrustedVerdictsHaveTheirOwnCodes) {
+  // A gate must not mistake them for an outage (which it may admit).
+  EXPECT_EQ(ExitCodeForRpcError(absl::UnauthenticatedError("no token")), kExitDenied);
+  EXPECT_EQ(ExitCodeForRpcError(absl::PermissionDeniedError("tenant")), kExitDenied);
+  EXPECT_EQ(ExitCodeForRpcError(absl::DataLossError("altered")), kExitUntrusted);
+  EXPECT_EQ(ExitCodeForRpcError(absl::UnavailableError("down")), kExitUnavailable);
+  EXPECT_EQ(ExitCodeForRpcError(absl::NotFoundError("none")), kExitNotFound);
+}
+
+TEST(VerifyReportSignature, AnUnusableKeyFileIsAUsageError) {
+  v1::Report r;
+  const absl::Status s = VerifyReportSignature("/nonexistent/v.pem", r, "sig", "ed25519:x");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--verify-key: /nonexistent/v.pem"));
+  EXPECT_TRUE(VerifyReportSignature("", r, "", "").ok()) << "no key: nothing to verify";
+}
+
+TEST(Attest, ByDigestNamesTheDigest) {
+  v1::GetVerdictResponse r = Stored(v1::PASS, "", "");
+  r.set_job_id("");
+  r.set_request_digest(std::string(64, 'd'));
+  r.mutable_report()->set_model_sha256(std::string(64, 'm'));
+  const Attestation a = Attest(r, std::string(64, 'x'), "");
+  EXPECT_EQ(a.exit_code, 1);
+  EXPECT_THAT(a.message, HasSubstr("verdict of request digest " + std::string(64, 'd')));
 }
 
 TEST(RenderVerdict, ShowsWhatARebindingReplaced) {

@@ -63,6 +63,10 @@ class FakePreflight final : public v1::Preflight::Service {
                           v1::GetVerdictResponse* resp) override {
     std::lock_guard<std::mutex> lock(mu);
     ++verdicts;
+    auto auth = ctx->client_metadata().find("authorization");
+    last_authorization = auth == ctx->client_metadata().end()
+                             ? ""
+                             : std::string(auth->second.data(), auth->second.size());
     last_verdict = *req;
     verdict_deadline_seconds =
         absl::ToDoubleSeconds(absl::FromChrono(ctx->deadline()) - absl::Now());
@@ -77,6 +81,7 @@ class FakePreflight final : public v1::Preflight::Service {
   std::mutex mu;
   v1::CheckRequest last_check;
   v1::GetVerdictRequest last_verdict;
+  std::string last_authorization;
   double check_deadline_seconds = 0, verdict_deadline_seconds = 0;
   grpc::Status check_error = grpc::Status::OK;
   int uploads = 0;
@@ -127,7 +132,7 @@ class RemoteTest : public ::testing::Test {
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port, 0);
-    address_ = "127.0.0.1:" + std::to_string(port);
+    address_.server = "127.0.0.1:" + std::to_string(port);
     char tmpl[] = "/tmp/preflight-remote-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
   }
@@ -143,7 +148,8 @@ class RemoteTest : public ::testing::Test {
 
   FakePreflight fake_;
   std::unique_ptr<grpc::Server> server_;
-  std::string address_, dir_;
+  Connection address_;
+  std::string dir_;
 };
 
 TEST_F(RemoteTest, SmallFilesTravelInlineWithConfigJobIdAndBudgetDeadline) {
@@ -321,6 +327,24 @@ TEST_F(RemoteTest, UnreachableServerIsUnavailable) {
   server_.reset();
   auto r = RemoteVerdict(address_, "job", "", 10);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(RemoteTest, TokenTravelsAsBearerMetadataEvenOnPlaintext) {
+  ASSERT_TRUE(RemoteVerdict(address_, "job", "", 10).ok());
+  EXPECT_EQ(fake_.last_authorization, "") << "no token, no metadata";
+  Connection with_token = address_;
+  with_token.token = "tok-0123456789abcdef";
+  ASSERT_TRUE(RemoteVerdict(with_token, "job", "", 10).ok());
+  EXPECT_EQ(fake_.last_authorization, "Bearer tok-0123456789abcdef");
+}
+
+TEST_F(RemoteTest, UnreadableTlsFilesAreFailedPreconditionNamingTheFlag) {
+  Connection tls = address_;
+  tls.tls_ca_file = dir_ + "/absent-ca.pem";
+  auto r = RemoteVerdict(tls, "job", "", 10);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("--tls-ca: cannot read"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("absent-ca.pem"));
 }
 
 }  // namespace

@@ -163,6 +163,19 @@ def main():
         expect("a bad --server is a start-up error naming the problem",
                bad.returncode == 2 and "server: empty address in the list" in bad.stderr,
                bad.stderr)
+        # --verify-key: this server signs nothing, so even its PASS is refused
+        # (never allowed as if the service were down).
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", f"{d}/sig.pem"],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", f"{d}/sig.pem", "-pubout", "-out",
+                        f"{d}/sig.pub.pem"], check=True, capture_output=True)
+        verifying, vport = start_gate(d, addr, "--verify-key", f"{d}/sig.pub.pem")
+        gates.append(verifying)
+        code, r, _ = post(vport, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))
+        expect("--verify-key denies an unsigned verdict, saying so",
+               not r["response"]["allowed"]
+               and "cannot be used" in r["response"]["status"]["message"]
+               and "unsigned" in r["response"]["status"]["message"], r)
 
         # The service goes down: both policies.
         server.stop()

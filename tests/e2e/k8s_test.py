@@ -175,7 +175,9 @@ def check_fleet(fleet):
            "FLAGS_store and --fromenv=store, never on the command line",
            ref == {"name": "preflight-store", "key": "url"} and "--fromenv=store" in c["args"]
            and not any(a.startswith("--store") for a in c["args"]), (c.get("env"), c["args"]))
-    expect("fleet: no volume but /tmp", [v["name"] for v in pod.get("volumes", [])] == ["tmp"],
+    expect("fleet: no state on the pod: /tmp and the read-only TLS and auth secrets only",
+           sorted(v["name"] for v in pod.get("volumes", [])) == ["auth", "tls", "tmp"]
+           and all("secret" in v for v in pod["volumes"] if v["name"] != "tmp"),
            pod.get("volumes"))
     labels = pod.get("metadata", dep["spec"]["template"]["metadata"])["labels"]
 
@@ -229,6 +231,26 @@ def main():
     expect("gpu variant requests nvidia.com/gpu",
            c["resources"]["limits"].get("nvidia.com/gpu") == 1, c["resources"])
     check_security(sts["spec"]["template"]["spec"], c, "base")
+    fleet_c = find(fleet, "Deployment", "preflight")["spec"]["template"]["spec"]["containers"][0]
+    for server, label in ((c, "base"), (fleet_c, "fleet")):
+        args = server["args"]
+        health = next((a.split(":")[-1] for a in args if a.startswith("--health-address=")),
+                      None)
+        expect(f"{label}: the server turns TLS, tokens and signing on; probes use the plaintext "
+               "health port",
+               any(a.startswith("--tls-cert=") for a in args)
+               and any(a.startswith("--tls-key=") for a in args)
+               and any(a.startswith("--tokens=") for a in args)
+               and any(a.startswith("--signing-key=") for a in args)
+               and health is not None
+               and all(str(server[p]["grpc"]["port"]) == health
+                       for p in ("startupProbe", "readinessProbe", "livenessProbe")), args)
+    gate = next(d for d in base if d["kind"] == "Deployment"
+                and d["metadata"]["name"] == "preflight-gate")
+    gargs = gate["spec"]["template"]["spec"]["containers"][0]["args"]
+    expect("the admission gate reads with a token, trusts the server's CA, verifies signatures",
+           all(any(a.startswith(f) for a in gargs)
+               for f in ("--token-file=", "--tls-ca=", "--verify-key=")), gargs)
 
     kinds = {d["kind"] for d in base}
     for kind in ("Namespace", "StatefulSet", "Service", "NetworkPolicy", "PodDisruptionBudget",
@@ -241,6 +263,9 @@ def main():
            monitoring and all(d["metadata"].get("namespace") == "preflight" for d in monitoring),
            [d["metadata"] for d in monitoring])
     cert = find(base, "Certificate")
+    expect("a Certificate for the server's TLS port",
+           any(d["kind"] == "Certificate" and d["spec"]["secretName"] == "preflight-server-tls"
+               for d in base))
     expect("Certificate names its secret, DNS name and issuer",
            cert["spec"]["secretName"] and cert["spec"]["dnsNames"] and cert["spec"]["issuerRef"])
     rule = find(base, "PrometheusRule")

@@ -14,7 +14,10 @@ against a real preflight-server. Starts and stops everything it runs.
     (sbatch and srun), both sha256 digests in the job's output; a tagged job
     without PREFLIGHT_MODEL runs unattested, and is refused with
     attest_require; no verdict and server down at start follow
-    attest_on_missing and attest_on_unavailable.
+    attest_on_missing and attest_on_unavailable;
+  - against a server with --tokens and --signing-key, the gate with a reader
+    token_file and verify_key admits a signed PASS; an unsigned PASS (under
+    verify_key) and a missing token are refused, not admitted as an outage.
 
 Skipped, with a message, only where Slurm is not installed.
 Usage: slurm_test.py BUILD_DIR ZOO_DIR
@@ -292,6 +295,47 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         p = sbatch("--wrap", "true")
         expect("require_tag=yes refuses untagged jobs",
                p.returncode != 0 and "requires a Preflight verdict" in p.stderr, p.stderr)
+
+        # A server with tokens and a signing key (issue 15): the submit gate
+        # reads with a reader token and checks signatures; an unsigned verdict
+        # and a refused token are refusals, never admitted as an outage.
+        keys = f"{tmp}/keys"
+        os.makedirs(keys)
+        for args in (["genpkey", "-algorithm", "ed25519", "-out", f"{keys}/sign.pem"],
+                     ["pkey", "-in", f"{keys}/sign.pem", "-pubout", "-out", f"{keys}/sign.pub.pem"]):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+        tokens = {"team": "team-token-0123456789abcdef", "reader": "reader-token-0123456789abcdef"}
+        with open(f"{keys}/tokens", "w") as f:
+            f.write(f"{tokens['team']} team tenant\n{tokens['reader']} slurm reader\n")
+        for who, token in tokens.items():
+            with open(f"{keys}/{who}.token", "w") as f:
+                f.write(token + "\n")
+        signed = Server(BUILD, f"{tmp}/store-signed", "--tokens", f"{keys}/tokens",
+                        "--signing-key", f"{keys}/sign.pem")
+        try:
+            p = subprocess.run([cli_path(BUILD, thin=True), "check", "--server", signed.addr,
+                                "--model", mlp["model"], "--batch", mlp["batch"], *mlp["flags"],
+                                "--job-id", "team/pass", "--token-file", f"{keys}/team.token"],
+                               capture_output=True, text=True, timeout=300)
+            expect("a tenant stores a signed PASS on the token server", p.returncode == 0,
+                   p.stderr)
+            gate(server=signed.addr, token_file=f"{keys}/reader.token",
+                 verify_key=f"{keys}/sign.pub.pem")
+            p = sbatch("--comment=preflight:team/pass", "--wrap", "true")
+            expect("reader token + verify_key: the signed PASS is admitted",
+                   p.returncode == 0 and admitted("team/pass") == 1, p.stderr)
+            gate(verify_key=f"{keys}/sign.pub.pem")  # The first server signs nothing.
+            p = sbatch("--comment=preflight:train/pass", "--wrap", "true")
+            expect("verify_key: an unsigned PASS is refused (exit 6), not admitted as an outage",
+                   p.returncode != 0 and "cannot be used" in p.stderr and "unsigned" in p.stderr,
+                   p.stderr)
+            gate(server=signed.addr)
+            p = sbatch("--comment=preflight:team/pass", "--wrap", "true")
+            expect("no token for a token server: refused (exit 7), not admitted as an outage",
+                   p.returncode != 0 and "UNAUTHENTICATED" in p.stderr, p.stderr)
+        finally:
+            signed.stop()
+            gate()
 
         server.stop()
         gate(on_unavailable="admit")

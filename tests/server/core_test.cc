@@ -11,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <prometheus/registry.h>
 
 #include "absl/time/clock.h"
@@ -472,6 +474,60 @@ TEST_F(CoreTest, GetVerdictValidatesKeys) {
   EXPECT_THAT(std::string(core_->GetVerdict(g).status().message()), HasSubstr("request_digest"));
   g.set_request_digest(std::string(64, '0'));
   EXPECT_EQ(core_->GetVerdict(g).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A fresh Ed25519 private key in PEM form.
+std::string NewSigningKeyPem() {
+  EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  std::string pem(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  EVP_PKEY_free(key);
+  return pem;
+}
+
+TEST_F(CoreTest, SigningCoreSignsAsItStoresAndReRunsUnsignedVerdicts) {
+  v1::CheckRequest req = Valid();
+  req.set_job_id("tenant-a/run-1");
+  auto unsigned_r = core_->Check(req, Deadline());
+  ASSERT_TRUE(unsigned_r.ok()) << unsigned_r.status();
+  EXPECT_EQ(unsigned_r->report_signature(), "");
+  EXPECT_EQ(unsigned_r->signing_key_id(), "");
+
+  const std::string pem = NewSigningKeyPem();
+  auto signer = crypto::Ed25519Signer::FromPem(pem, "k.pem");
+  auto verifier = crypto::Ed25519Verifier::FromPem(pem, "k.pem");
+  ASSERT_TRUE(signer.ok() && verifier.ok());
+  CoreConfig c;
+  c.max_inline_bytes = 1024;
+  PreflightCore signing(c, blobs_.get(), verdicts_.get(), &runner_, metrics_.get(), signer->get());
+  // The stored verdict is unsigned: it is run again, so it comes back signed.
+  auto first = signing.Check(req, Deadline());
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(runner_.runs, 2);
+  EXPECT_FALSE(first->cached());
+  EXPECT_EQ(first->signing_key_id(), (*signer)->key_id());
+  EXPECT_TRUE(crypto::VerifyVerdict(**verifier, first->report().SerializeAsString(),
+                                    first->report_signature(), first->signing_key_id())
+                  .ok());
+  // Now a repeat is a cache hit carrying the stored signature; GetVerdict too.
+  auto again = signing.Check(req, Deadline());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->cached());
+  EXPECT_EQ(runner_.runs, 2);
+  EXPECT_EQ(again->report_signature(), first->report_signature());
+  v1::GetVerdictRequest g;
+  g.set_job_id("tenant-a/run-1");
+  auto read = signing.GetVerdict(g);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->report_signature(), first->report_signature());
+  EXPECT_EQ(read->signing_key_id(), (*signer)->key_id());
+  EXPECT_TRUE(crypto::VerifyVerdict(**verifier, read->report().SerializeAsString(),
+                                    read->report_signature(), read->signing_key_id())
+                  .ok());
 }
 
 }  // namespace

@@ -24,6 +24,39 @@ std::string TempDir() {
   return mkdtemp(tmpl);
 }
 
+// XORs the last byte of a stored report blob with 1, through SQLite itself,
+// as an edit of the file would.
+absl::Status AlterStoredReport(const std::string& path, const std::string& digest) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) return absl::InternalError("open");
+  std::string blob;
+  {
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT report FROM verdicts WHERE request_digest = ?", -1, &st,
+                       nullptr);
+    sqlite3_bind_text(st, 1, digest.c_str(), -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      blob.assign(static_cast<const char*>(sqlite3_column_blob(st, 0)),
+                  static_cast<size_t>(sqlite3_column_bytes(st, 0)));
+    }
+    sqlite3_finalize(st);
+  }
+  if (blob.empty()) {
+    sqlite3_close(db);
+    return absl::NotFoundError(digest);
+  }
+  blob.back() = static_cast<char>(blob.back() ^ 1);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "UPDATE verdicts SET report = ? WHERE request_digest = ?", -1, &st,
+                     nullptr);
+  sqlite3_bind_blob(st, 1, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 2, digest.c_str(), -1, SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return rc == SQLITE_DONE ? absl::OkStatus() : absl::InternalError("update");
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Sqlite, VerdictStoreConformance,
     ::testing::Values(VerdictStoreBackend{
@@ -32,7 +65,8 @@ INSTANTIATE_TEST_SUITE_P(
           auto store = SqliteVerdictStore::Open(path);
           if (!store.ok()) return store.status();
           return std::unique_ptr<VerdictStore>(*std::move(store));
-        }}),
+        },
+        AlterStoredReport}),
     [](const auto& info) { return info.param.name; });
 
 TEST(SqliteVerdictStore, CorruptFileIsAStartupError) {
@@ -89,6 +123,8 @@ TEST(SqliteVerdictStore, SchemaOneFileKeepsItsJobIds) {
   EXPECT_EQ(got->report.verdict(), v1::PASS);
   ASSERT_EQ(got->bindings.size(), 1u);
   EXPECT_EQ(got->bindings[0].bound_unix_seconds, 1000);
+  // Rows from before schema 3 get their report's digest at migration.
+  EXPECT_TRUE((*store)->CheckIntegrity().ok()) << (*store)->CheckIntegrity();
 }
 
 TEST(SqliteVerdictStore, FileFromANewerSchemaIsAStartupError) {

@@ -77,6 +77,57 @@ TEST_P(VerdictStoreConformance, ReportComesBackExactlyAsStored) {
   EXPECT_DOUBLE_EQ(got->created_unix_seconds, 1700000000.5);
 }
 
+TEST_P(VerdictStoreConformance, SignatureComesBackExactlyAsStored) {
+  auto store = Open(GetParam(), GetParam().new_location());
+  ASSERT_NE(store, nullptr);
+  StoredVerdict v = Verdict('s', "job-s", v1::PASS);
+  v.report_signature = std::string("\0\x01\xff signature bytes", 19);
+  v.signing_key_id = "ed25519:0123456789abcdef";
+  ASSERT_TRUE(store->Put(v).ok());
+  for (const auto& got : {store->GetByDigest(Digest('s')), store->GetByJobId("job-s")}) {
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->report_signature, v.report_signature);
+    EXPECT_EQ(got->signing_key_id, v.signing_key_id);
+  }
+  // Unsigned verdicts stay unsigned.
+  ASSERT_TRUE(store->Put(Verdict('u', "", v1::PASS)).ok());
+  auto unsigned_v = store->GetByDigest(Digest('u'));
+  ASSERT_TRUE(unsigned_v.ok());
+  EXPECT_EQ(unsigned_v->report_signature, "");
+  EXPECT_EQ(unsigned_v->signing_key_id, "");
+}
+
+// One byte changed in a stored report (FAIL edited towards PASS) is never
+// served as a verdict: reads are DATA_LOSS naming the digest, and the
+// integrity check names it; other verdicts still read.
+TEST_P(VerdictStoreConformance, AlteredStoredReportIsDataLossNamingTheDigest) {
+  if (!GetParam().alter_stored_report) GTEST_SKIP() << "backend offers no way to alter a row";
+  const std::string location = GetParam().new_location();
+  {
+    auto store = Open(GetParam(), location);
+    ASSERT_NE(store, nullptr);
+    StoredVerdict fail = Verdict('f', "job-f", v1::FAIL);
+    fail.report.add_findings()->set_code(v1::LOSS_DIVERGED);
+    ASSERT_TRUE(store->Put(fail).ok());
+    ASSERT_TRUE(store->Put(Verdict('g', "job-g", v1::PASS)).ok());
+    EXPECT_TRUE(store->CheckIntegrity().ok()) << store->CheckIntegrity();
+  }
+  ASSERT_TRUE(GetParam().alter_stored_report(location, Digest('f')).ok());
+  auto store = Open(GetParam(), location);
+  ASSERT_NE(store, nullptr);
+  for (const auto& got : {store->GetByDigest(Digest('f')), store->GetByJobId("job-f")}) {
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+    EXPECT_THAT(std::string(got.status().message()), HasSubstr(Digest('f')));
+  }
+  const absl::Status integrity = store->CheckIntegrity();
+  EXPECT_EQ(integrity.code(), absl::StatusCode::kDataLoss) << integrity;
+  EXPECT_THAT(std::string(integrity.message()), HasSubstr(Digest('f')));
+  EXPECT_THAT(std::string(integrity.message()), ::testing::Not(HasSubstr(Digest('g'))));
+  auto untouched = store->GetByJobId("job-g");
+  ASSERT_TRUE(untouched.ok()) << untouched.status();
+  EXPECT_EQ(untouched->report.verdict(), v1::PASS);
+}
+
 TEST_P(VerdictStoreConformance, PutReplacesTheVerdictOfADigest) {
   auto store = Open(GetParam(), GetParam().new_location());
   ASSERT_NE(store, nullptr);

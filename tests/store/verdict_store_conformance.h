@@ -26,6 +26,11 @@ struct VerdictStoreBackend {
   // Opens (creating when absent) the store at a location; opening it again
   // must see what was stored before, as a restarted server would.
   std::function<absl::StatusOr<std::unique_ptr<VerdictStore>>(const std::string& location)> open;
+  // Optional: changes one byte of the stored report of `digest` at a closed
+  // location, behind the store's back (as someone editing the database
+  // would). Without it the tamper-evidence test is skipped for the backend.
+  std::function<absl::Status(const std::string& location, const std::string& digest)>
+      alter_stored_report;
 };
 
 inline void PrintTo(const VerdictStoreBackend& backend, std::ostream* os) { *os << backend.name; }

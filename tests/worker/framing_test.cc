@@ -3,9 +3,12 @@
 #include "service/worker/framing.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -100,6 +103,43 @@ TEST(Framing, TornAndCorruptFramesAreDataLoss) {
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
     EXPECT_THAT(std::string(s.message()), HasSubstr(tc.message));
   }
+}
+
+// A declared length near the cap followed by a few bytes and EOF is a torn
+// body, read without allocating the declared 250 MiB: proved in a child whose
+// address space has only 64 MiB to spare (before, the reader zero-filled
+// the whole declared length first; found by fuzz/framing_fuzzer.cc).
+TEST(Framing, CorruptLengthCostsOnlyTheBytesSent) {
+  Pair p = Pipe();
+  const uint32_t declared = 250u << 20;
+  std::string bytes(4, '\0');
+  for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((declared >> (8 * i)) & 0xff);
+  bytes += "only these bytes";
+  ASSERT_EQ(write(p.a.get(), bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  p.a.reset();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    long pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+      std::fclose(f);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * sysconf(_SC_PAGESIZE) + (64u << 20);
+    const rlimit rl{limit, limit};
+    if (pages == 0 || setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+    v1::WorkerHello got;
+    const absl::Status s = ReadFrame(p.b.get(), &got);
+    _exit(s.code() == absl::StatusCode::kDataLoss &&
+                  std::string(s.message()).find("torn body") != std::string::npos
+              ? 0
+              : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the reader died (signal " << WTERMSIG(status)
+                                 << "): it allocated the declared length";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 // A temporary file holding `content`, opened read-only.

@@ -103,8 +103,14 @@ def decide(review, args):
 
     try:
         kw = {"job_id": value} if annotation == ANNOTATION_JOB else {"digest": value}
-        report = preflight.verdict(server=args.server, timeout=args.timeout, **kw)
+        report = preflight.verdict(server=args.server, timeout=args.timeout, **kw,
+                                   **remote_options(args))
     except preflight.PreflightError as e:
+        if e.code in ("UNTRUSTED", "DATA_LOSS", "UNAUTHENTICATED", "PERMISSION_DENIED"):
+            # A verdict that cannot be trusted, or a gate the service refuses:
+            # never an outage to allow through.
+            return False, f"preflight: the verdict for {annotation}={value} cannot be used: {e}", \
+                [], "untrusted"
         if e.code == "NOT_FOUND":
             return policy(args.on_missing, f"no stored verdict for {annotation}={value}", "missing")
         if e.code == "INVALID_ARGUMENT":
@@ -119,6 +125,16 @@ def decide(review, args):
            if f.severity in ("FAIL", "ERROR")][:3]
     return (False, f"preflight verdict {report.verdict} for {annotation}={value}: "
                    + "; ".join(top), [], report.verdict.lower())
+
+
+def remote_options(args):
+    """The Python client's connection keywords from the gate's flags."""
+    token = None
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    return dict(token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                verify_key=args.verify_key)
 
 
 def make_handler(args, metrics):
@@ -182,6 +198,11 @@ def main(argv=None):
     ap.add_argument("--on-missing", choices=["deny", "allow"], default="deny")
     ap.add_argument("--on-unavailable", choices=["deny", "allow"], default="allow")
     ap.add_argument("--require-annotation", action="store_true")
+    ap.add_argument("--token-file", help="bearer token for a server with --tokens (a reader token)")
+    ap.add_argument("--tls-ca", help="PEM CA of the Preflight server's certificate")
+    ap.add_argument("--tls-cert", help="client certificate for a server with mutual TLS")
+    ap.add_argument("--tls-key", help="its private key")
+    ap.add_argument("--verify-key", help="Ed25519 public key every verdict must be signed by")
     args = ap.parse_args(argv)
     try:
         preflight.parse_server(args.server)  # Syntax only: a bad value is a start-up error.

@@ -90,9 +90,17 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
    local key = (#tag == 64 and tag:match("^[0-9a-f]+$")) and "--digest" or "--job-id"
    -- The exit status travels in the output: io.popen():close() does not
    -- return it in every Lua that Slurm links (5.1 returns only true).
-   local cmd = string.format("%s verdict --server %s %s %s --timeout %s 2>&1; echo \"__exit=$?\"",
+   -- Credentials and trust for a server with --tokens, TLS and --signing-key.
+   local remote = ""
+   for _, opt in ipairs({{"token_file", "--token-file"}, {"tls_ca", "--tls-ca"},
+                         {"tls_cert", "--tls-cert"}, {"tls_key", "--tls-key"},
+                         {"verify_key", "--verify-key"}}) do
+      local v = conf[opt[1]]
+      if v ~= nil and v ~= "" then remote = remote .. " " .. opt[2] .. " " .. shell_quote(v) end
+   end
+   local cmd = string.format("%s verdict --server %s %s %s --timeout %s%s 2>&1; echo \"__exit=$?\"",
                              shell_quote(conf.cli), shell_quote(conf.server), key,
-                             shell_quote(tag), shell_quote(conf.timeout))
+                             shell_quote(tag), shell_quote(conf.timeout), remote)
    local pipe = io.popen(cmd)
    local raw = pipe:read("*a") or ""
    pipe:close()
@@ -107,6 +115,11 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
       return slurm.ERROR
    elseif code == 4 then
       return decide(conf.on_missing, "no Preflight verdict stored for " .. tag)
+   elseif code == 6 or code == 7 then
+      -- Unsigned, badly signed or altered verdict (6), or the service
+      -- refused this gate's token (7): never an outage to admit through.
+      slurm.log_user("preflight: job refused, its verdict cannot be used:\n" .. out)
+      return slurm.ERROR
    end
    return decide(conf.on_unavailable, "the Preflight service did not answer (" ..
                  out:gsub("%s+$", "") .. ")")

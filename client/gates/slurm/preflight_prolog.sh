@@ -35,6 +35,11 @@
 #   attest_on_missing = reject|admit   (no verdict stored; default reject)
 #   attest_on_unavailable = reject|admit (service down or no server set;
 #                                       default admit, as the submit gate)
+#   token_file, tls_ca, tls_cert, tls_key, verify_key = PATH
+#                                      (a server with --tokens, TLS and
+#                                       --signing-key; an unsigned, badly
+#                                       signed or altered verdict (exit 6) or
+#                                       a refused token (7) refuses the task)
 # Attestation catches the wrong file, not a hostile user: the job's user
 # controls the environment this script reads.
 
@@ -45,6 +50,11 @@ timeout=5
 attest_require=no
 attest_on_missing=reject
 attest_on_unavailable=admit
+token_file=""
+tls_ca=""
+tls_cert=""
+tls_key=""
+verify_key=""
 if [ -r "$conf_file" ]; then
   while IFS= read -r line || [ -n "$line" ]; do
     case "$line" in \#* | "") continue ;; esac
@@ -57,6 +67,11 @@ if [ -r "$conf_file" ]; then
       attest_require) attest_require=$value ;;
       attest_on_missing) attest_on_missing=$value ;;
       attest_on_unavailable) attest_on_unavailable=$value ;;
+      token_file) token_file=$value ;;
+      tls_ca) tls_ca=$value ;;
+      tls_cert) tls_cert=$value ;;
+      tls_key) tls_key=$value ;;
+      verify_key) verify_key=$value ;;
     esac
   done <"$conf_file"
 fi
@@ -103,11 +118,16 @@ fi
 
 set -- attest --server "$server" --job-id "$job_id" --model "$model" --timeout "$timeout"
 [ -n "${PREFLIGHT_BATCH:-}" ] && set -- "$@" --batch "$PREFLIGHT_BATCH"
+[ -n "$token_file" ] && set -- "$@" --token-file "$token_file"
+[ -n "$tls_ca" ] && set -- "$@" --tls-ca "$tls_ca"
+[ -n "$tls_cert" ] && set -- "$@" --tls-cert "$tls_cert" --tls-key "$tls_key"
+[ -n "$verify_key" ] && set -- "$@" --verify-key "$verify_key"
 out=$("$cli" "$@" 2>&1)
 code=$?
 case "$code" in
   0) show "$out"; exit 0 ;;
-  1 | 2) show "$out"; say "task refused"; exit 1 ;;
+  # 6: unsigned, badly signed or altered verdict; 7: the token was refused.
+  1 | 2 | 6 | 7) show "$out"; say "task refused"; exit 1 ;;
   4) decide "$attest_on_missing" "no Preflight verdict stored for job $job_id" ;;
   *) decide "$attest_on_unavailable" "the Preflight service did not answer ($out)" ;;
 esac

@@ -7,8 +7,9 @@
 with several addresses ("dns:///preflight-headless:50051"): calls are spread
 round-robin and a server that does not answer is skipped.
 """
-from preflight._client import Finding, PreflightError, Report, check, verdict
+from preflight._client import (Finding, PreflightError, Report, UntrustedVerdict, check,
+                               verdict)
 from preflight._target import grpc_target, parse as parse_server
 
 __all__ = ["check", "verdict", "grpc_target", "parse_server", "Report", "Finding",
-           "PreflightError"]
+           "PreflightError", "UntrustedVerdict"]

@@ -1,6 +1,8 @@
 """`python -m preflight` / `preflight-py`: the C++ CLI's check and verdict for
 Python-only environments. Same exit codes: 0 PASS/WARN, 1 FAIL, 2 usage or
-invalid request, 3 ERROR, 4 no stored verdict, 5 service unreachable.
+invalid request, 3 ERROR, 4 no stored verdict, 5 service unreachable, 6 the
+verdict is unsigned, badly signed (--verify-key) or failed the store's
+integrity check, 7 the server refused the token or the job id.
 
 Check settings left out take the server's defaults (the report shows what ran:
 `--json` has them under "config"); the server validates every setting."""
@@ -43,7 +45,25 @@ def main(argv=None):
     g.add_argument("--digest", default="")
     v.add_argument("--timeout", type=float, default=10)
     v.add_argument("--json", action="store_true")
+    for p in (c, v):
+        p.add_argument("--token-file", help="file holding the bearer token (or PREFLIGHT_TOKEN)")
+        p.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+        p.add_argument("--tls-ca", help="PEM CA of the server's certificate (or PREFLIGHT_TLS_CA)")
+        p.add_argument("--tls-cert", help="client certificate, for mutual TLS")
+        p.add_argument("--tls-key", help="its private key")
+        p.add_argument("--verify-key", help="Ed25519 public key every verdict must be signed by "
+                                            "(or PREFLIGHT_VERIFY_KEY)")
     args = ap.parse_args(argv)
+    try:
+        token = None
+        if args.token_file:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+    except OSError as e:
+        print(f"preflight-py {args.command}: --token-file: {e}", file=sys.stderr)
+        return 2
+    remote = dict(token=token, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                  tls_key=args.tls_key, verify_key=args.verify_key)
     try:
         if args.command == "check":
             import torch
@@ -53,13 +73,14 @@ def main(argv=None):
                            optimizer=args.optimizer, lr=args.lr,
                            weight_decay=args.weight_decay, momentum=args.momentum,
                            steps=args.steps, seed=args.seed, device=args.device,
-                           timeout=args.timeout, job_id=args.job_id)
+                           timeout=args.timeout, job_id=args.job_id, **remote)
         else:
             report = verdict(server=args.server, job_id=args.job_id, digest=args.digest,
-                             timeout=args.timeout)
+                             timeout=args.timeout, **remote)
     except PreflightError as e:
         print(f"preflight-py {args.command}: {e}", file=sys.stderr)
-        return {"INVALID_ARGUMENT": 2, "FAILED_PRECONDITION": 2, "NOT_FOUND": 4}.get(e.code, 5)
+        return {"INVALID_ARGUMENT": 2, "FAILED_PRECONDITION": 2, "NOT_FOUND": 4, "UNTRUSTED": 6,
+                "DATA_LOSS": 6, "UNAUTHENTICATED": 7, "PERMISSION_DENIED": 7}.get(e.code, 5)
     except (TypeError, ValueError, OSError) as e:
         print(f"preflight-py {args.command}: {e}", file=sys.stderr)
         return 2

@@ -21,8 +21,15 @@ the server applies its defaults and validates everything (one home for both:
 service/engine/config.cc). `report.config` is the configuration that ran,
 defaults filled in. A setting the server refuses is a PreflightError
 INVALID_ARGUMENT whose `field` names it (e.g. "config.lr").
+
+A server with --tokens, TLS and --signing-key: `token` (or PREFLIGHT_TOKEN),
+`tls_ca` (or PREFLIGHT_TLS_CA; `tls=True` trusts the system's CAs),
+`tls_cert`/`tls_key` for mutual TLS, and `verify_key` (or
+PREFLIGHT_VERIFY_KEY), the PEM public key every verdict must be signed by:
+an unsigned, foreign-signed or altered verdict raises UntrustedVerdict.
 """
 import dataclasses
+import hashlib
 import io
 import os
 import warnings
@@ -35,19 +42,6 @@ from preflight.v1 import preflight_pb2, preflight_pb2_grpc, report_pb2
 
 _CHUNK = 1 << 20
 _INLINE_MAX = 4 << 20  # Larger artifacts go through Upload (the C++ CLI's threshold).
-
-
-def _channel(server: str) -> grpc.Channel:
-    """A channel to every server `server` names, round_robin over them. A bad
-    value raises ValueError; a list none of whose names resolves is
-    PreflightError UNAVAILABLE, like a server that does not answer."""
-    try:
-        target = _target.grpc_target(server)
-    except LookupError as e:
-        raise PreflightError("UNAVAILABLE", str(e)) from None
-    return grpc.insecure_channel(
-        target, options=[("grpc.service_config", _target.ROUND_ROBIN_SERVICE_CONFIG),
-                         ("grpc.max_receive_message_length", 64 << 20)])
 
 
 class PreflightError(Exception):
@@ -64,6 +58,88 @@ class PreflightError(Exception):
         "job_id", "model.inline"): the server's messages start "FIELD: ..."."""
         head, sep, _ = self.message.partition(": ")
         return head if sep and self.code == "INVALID_ARGUMENT" and " " not in head else ""
+
+
+class UntrustedVerdict(PreflightError):
+    """A verdict that `verify_key` did not sign: unsigned, signed by another
+    key, or altered after signing. Code "UNTRUSTED"."""
+
+    def __init__(self, message: str):
+        super().__init__("UNTRUSTED", message)
+
+
+@dataclasses.dataclass
+class Remote:
+    """How to reach a server and whom to trust (see the module docstring)."""
+    server: str
+    token: Optional[str] = None
+    tls: bool = False
+    tls_ca: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    verify_key: Optional[str] = None
+
+    def __post_init__(self):
+        self.token = self.token or os.environ.get("PREFLIGHT_TOKEN") or None
+        self.tls_ca = self.tls_ca or os.environ.get("PREFLIGHT_TLS_CA") or None
+        self.verify_key = self.verify_key or os.environ.get("PREFLIGHT_VERIFY_KEY") or None
+
+    def channel(self):
+        """A channel to every server `server` names, round_robin over them,
+        with TLS when asked for (see _channel)."""
+        try:
+            target = _target.grpc_target(self.server)
+        except LookupError as e:
+            raise PreflightError("UNAVAILABLE", str(e)) from None
+        options = [("grpc.service_config", _target.ROUND_ROBIN_SERVICE_CONFIG),
+                   ("grpc.max_receive_message_length", 64 << 20)]
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return grpc.insecure_channel(target, options=options)
+
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(self.tls_ca) if self.tls_ca else None,
+            private_key=read(self.tls_key) if self.tls_key else None,
+            certificate_chain=read(self.tls_cert) if self.tls_cert else None)
+        return grpc.secure_channel(target, creds, options=options)
+
+    def metadata(self):
+        return [("authorization", f"Bearer {self.token}")] if self.token else None
+
+    def verify(self, report, signature: bytes, key_id: str):
+        """Raises UntrustedVerdict unless `verify_key` signed `report`. The
+        signature is over the report's serialized bytes (a Report has no map
+        fields: every protobuf runtime writes it the same way)."""
+        if not self.verify_key:
+            return
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        with open(self.verify_key, "rb") as f:
+            pem = f.read()
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except ValueError:
+            key = serialization.load_pem_private_key(pem, password=None).public_key()
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ValueError(f"verify_key: {self.verify_key} is not an Ed25519 key")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        mine = "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+        if not signature:
+            raise UntrustedVerdict("the verdict is unsigned (the server has no --signing-key, "
+                                   "or stored it before it had one)")
+        if key_id != mine:
+            raise UntrustedVerdict(f"the verdict is signed by key {key_id}, but the verify key "
+                                   f"is {mine}")
+        try:
+            key.verify(signature, report.SerializeToString())
+        except InvalidSignature:
+            raise UntrustedVerdict(f"the verdict's signature by key {key_id} does not verify: "
+                                   "the report was altered after it was signed") from None
 
 
 @dataclasses.dataclass
@@ -178,7 +254,7 @@ def _serialize_model(model, inputs) -> (bytes, str):
     return buf.getvalue(), how
 
 
-def _upload(stub, data: bytes, timeout: float) -> str:
+def _upload(stub, data: bytes, timeout: float, metadata=None) -> str:
     def chunks():
         for off in range(0, len(data), _CHUNK):
             req = preflight_pb2.UploadRequest(chunk=data[off:off + _CHUNK])
@@ -186,16 +262,16 @@ def _upload(stub, data: bytes, timeout: float) -> str:
                 req.expected_size = len(data)
             yield req
 
-    return stub.Upload(chunks(), timeout=timeout).sha256
+    return stub.Upload(chunks(), timeout=timeout, metadata=metadata).sha256
 
 
-def _artifact(artifact, stub, data: bytes) -> bool:
+def _artifact(artifact, stub, data: bytes, metadata=None) -> bool:
     """Fills a preflight.v1.Artifact: inline up to 4 MiB, else by the sha256
     of an Upload. True when it was uploaded."""
     if len(data) <= _INLINE_MAX:
         artifact.inline = data
         return False
-    artifact.sha256 = _upload(stub, data, 600)
+    artifact.sha256 = _upload(stub, data, 600, metadata)
     return True
 
 
@@ -233,7 +309,10 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
           weight_decay: Optional[float] = None, momentum: Optional[float] = None,
           steps: Optional[int] = None, seed: Optional[int] = None,
           device: Optional[str] = None, timeout: Optional[float] = None,
-          job_id: str = "", rpc_timeout: Optional[float] = None, **settings) -> Report:
+          job_id: str = "", rpc_timeout: Optional[float] = None,
+          token: Optional[str] = None, tls: bool = False, tls_ca: Optional[str] = None,
+          tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+          verify_key: Optional[str] = None, **settings) -> Report:
     """Checks that `model` can fit `batch` and returns the verdict.
 
     model: an nn.Module (scripted, or traced when scripting fails), a
@@ -248,6 +327,7 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
     rpc_timeout: seconds to wait for the answer. Default: `timeout` + 300 s
       when `timeout` is given, otherwise no client-side limit (the server
       bounds every check by its own timeout).
+    token, tls, tls_ca, tls_cert, tls_key, verify_key: see the module docstring.
     """
     import torch
 
@@ -260,14 +340,16 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
     torch.save({"inputs": inputs, "targets": targets}, buf)
     if rpc_timeout is None and timeout is not None:
         rpc_timeout = timeout + _RPC_MARGIN_SECONDS
-    with _channel(server) as channel:
+    remote = Remote(server, token, tls, tls_ca, tls_cert, tls_key, verify_key)
+    md = remote.metadata()
+    with remote.channel() as channel:
         stub = preflight_pb2_grpc.PreflightStub(channel)
         uploaded = False
         try:
             req = preflight_pb2.CheckRequest(config=config, job_id=job_id)
-            uploaded |= _artifact(req.model, stub, model_bytes)
-            uploaded |= _artifact(req.batch, stub, buf.getvalue())
-            resp = stub.Check(req, timeout=rpc_timeout)
+            uploaded |= _artifact(req.model, stub, model_bytes, md)
+            uploaded |= _artifact(req.batch, stub, buf.getvalue(), md)
+            resp = stub.Check(req, timeout=rpc_timeout, metadata=md)
         except grpc.RpcError as e:
             err = _rpc_error(e)
             if err.code == "NOT_FOUND" and uploaded and not _target.single(server):
@@ -277,19 +359,27 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
                                      f"reach different servers of '{server}': they must share "
                                      "one store, e.g. a fleet on --store postgresql://...)")
             raise err from None
+    remote.verify(resp.report, resp.report_signature, resp.signing_key_id)
     return _report(resp.report, resp.request_digest, resp.cached, conversion)
 
 
-def verdict(*, server: str, job_id: str = "", digest: str = "", timeout: float = 10.0) -> Report:
+def verdict(*, server: str, job_id: str = "", digest: str = "", timeout: float = 10.0,
+            token: Optional[str] = None, tls: bool = False, tls_ca: Optional[str] = None,
+            tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+            verify_key: Optional[str] = None) -> Report:
     """The stored verdict of an earlier check (never runs one). Exactly one of
-    job_id and digest. Raises PreflightError NOT_FOUND when none is stored."""
+    job_id and digest. Raises PreflightError NOT_FOUND when none is stored,
+    UntrustedVerdict when `verify_key` did not sign it."""
     if bool(job_id) == bool(digest):
         raise ValueError("give exactly one of job_id and digest")
     req = (preflight_pb2.GetVerdictRequest(job_id=job_id) if job_id
            else preflight_pb2.GetVerdictRequest(request_digest=digest))
-    with _channel(server) as channel:
+    remote = Remote(server, token, tls, tls_ca, tls_cert, tls_key, verify_key)
+    with remote.channel() as channel:
         try:
-            resp = preflight_pb2_grpc.PreflightStub(channel).GetVerdict(req, timeout=timeout)
+            resp = preflight_pb2_grpc.PreflightStub(channel).GetVerdict(
+                req, timeout=timeout, metadata=remote.metadata())
         except grpc.RpcError as e:
             raise _rpc_error(e) from None
+    remote.verify(resp.report, resp.report_signature, resp.signing_key_id)
     return _report(resp.report, resp.request_digest, True, "")
