@@ -193,8 +193,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
         metrics_->RecordStoreError();
         return head.status();
       }
-      if (absl::Status s =
-              CheckZipHead(*head, absl::StrCat(field, ".sha256 (uploaded artifact)"));
+      if (absl::Status s = CheckZipHead(*head, absl::StrCat(field, ".sha256 (uploaded artifact)"));
           !s.ok()) {
         return s;
       }
@@ -254,8 +253,8 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   // binding of its own, leaving the verdict and every other job id as they are.
   auto bind_job = [&]() -> absl::Status {
     if (request.job_id().empty()) return absl::OkStatus();
-    absl::Status s = TimedStoreOp(metrics_, "bind",
-                                  [&] { return verdicts_->Bind(request.job_id(), digest); });
+    absl::Status s =
+        TimedStoreOp(metrics_, "bind", [&] { return verdicts_->Bind(request.job_id(), digest); });
     if (!s.ok()) metrics_->RecordStoreError();
     return s;
   };
@@ -380,8 +379,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   v.request_digest = digest;
   v.job_id = request.job_id();
   v.report = result.report();
-  if (absl::Status s = TimedStoreOp(metrics_, "put", [&] { return verdicts_->Put(v); });
-      !s.ok()) {
+  if (absl::Status s = TimedStoreOp(metrics_, "put", [&] { return verdicts_->Put(v); }); !s.ok()) {
     metrics_->RecordStoreError();
     finish_flight(s);
     return s;

@@ -180,9 +180,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   // The device the node offers; the server itself never touches CUDA.
   const bool gpu = access("/dev/nvidia0", F_OK) == 0;
   impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
-  impl->core = std::make_unique<PreflightCore>(
-      config.core, impl->stores.blobs.get(), impl->stores.verdicts.get(), impl->pool.get(),
-      impl->metrics.get(), impl->stores.leases.get());
+  impl->core = std::make_unique<PreflightCore>(config.core, impl->stores.blobs.get(),
+                                               impl->stores.verdicts.get(), impl->pool.get(),
+                                               impl->metrics.get(), impl->stores.leases.get());
   impl->service =
       std::make_unique<Service>(impl->core.get(), config.max_upload_bytes, impl->metrics.get());
 

@@ -33,7 +33,8 @@ absl::Status IoError(const std::string& dir, const char* what, int err) {
 
 class FileBlobWriter : public BlobWriter {
  public:
-  FileBlobWriter(const FileBlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
+  FileBlobWriter(const FileBlobStore* store, std::string dir)
+      : store_(store), dir_(std::move(dir)) {
     temp_ = absl::StrCat(dir_, "/", kTempPrefix, getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
     open_errno_ = errno;

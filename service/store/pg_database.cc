@@ -150,6 +150,10 @@ absl::StatusOr<PGconn*> PgDatabase::NewConnection() {
     return absl::UnavailableError(absl::StrCat("store ", name_, " is unavailable: ", why,
                                                "; retry when the database is reachable"));
   }
+  // The server's NOTICEs ("relation ... already exists, skipping") are not
+  // for the service's log.
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
   // Verdict bytes and chunk rows travel as bytea: hex, whatever the server's
   // default.
   PGresult* r = PQexec(c, "SET bytea_output = 'hex'");
@@ -180,12 +184,11 @@ absl::StatusOr<PgDatabase::Conn> PgDatabase::Connect() {
 void PgDatabase::Return(PGconn* c) {
   // A connection left inside a transaction (an upload abandoned mid-way) is
   // rolled back before anyone else may use it.
-  if (PQstatus(c) == CONNECTION_OK && (PQtransactionStatus(c) == PQTRANS_INTRANS ||
-                                     PQtransactionStatus(c) == PQTRANS_INERROR)) {
+  if (PQstatus(c) == CONNECTION_OK &&
+      (PQtransactionStatus(c) == PQTRANS_INTRANS || PQtransactionStatus(c) == PQTRANS_INERROR)) {
     PQclear(PQexec(c, "ROLLBACK"));
   }
-  const bool reusable =
-      PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE;
+  const bool reusable = PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE;
   if (reusable) {
     std::lock_guard<std::mutex> lock(mu_);
     if (idle_.size() < kMaxIdle) {
@@ -263,9 +266,8 @@ absl::Status PgDatabase::Conn::Transaction(const std::function<absl::Status()>& 
 absl::Status PgDatabase::Error(PGconn* c, const PGresult* r, const char* sql) const {
   const char* state = r != nullptr ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
   const std::string code = state != nullptr ? state : "";
-  const std::string why =
-      OneLine(r != nullptr && *PQresultErrorMessage(r) ? PQresultErrorMessage(r)
-                                                       : PQerrorMessage(c));
+  const std::string why = OneLine(r != nullptr && *PQresultErrorMessage(r) ? PQresultErrorMessage(r)
+                                                                           : PQerrorMessage(c));
   // Class 08: connection exceptions; 57P0x: the server is shutting down or
   // starting; no SQLSTATE with a dead connection: libpq lost it itself.
   if (PQstatus(c) != CONNECTION_OK || absl::StartsWith(code, "08") ||

@@ -36,7 +36,7 @@ namespace preflight::store {
 
 // One query parameter: text, or raw bytes for a bytea column.
 struct PgParam {
-  PgParam(absl::string_view v) : value(v) {}  // NOLINT: text parameters read naturally.
+  PgParam(absl::string_view v) : value(v) {}   // NOLINT: text parameters read naturally.
   PgParam(const std::string& v) : value(v) {}  // NOLINT
   PgParam(const char* v) : value(v) {}         // NOLINT
   static PgParam Bytes(absl::string_view v) {

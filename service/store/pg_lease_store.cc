@@ -10,9 +10,7 @@
 namespace preflight::store {
 namespace {
 
-std::string Seconds(absl::Duration d) {
-  return absl::StrFormat("%.3f", absl::ToDoubleSeconds(d));
-}
+std::string Seconds(absl::Duration d) { return absl::StrFormat("%.3f", absl::ToDoubleSeconds(d)); }
 
 }  // namespace
 
@@ -68,8 +66,7 @@ absl::Status PgLeaseStore::Renew(const std::string& digest, absl::Duration ttl) 
 
 absl::Status PgLeaseStore::Release(const std::string& digest) {
   return db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
-    return c.Exec("DELETE FROM leases WHERE digest = $1 AND owner = $2", {digest, owner_})
-        .status();
+    return c.Exec("DELETE FROM leases WHERE digest = $1 AND owner = $2", {digest, owner_}).status();
   });
 }
 

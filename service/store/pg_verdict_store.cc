@@ -20,16 +20,15 @@ constexpr int kBindLockSpace = 0x70726567;
 
 // Appends (job_id -> digest) unless it is the job id's current binding.
 // Runs inside the caller's transaction.
-absl::Status BindLocked(PgDatabase::Conn& c, const std::string& job_id,
-                        const std::string& digest) {
+absl::Status BindLocked(PgDatabase::Conn& c, const std::string& job_id, const std::string& digest) {
   if (auto r = c.Exec("SELECT pg_advisory_xact_lock($1, hashtext($2))",
                       {absl::StrCat(kBindLockSpace), job_id});
       !r.ok()) {
     return r.status();
   }
-  auto last = c.Exec(
-      "SELECT request_digest FROM job_bindings WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
-      {job_id});
+  auto last =
+      c.Exec("SELECT request_digest FROM job_bindings WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
+             {job_id});
   if (!last.ok()) return last.status();
   if (last->rows() == 1 && last->Get(0, 0) == digest) return absl::OkStatus();
   auto r = c.Exec(
@@ -114,9 +113,9 @@ absl::StatusOr<StoredVerdict> PgVerdictStore::GetByJobId(const std::string& job_
     if (!r.ok()) return r.status();
     std::vector<JobBinding> bindings;
     for (int i = 0; i < r->rows(); ++i) {
-      bindings.push_back({std::string(r->Get(i, 0)), r->Double(i, 1),
-                          r->null(i, 2) ? v1::VERDICT_UNSPECIFIED
-                                        : static_cast<v1::Verdict>(r->Int(i, 2))});
+      bindings.push_back(
+          {std::string(r->Get(i, 0)), r->Double(i, 1),
+           r->null(i, 2) ? v1::VERDICT_UNSPECIFIED : static_cast<v1::Verdict>(r->Int(i, 2))});
     }
     if (bindings.empty()) {
       out = absl::NotFoundError(absl::StrCat("no verdict for ", what));

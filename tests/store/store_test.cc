@@ -73,7 +73,8 @@ TEST(BlobStore, OpensABlobForReadingWithoutItsPath) {
   EXPECT_EQ(*(*store)->ReadHead(info->sha256, 4), "PK\x03\x04");
   EXPECT_EQ((*store)->OpenForRead(std::string(64, 'e')).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ((*store)->ReadHead(std::string(64, 'e'), 4).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->ReadHead(std::string(64, 'e'), 4).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 bool Exists(const std::string& path) {
