@@ -176,7 +176,10 @@ def main():
     L += ["", f"This machine has {os.cpu_count()} cores: every replica's jobs share them, so "
           "more replicas cannot add throughput here; the ratios show what the fleet machinery "
           "(leases, shared store, more zygotes) costs, not the scaling a fleet of nodes gets "
-          "(each replica there brings its own cores).", "",
+          "(each replica there brings its own cores). Every figure here depends on this "
+          "machine's load and disk: commits are fsyncs, and on a shared machine they vary "
+          "several-fold between runs; compare the rows of one run, not with other sections.",
+          "",
           "Store operations (median over repetitions of Google Benchmark's mean per call, "
           "one thread; `blob_put` a new 256 KiB artifact, `blob_get` a 4 MiB artifact opened "
           "for a job, `claim` a claim plus its release):", "",
