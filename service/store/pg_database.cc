@@ -135,11 +135,16 @@ PgDatabase::~PgDatabase() {
 }
 
 absl::StatusOr<PGconn*> PgDatabase::NewConnection() {
-  // connect_timeout comes first so that one in the URL overrides it: a
-  // database that does not answer must not hang a check for libpq's default
-  // of forever.
-  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* values[] = {"5", "preflight-server", url_.c_str(), nullptr};
+  // These come before the URL so that its own settings override them. A
+  // database that stops answering (a network partition: no refusal comes
+  // back) must fail an operation within half a minute, not hang it for
+  // libpq's default of forever: a connect timeout, TCP keepalives, and a
+  // bound on unacknowledged sends.
+  const char* keys[] = {"connect_timeout",     "keepalives",       "keepalives_idle",
+                        "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                        "application_name",    "dbname",           nullptr};
+  const char* values[] = {"5",          "1",    "10", "5", "3", "30000", "preflight-server",
+                          url_.c_str(), nullptr};
   PGconn* c = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
   if (c == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat("store ", name_, ": out of memory"));
