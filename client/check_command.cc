@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
+#include "client/server_target.h"
 #include "service/engine/config.h"
 #include "service/engine/losses.h"
 
@@ -114,8 +115,11 @@ Run:
   -h, --help            this text
 
 Service:
-  --server HOST:PORT    run the check on a Preflight server (files over 4 MiB
-                        are streamed through Upload); the verdict is stored
+  --server SERVERS      run the check on a Preflight server (files over 4 MiB
+                        are streamed through Upload); the verdict is stored.
+                        HOST:PORT, a list H1:P1,H2:P2 (calls spread round-robin;
+                        dead ones skipped) or dns:///NAME:PORT (every address
+                        of NAME, e.g. a headless Service)
   --job-id ID           the training job this check gates, for `preflight verdict`
 
 Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR,
@@ -128,8 +132,11 @@ Exit codes: 0 PASS or WARN, 1 FAIL, 2 usage error or unreadable file, 3 ERROR,
 }
 
 std::string VerdictUsage() {
-  return R"(Usage: preflight verdict --server HOST:PORT (--job-id ID | --digest SHA256)
+  return R"(Usage: preflight verdict --server SERVERS (--job-id ID | --digest SHA256)
                          [--timeout SEC] [--json]
+
+SERVERS: HOST:PORT, a list H1:P1,H2:P2 (round-robin, dead ones skipped) or
+dns:///NAME:PORT (every address of NAME).
 
 Prints the stored verdict of an earlier check; never runs a check. Meant as a
 scheduler gate: exit 0 PASS or WARN, 1 FAIL, 3 ERROR, 4 no verdict stored,
@@ -168,6 +175,9 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
   }
   if (cmd.help) return cmd;
   if (cmd.server.empty()) return Bad("server", "is required");
+  if (auto spec = ParseServerSpec(cmd.server); !spec.ok()) {
+    return Bad("server", std::string(spec.status().message()));
+  }
   if (cmd.job_id.empty() == cmd.digest.empty()) {
     return absl::InvalidArgumentError("give exactly one of --job-id and --digest");
   }
@@ -175,7 +185,7 @@ absl::StatusOr<VerdictCommand> ParseVerdictArgs(const std::vector<std::string>& 
 }
 
 std::string AttestUsage() {
-  return R"(Usage: preflight attest --server HOST:PORT --job-id ID --model PATH [--batch PATH]
+  return R"(Usage: preflight attest --server SERVERS --job-id ID --model PATH [--batch PATH]
                         [--timeout SEC] [--json]
 
 Proves at a job's start that it runs the artifacts its stored verdict was given
@@ -185,6 +195,7 @@ Meant as a Slurm prolog / task prolog or a Kubernetes init container.
 Exit 0 attested; 1 refused (digest differs, or the verdict is FAIL/ERROR; the
 message names both digests); 2 usage error or unreadable file; 4 no verdict
 stored for ID; 5 the server could not answer (default --timeout 10).
+SERVERS as for `preflight verdict`: HOST:PORT, H1:P1,H2:P2 or dns:///NAME:PORT.
 )";
 }
 
@@ -338,6 +349,11 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
   if (cmd.model_path.empty()) return Bad("model", "is required");
   if (cmd.batch_path.empty()) return Bad("batch", "is required");
   if (!cmd.job_id.empty() && cmd.server.empty()) return Bad("job-id", "needs --server");
+  if (!cmd.server.empty()) {
+    if (auto spec = ParseServerSpec(cmd.server); !spec.ok()) {
+      return Bad("server", std::string(spec.status().message()));
+    }
+  }
   engine::ApplyDefaults(&c);
   if (absl::Status s = engine::ValidateConfig(c); !s.ok()) return ToFlagError(s);
   return cmd;

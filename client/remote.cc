@@ -9,7 +9,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/server_target.h"
 #include "preflight/v1/preflight.grpc.pb.h"
 #include "service/engine/budgets.h"
 #include "service/rpc/grpc_status.h"
@@ -19,11 +22,30 @@ namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
 
-std::shared_ptr<grpc::Channel> Channel(const std::string& server) {
+// A channel to every server `server` names, calls spread by round_robin.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel(const std::string& server) {
+  auto spec = ParseServerSpec(server);
+  if (!spec.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("server: ", spec.status().message()));
+  }
+  absl::BitGen gen;
+  auto target = GrpcTarget(*spec, SystemResolver, gen);
+  if (!target.ok()) {
+    return absl::Status(target.status().code(),
+                        absl::StrCat("server: ", target.status().message()));
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
+  args.SetServiceConfigJSON(kRoundRobinServiceConfig);
+  return grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args);
+}
+
+// More than one server: the calls of one command may reach different ones.
+bool SeveralServers(const std::string& server) {
+  auto spec = ParseServerSpec(server);
+  return spec.ok() && (spec->addresses.size() > 1 || absl::StartsWith(spec->uri, "dns:") ||
+                       absl::StrContains(spec->uri, ','));
 }
 
 void SetDeadline(grpc::ClientContext* ctx, double seconds) {
@@ -96,10 +118,13 @@ absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
                                               const std::string& batch_path,
                                               const v1::CheckConfig& config,
                                               const std::string& job_id) {
-  auto stub = v1::Preflight::NewStub(Channel(server));
+  auto channel = Channel(server);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::Preflight::NewStub(*channel);
   v1::CheckRequest req;
   if (absl::Status s = ArtifactFrom(stub.get(), model_path, req.mutable_model()); !s.ok()) return s;
   if (absl::Status s = ArtifactFrom(stub.get(), batch_path, req.mutable_batch()); !s.ok()) return s;
+  const bool uploaded = req.model().has_sha256() || req.batch().has_sha256();
   *req.mutable_config() = config;
   req.set_job_id(job_id);
   grpc::ClientContext ctx;
@@ -107,7 +132,16 @@ absl::StatusOr<v1::CheckResponse> RemoteCheck(const std::string& server,
   // server sees the call cancelled and frees the job's slot.
   SetDeadline(&ctx, engine::DeriveBudgets(config.timeout_seconds()).rpc_deadline_seconds);
   v1::CheckResponse resp;
-  if (absl::Status s = rpc::FromGrpcStatus(stub->Check(&ctx, req, &resp)); !s.ok()) return s;
+  if (absl::Status s = rpc::FromGrpcStatus(stub->Check(&ctx, req, &resp)); !s.ok()) {
+    if (s.code() == absl::StatusCode::kNotFound && uploaded && SeveralServers(server)) {
+      // The upload and the check are separate calls: round_robin may send
+      // them to different servers, which then must share one store.
+      return absl::NotFoundError(absl::StrCat(
+          s.message(), " (the upload and the check may reach different servers of '", server,
+          "': they must share one store, e.g. a fleet on --store postgresql://...)"));
+    }
+    return s;
+  }
   return resp;
 }
 
@@ -115,7 +149,9 @@ absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
                                                      const std::string& job_id,
                                                      const std::string& digest,
                                                      double timeout_seconds) {
-  auto stub = v1::Preflight::NewStub(Channel(server));
+  auto channel = Channel(server);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::Preflight::NewStub(*channel);
   v1::GetVerdictRequest req;
   if (!job_id.empty()) {
     req.set_job_id(job_id);
@@ -130,7 +166,9 @@ absl::StatusOr<v1::GetVerdictResponse> RemoteVerdict(const std::string& server,
 }
 
 absl::StatusOr<std::string> UploadFile(const std::string& server, const std::string& path) {
-  auto stub = v1::Preflight::NewStub(Channel(server));
+  auto channel = Channel(server);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::Preflight::NewStub(*channel);
   return UploadWith(stub.get(), path);
 }
 

@@ -1,5 +1,8 @@
 // The client side of the Preflight service: Check (uploading large files
 // through Upload first) and GetVerdict, over the generated gRPC stub.
+// `server` is any form server_target.h accepts (HOST:PORT, a comma-separated
+// list, dns:///NAME:PORT); calls are spread over its addresses by gRPC's
+// round_robin policy, and a bad value is INVALID_ARGUMENT "server: ...".
 //
 //   auto r = RemoteCheck("127.0.0.1:50051", "m.pt", "b.pt", config, "job-42");
 //   if (!r.ok()) ... r.status() carries the server's code and message

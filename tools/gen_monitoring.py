@@ -18,6 +18,9 @@ OUT = os.path.join(ROOT, "k8s", "monitoring")
 
 # (title, unit, [(PromQL, legend)]). Windows are plain [5m]/[1h] so every
 # expression can be sent to Prometheus as is (tests/e2e/metrics_test.py does).
+# The service panels sum over every replica scraped; the "Fleet" panels
+# break the same numbers down per replica (`instance`, plus `pod` where the
+# ServiceMonitor adds it) and show the shared store and its leases.
 PANELS = [
     ("Request rate by method", "reqps",
      [('sum by (method) (rate(preflight_rpc_requests_total[5m]))', "{{method}}")]),
@@ -48,6 +51,35 @@ PANELS = [
      [("sum(rate(preflight_upload_bytes_total[5m]))", "bytes/s")]),
     ("Build", "short",
      [("preflight_build_info", "{{version}} torch {{torch_version}} {{device}}")]),
+    ("Fleet: replicas up", "short",
+     [('sum(up{job="preflight"})', "up"), ('count(up{job="preflight"})', "scraped")]),
+    ("Fleet: check rate by replica", "reqps",
+     [('sum(rate(preflight_rpc_requests_total{method="Check"}[5m]))', "fleet"),
+      ('sum by (instance, pod) (rate(preflight_rpc_requests_total{method="Check"}[5m]))',
+       "{{pod}} {{instance}}")]),
+    ("Fleet: busy job slots by replica", "short",
+     [('sum(preflight_job_slots{state="busy"})', "fleet busy"),
+      ("sum(preflight_job_slots)", "fleet slots"),
+      ('sum by (instance, pod) (preflight_job_slots{state="busy"})', "{{pod}} {{instance}}")]),
+    ("Fleet: queue depth by replica", "short",
+     [("sum(preflight_queue_depth)", "fleet"),
+      ("sum by (instance, pod) (preflight_queue_depth)", "{{pod}} {{instance}}")]),
+    ("Fleet: busy-slot ratio (autoscaler input)", "percentunit",
+     [('sum(preflight_job_slots{state="busy"}) / sum(preflight_job_slots)', "fleet"),
+      ("preflight:job_slots_busy:ratio", "{{pod}}")]),
+    ("Fleet: lease takeovers (last hour)", "short",
+     [("sum(increase(preflight_lease_takeovers_total[1h]))", "fleet"),
+      ("sum by (instance, pod) (increase(preflight_lease_takeovers_total[1h]))",
+       "{{pod}} {{instance}}")]),
+    ("Store latency by operation (p50 / p95 / p99)", "s",
+     [(f"histogram_quantile({q}, sum by (le, op) "
+       f"(rate(preflight_store_operation_seconds_bucket[5m])))", f"p{int(q * 100)} {{{{op}}}}")
+      for q in (0.5, 0.95, 0.99)]),
+    ("Store operations by operation", "ops",
+     [("sum by (op) (rate(preflight_store_operation_seconds_count[5m]))", "{{op}}")]),
+    ("Store latency p95 by replica", "s",
+     [("histogram_quantile(0.95, sum by (le, instance, pod) "
+       "(rate(preflight_store_operation_seconds_bucket[5m])))", "{{pod}} {{instance}}")]),
 ]
 
 

@@ -6,7 +6,7 @@
 # Needs root; installs buildah, podman, debootstrap and runc from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-IMAGE=localhost/preflight:0.1.0
+IMAGE=localhost/preflight:$(tools/version.sh)  # the tag k8s/base names
 BASE=localhost/bookworm-base
 STORAGE=(--storage-driver vfs)
 for p in buildah podman debootstrap runc; do

@@ -156,6 +156,35 @@ TEST(ParseAttestArgs, NeedsTheModelAndAJobId) {
               HasSubstr("preflight attest --help"));
 }
 
+TEST(ParseServerFlag, ListsAndDnsTargetsAreAcceptedBadOnesNamed) {
+  // The forms of --server, for each command that takes it; the full grammar
+  // is server_target_test's.
+  for (const std::string server : {"h:1", "10.0.0.1:50051,10.0.0.2:50051", "a:1, b:2",
+                                   "dns:///preflight.preflight.svc:50051"}) {
+    SCOPED_TRACE(server);
+    EXPECT_TRUE(ParseVerdictArgs({"--server", server, "--job-id", "j"}).ok());
+    EXPECT_TRUE(ParseCheckArgs({"--model", "m", "--batch", "b", "--server", server}).ok());
+  }
+  struct Case {
+    std::string server, message;
+  } cases[] = {
+      {"h1:1,,h2:2", "--server: empty address in the list 'h1:1,,h2:2'"},
+      {"host", "--server: 'host' has no port (expected HOST:PORT)"},
+      {"http://h:1", "--server: unsupported scheme 'http'"},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.server);
+    auto v = ParseVerdictArgs({"--server", tc.server, "--job-id", "j"});
+    EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(v.status().message()), HasSubstr(tc.message));
+    auto c = ParseCheckArgs({"--model", "m", "--batch", "b", "--server", tc.server});
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(tc.message));
+    auto a = ParseAttestArgs({"--server", tc.server, "--job-id", "j", "--model", "m"});
+    EXPECT_THAT(std::string(a.status().message()), HasSubstr(tc.message));
+  }
+}
+
 TEST(RenderVerdict, ShowsWhatARebindingReplaced) {
   v1::GetVerdictResponse r = Stored(v1::PASS, "", "");
   auto* first = r.add_bindings();

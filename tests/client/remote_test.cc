@@ -5,7 +5,9 @@
 #include "client/remote.h"
 
 #include <grpcpp/grpcpp.h>
+
 #include <unistd.h>
+#include <chrono>
 
 #include <cstdlib>
 #include <fstream>
@@ -15,7 +17,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/random/random.h"
 #include "absl/time/clock.h"
+#include "client/server_target.h"
 #include "preflight/v1/preflight.grpc.pb.h"
 #include "service/engine/budgets.h"
 #include "service/store/sha256.h"
@@ -58,6 +62,7 @@ class FakePreflight final : public v1::Preflight::Service {
   grpc::Status GetVerdict(grpc::ServerContext* ctx, const v1::GetVerdictRequest* req,
                           v1::GetVerdictResponse* resp) override {
     std::lock_guard<std::mutex> lock(mu);
+    ++verdicts;
     last_verdict = *req;
     verdict_deadline_seconds =
         absl::ToDoubleSeconds(absl::FromChrono(ctx->deadline()) - absl::Now());
@@ -75,7 +80,41 @@ class FakePreflight final : public v1::Preflight::Service {
   double check_deadline_seconds = 0, verdict_deadline_seconds = 0;
   grpc::Status check_error = grpc::Status::OK;
   int uploads = 0;
+  int verdicts = 0;  // GetVerdict calls received.
 };
+
+// A fake on 127.0.0.1:0 with its own state: one server of a list.
+struct FakeServer {
+  FakePreflight service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+  int Verdicts() {
+    std::lock_guard<std::mutex> lock(service.mu);
+    return service.verdicts;
+  }
+};
+
+std::unique_ptr<FakeServer> StartFake() {
+  auto f = std::make_unique<FakeServer>();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&f->service);
+  f->server = builder.BuildAndStart();
+  if (f->server == nullptr || port <= 0) return nullptr;
+  f->address = "127.0.0.1:" + std::to_string(port);
+  return f;
+}
+
+// A loopback address nothing listens on: a port the kernel handed out and
+// took back (connections to it are refused).
+std::string DeadAddress() {
+  auto f = StartFake();
+  if (f == nullptr) return "";
+  const std::string address = f->address;
+  f->server->Shutdown();
+  return address;
+}
 
 class RemoteTest : public ::testing::Test {
  protected:
@@ -189,6 +228,92 @@ TEST_F(RemoteTest, VerdictByJobIdOrDigestWithItsTimeout) {
   auto missing = RemoteVerdict(address_, "unknown", "", 7);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(missing.status().message(), "no verdict for job id 'unknown'");
+}
+
+TEST_F(RemoteTest, AListSpreadsCallsOverEveryServer) {
+  auto a = StartFake(), b = StartFake();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const std::string both = a->address + "," + b->address;
+  // Each call is a new client (as each CLI run is); the list's order is
+  // shuffled per client, so both servers get calls, 50% each in expectation.
+  for (int i = 0; i < 64 && (a->Verdicts() == 0 || b->Verdicts() == 0); ++i) {
+    auto r = RemoteVerdict(both, "job", "", 10);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_GT(a->Verdicts(), 0);  // One missed by 64 fair draws: p = 2^-63.
+  EXPECT_GT(b->Verdicts(), 0);
+}
+
+TEST_F(RemoteTest, OneChannelWithTheClientSettingsAlternatesBetweenServers) {
+  // What makes it round_robin and not the shuffle alone: pick_first would
+  // send every call of one channel to one server. The channel is built as
+  // remote.cc builds it (GrpcTarget + kRoundRobinServiceConfig).
+  auto a = StartFake(), b = StartFake();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  auto spec = ParseServerSpec(a->address + "," + b->address);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::BitGen gen;
+  auto target = GrpcTarget(*spec, SystemResolver, gen);
+  ASSERT_TRUE(target.ok()) << target.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kRoundRobinServiceConfig);
+  auto stub = v1::Preflight::NewStub(
+      grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args));
+  // Until the second connection is up, calls go to the first; then they alternate.
+  for (int i = 0; i < 500 && (a->Verdicts() == 0 || b->Verdicts() == 0); ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetVerdictRequest req;
+    req.set_job_id("job");
+    v1::GetVerdictResponse resp;
+    ASSERT_TRUE(stub->GetVerdict(&ctx, req, &resp).ok());
+  }
+  EXPECT_GT(a->Verdicts(), 0);
+  EXPECT_GT(b->Verdicts(), 0);
+}
+
+TEST_F(RemoteTest, ADeadAddressInAListIsSkipped) {
+  const std::string dead = DeadAddress();
+  ASSERT_FALSE(dead.empty());
+  for (const std::string& server : {dead + "," + address_, address_ + "," + dead}) {
+    SCOPED_TRACE(server);
+    for (int i = 0; i < 8; ++i) {
+      auto r = RemoteVerdict(server, "job", "", 10);
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+    auto c =
+        RemoteCheck(server, File("m.pt", "model"), File("b.pt", "batch"), v1::CheckConfig(), "");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->report().verdict(), v1::FAIL);
+  }
+}
+
+TEST_F(RemoteTest, ADnsTargetReachesTheServer) {
+  // localhost has 127.0.0.1 (listening) and usually ::1 (refused, skipped).
+  const std::string port = address_.substr(address_.rfind(':') + 1);
+  auto r = RemoteVerdict("dns:///localhost:" + port, "job", "", 10);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->job_id(), "job");
+}
+
+TEST_F(RemoteTest, EveryAddressDeadIsUnavailable) {
+  const std::string server = DeadAddress() + "," + DeadAddress();
+  auto r = RemoteVerdict(server, "job", "", 10);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+}
+
+TEST_F(RemoteTest, ABadServerValueIsInvalidArgumentBeforeAnyCall) {
+  auto r = RemoteVerdict(address_ + ",", "job", "", 10);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("server: empty address in the list"));
+  auto c = RemoteCheck("http://h:1", File("m.pt", "m"), File("b.pt", "b"), v1::CheckConfig(), "");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("server: unsupported scheme 'http'"));
+  std::lock_guard<std::mutex> lock(fake_.mu);
+  EXPECT_EQ(fake_.verdicts, 0);
+  EXPECT_FALSE(fake_.last_check.has_model());
 }
 
 TEST_F(RemoteTest, UnreachableServerIsUnavailable) {

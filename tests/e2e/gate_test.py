@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
-from e2e_common import ROOT, Results, Server, Zoo, cli_path, store_verdicts
+from e2e_common import ROOT, Results, Server, Zoo, cli_path, free_port, store_verdicts
 
 BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 GATE = f"{ROOT}/client/gates/k8s/preflight_gate.py"
@@ -146,6 +146,23 @@ def main():
         code, r, _ = post(sport, ca, review("Job", {"preflight.dev/job-id": "train/unknown"}))
         expect("on-missing=allow admits an unknown id with a warning",
                r["response"]["allowed"] and r["response"].get("warnings"), r)
+
+        # A list of servers with one dead address (a fleet replica gone):
+        # round_robin skips it, every lookup is answered by the live one.
+        listed, lport = start_gate(d, f"127.0.0.1:{free_port()},{addr}")
+        gates.append(listed)
+        answers = [post(lport, ca, review("Job", {"preflight.dev/job-id": "train/pass"}))[1]
+                   for _ in range(4)]
+        expect("--server DEAD,LIVE: every lookup answered, PASS allowed",
+               all(a["response"]["allowed"] for a in answers)
+               and reviews(lport, ca).get(("allow", "pass")) == 4, (answers, reviews(lport, ca)))
+        bad = subprocess.run([sys.executable, GATE, "--server", f"{addr},", "--cert",
+                              f"{d}/tls.crt", "--key", f"{d}/tls.key"], capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ,
+                                                             PYTHONPATH=f"{BUILD}/python"))
+        expect("a bad --server is a start-up error naming the problem",
+               bad.returncode == 2 and "server: empty address in the list" in bad.stderr,
+               bad.stderr)
 
         # The service goes down: both policies.
         server.stop()

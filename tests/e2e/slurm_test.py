@@ -221,6 +221,19 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                st == "COMPLETED" and "ran-attested" in out and "attested: job train/pass" in out
                and checked_sha in out, f"{st}: {out}")
 
+        # A fleet list with a dead replica first (server = DEAD,LIVE): the
+        # submit gate and the task prolog, both through preflight-thin, get
+        # the verdict from the live one.
+        gate(server=f"127.0.0.1:{free_port()},{addr}")
+        p = sbatch("--comment=preflight:train/pass",
+                   f"--export=ALL,PREFLIGHT_MODEL={mlp['model']}", "--wrap", "echo ran-listed")
+        lj = p.stdout.split()[-1] if p.returncode == 0 else ""
+        st, out = (finished(lj), output(lj)) if lj else (None, p.stderr)
+        expect("server = DEAD,LIVE: admitted, attested at start, the job runs",
+               st == "COMPLETED" and "ran-listed" in out and "attested: job train/pass" in out,
+               f"{st}: {out}")
+        gate()
+
         p = sbatch("--comment=preflight:train/pass", f"--export=ALL,PREFLIGHT_MODEL={tampered}",
                    "--wrap", "echo ran-tampered")
         tj = p.stdout.split()[-1] if p.returncode == 0 else ""

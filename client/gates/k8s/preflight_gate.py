@@ -15,7 +15,11 @@ under the webhook's timeoutSeconds).
 
 GET /metrics serves the gate's own Prometheus metrics; GET /healthz its health.
 
-Usage: preflight_gate.py --server HOST:PORT --cert tls.crt --key tls.key
+--server is HOST:PORT, a list H1:P1,H2:P2 or dns:///NAME:PORT (a headless
+Service): lookups are spread round-robin over the replicas, and one that does
+not answer is skipped.
+
+Usage: preflight_gate.py --server SERVERS --cert tls.crt --key tls.key
           [--listen 0.0.0.0:8443] [--timeout 2] [--on-missing deny|allow]
           [--on-unavailable deny|allow] [--require-annotation]
 """
@@ -169,7 +173,8 @@ def make_handler(args, metrics):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="preflight-gate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--server", required=True, help="Preflight server HOST:PORT")
+    ap.add_argument("--server", required=True,
+                    help="Preflight server(s): HOST:PORT, H1:P1,H2:P2 or dns:///NAME:PORT")
     ap.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT; port 0 picks one")
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
@@ -178,6 +183,10 @@ def main(argv=None):
     ap.add_argument("--on-unavailable", choices=["deny", "allow"], default="allow")
     ap.add_argument("--require-annotation", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        preflight.parse_server(args.server)  # Syntax only: a bad value is a start-up error.
+    except ValueError as e:
+        ap.error(str(e))
     host, port = args.listen.rsplit(":", 1)
     metrics = Metrics()
     httpd = http.server.ThreadingHTTPServer((host, int(port)), make_handler(args, metrics))

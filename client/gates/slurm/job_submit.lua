@@ -13,7 +13,9 @@ through `preflight verdict` with a short timeout and
   lets untagged jobs through unless require_tag is set.
 
 Settings: preflight_gate.conf next to this file, key = value lines:
-  server = HOST:PORT          (required)
+  server = SERVERS            (required: HOST:PORT, a list H1:P1,H2:P2 of
+                              fleet replicas, or dns:///NAME:PORT; lookups are
+                              spread round-robin, a dead replica is skipped)
   cli = /usr/bin/preflight-thin  (the LibTorch-free preflight CLI)
   timeout = 5                 (seconds for one verdict lookup)
   on_missing = reject|admit   (default reject)

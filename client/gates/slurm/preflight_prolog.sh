@@ -24,7 +24,9 @@
 #
 # Settings: preflight_gate.conf next to this script (the submit gate's file;
 # keep it readable by job users), key = value lines:
-#   server = HOST:PORT                 (required to attest)
+#   server = SERVERS                   (required to attest: HOST:PORT, a list
+#                                       H1:P1,H2:P2 or dns:///NAME:PORT, as
+#                                       for preflight-thin --server)
 #   cli = /usr/bin/preflight-thin
 #   timeout = 5                        (seconds for the verdict lookup)
 #   attest_require = no|yes            (default no: a task without a job id

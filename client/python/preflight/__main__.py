@@ -19,7 +19,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="preflight-py", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="run a check on a server")
-    c.add_argument("--server", required=True)
+    server_help = "HOST:PORT, a list H1:P1,H2:P2 (round-robin) or dns:///NAME:PORT"
+    c.add_argument("--server", required=True, help=server_help)
     c.add_argument("--model", required=True, help="TorchScript file")
     c.add_argument("--batch", required=True, help="torch.save'd batch file")
     server_default = "default: server's"
@@ -36,7 +37,7 @@ def main(argv=None):
     c.add_argument("--job-id", default="")
     c.add_argument("--json", action="store_true")
     v = sub.add_parser("verdict", help="print a stored verdict (a scheduler gate)")
-    v.add_argument("--server", required=True)
+    v.add_argument("--server", required=True, help=server_help)
     g = v.add_mutually_exclusive_group(required=True)
     g.add_argument("--job-id", default="")
     g.add_argument("--digest", default="")

@@ -8,8 +8,12 @@
 
 The model is scripted (or, when scripting fails, traced with the batch's
 inputs; `report.conversion` says which), both model and batch are
-serialized in memory and streamed through Upload, and the check runs on the
-server. Errors are PreflightError with the gRPC status code and the server's
+serialized in memory and sent inline (streamed through Upload when over
+4 MiB, as the C++ CLI does), and the check runs on the server.
+
+`server` is HOST:PORT, a comma-separated list of them, or dns:///NAME:PORT
+(_target.py): calls are spread over every address by gRPC's round_robin
+policy, and an address that does not answer is skipped. Errors are PreflightError with the gRPC status code and the server's
 message (which names the field), never a raw gRPC stack trace.
 
 Settings: only those you pass travel in the request; the rest stay unset and
@@ -26,9 +30,24 @@ from typing import Any, List, Optional, Sequence, Union
 
 import grpc
 
+from preflight import _target
 from preflight.v1 import preflight_pb2, preflight_pb2_grpc, report_pb2
 
 _CHUNK = 1 << 20
+_INLINE_MAX = 4 << 20  # Larger artifacts go through Upload (the C++ CLI's threshold).
+
+
+def _channel(server: str) -> grpc.Channel:
+    """A channel to every server `server` names, round_robin over them. A bad
+    value raises ValueError; a list none of whose names resolves is
+    PreflightError UNAVAILABLE, like a server that does not answer."""
+    try:
+        target = _target.grpc_target(server)
+    except LookupError as e:
+        raise PreflightError("UNAVAILABLE", str(e)) from None
+    return grpc.insecure_channel(
+        target, options=[("grpc.service_config", _target.ROUND_ROBIN_SERVICE_CONFIG),
+                         ("grpc.max_receive_message_length", 64 << 20)])
 
 
 class PreflightError(Exception):
@@ -170,6 +189,16 @@ def _upload(stub, data: bytes, timeout: float) -> str:
     return stub.Upload(chunks(), timeout=timeout).sha256
 
 
+def _artifact(artifact, stub, data: bytes) -> bool:
+    """Fills a preflight.v1.Artifact: inline up to 4 MiB, else by the sha256
+    of an Upload. True when it was uploaded."""
+    if len(data) <= _INLINE_MAX:
+        artifact.inline = data
+        return False
+    artifact.sha256 = _upload(stub, data, 600)
+    return True
+
+
 # Python spellings of CheckConfig fields (the CLI's flag names).
 _FIELD_FOR = {"steps": "max_steps", "timeout": "timeout_seconds"}
 _RPC_MARGIN_SECONDS = 300  # Queueing and transfer on top of the check's own timeout.
@@ -231,15 +260,23 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
     torch.save({"inputs": inputs, "targets": targets}, buf)
     if rpc_timeout is None and timeout is not None:
         rpc_timeout = timeout + _RPC_MARGIN_SECONDS
-    with grpc.insecure_channel(server) as channel:
+    with _channel(server) as channel:
         stub = preflight_pb2_grpc.PreflightStub(channel)
+        uploaded = False
         try:
             req = preflight_pb2.CheckRequest(config=config, job_id=job_id)
-            req.model.sha256 = _upload(stub, model_bytes, 600)
-            req.batch.sha256 = _upload(stub, buf.getvalue(), 600)
+            uploaded |= _artifact(req.model, stub, model_bytes)
+            uploaded |= _artifact(req.batch, stub, buf.getvalue())
             resp = stub.Check(req, timeout=rpc_timeout)
         except grpc.RpcError as e:
-            raise _rpc_error(e) from None
+            err = _rpc_error(e)
+            if err.code == "NOT_FOUND" and uploaded and not _target.single(server):
+                # Upload and Check are separate calls: round_robin may send
+                # them to different servers, which must then share one store.
+                err = PreflightError(err.code, err.message + " (the upload and the check may "
+                                     f"reach different servers of '{server}': they must share "
+                                     "one store, e.g. a fleet on --store postgresql://...)")
+            raise err from None
     return _report(resp.report, resp.request_digest, resp.cached, conversion)
 
 
@@ -250,7 +287,7 @@ def verdict(*, server: str, job_id: str = "", digest: str = "", timeout: float =
         raise ValueError("give exactly one of job_id and digest")
     req = (preflight_pb2.GetVerdictRequest(job_id=job_id) if job_id
            else preflight_pb2.GetVerdictRequest(request_digest=digest))
-    with grpc.insecure_channel(server) as channel:
+    with _channel(server) as channel:
         try:
             resp = preflight_pb2_grpc.PreflightStub(channel).GetVerdict(req, timeout=timeout)
         except grpc.RpcError as e:
