@@ -6,7 +6,9 @@ the real CLI and the generated gRPC stubs.
 1. The replicas start at once on an empty database (the schema is created
    once, under its advisory lock).
 2. A check through A is answered by GetVerdict on B and C.
-3. An artifact uploaded to A is checkable by its sha256 on B.
+3. An artifact uploaded to A is checkable by its sha256 on B; the CLI
+   pointed at all three (--server A,B,C) checks a model that travels by
+   Upload, and every lookup through the list finds its verdict.
 4. The same request sent to all three at once runs once: one check in the
    replicas' metrics, three equal answers.
 5. kill -9 of the replica holding a lease mid-check: another replica runs
@@ -70,7 +72,9 @@ def checks_run(servers):
 
 
 def verdict_json(server, *key):
-    v = run_cli(CLI, "verdict", "--server", server.addr, *key, "--json", timeout=60)
+    """`preflight verdict --json` through `server` (a Server, or a --server string)."""
+    addr = server if isinstance(server, str) else server.addr
+    v = run_cli(CLI, "verdict", "--server", addr, *key, "--json", timeout=60)
     try:
         return v, json.loads(v.stdout)
     except json.JSONDecodeError:
@@ -152,6 +156,20 @@ def main():
                    resp.report)
         except grpc.RpcError as e:
             expect("uploaded to A, checked by sha256 on B: PASS", False, e)
+
+        # 3b. The real CLI pointed at the whole fleet: a 43 MiB model travels by
+        # Upload, and the upload and the check are separate calls that may reach
+        # different replicas; only a shared blob store makes that work.
+        fleet = ",".join(s.addr for s in servers)
+        big = ZOO["resnet18"]
+        p, r = check_case(CLI, big, "--job-id", "fleet/resnet", server=fleet, timeout=300)
+        expect("the CLI with --server A,B,C: a 43 MiB model via Upload checks "
+               f"{big['verdict']}", r is not None and r["report"]["verdict"] == big["verdict"] and
+               os.path.getsize(big["model"]) > 4 << 20, p.stderr)
+        answers = [verdict_json(fleet, "--job-id", "fleet/resnet")[1]
+                   for _ in range(3)]
+        expect("verdict lookups through --server A,B,C all find it",
+               all(x and x["report"]["verdict"] == big["verdict"] for x in answers), answers)
 
         # 4. The same new request to all three at once: one run, three equal answers.
         before = checks_run(servers)
