@@ -31,8 +31,8 @@ ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
           "(printed at start); empty disables");
 ABSL_FLAG(std::string, store, "preflight-store",
           "where verdicts and uploaded artifacts live: a directory (SQLite verdicts.db + "
-          "blobs/, created if absent) or SCHEME://... for another backend (none built in yet: "
-          "a scheme is a start-up error)");
+          "blobs/, created if absent), or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB for the "
+          "fleet store every replica shares (verdicts, artifacts and leases)");
 ABSL_FLAG(bool, init_store, false,
           "create a new, empty verdict store in a --store directory that is in use but has "
           "lost its verdicts.db (missing or zero bytes), which is otherwise a start-up error; "
@@ -45,6 +45,10 @@ ABSL_FLAG(int64_t, max_upload_mb, 2048, "largest uploaded artifact, MiB");
 ABSL_FLAG(int64_t, job_memory_mb, 8192, "address-space limit of each job process, MiB");
 ABSL_FLAG(double, max_job_timeout, 1800, "largest per-check timeout a request may ask, s");
 ABSL_FLAG(double, grace, 30, "on SIGTERM: seconds running checks may take to finish");
+ABSL_FLAG(double, lease_ttl, 30,
+          "fleet store: seconds a replica's claim on a running check lasts without renewal "
+          "(renewed every third of it); how long other replicas wait before running the check "
+          "of a replica that died");
 ABSL_FLAG(bool, require_landlock, false,
           "refuse to start on a kernel without Landlock (jobs would then be confined by "
           "seccomp and rlimits only)");
@@ -143,6 +147,7 @@ int main(int argc, char** argv) {
   config.core.max_inline_bytes = absl::GetFlag(FLAGS_max_inline_mb) << 20;
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;
   config.core.max_job_timeout_seconds = absl::GetFlag(FLAGS_max_job_timeout);
+  config.core.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl));
 
   // The registry lives here and is injected: no global metrics state.
   auto registry = std::make_shared<prometheus::Registry>();
@@ -172,6 +177,7 @@ int main(int argc, char** argv) {
   // Printed last: scripts wait for this line.
   std::printf("preflight-server listening on port %d\n", (*server)->port());
   std::fflush(stdout);
+  std::fprintf(stderr, "preflight-server: store %s\n", (*server)->store_name().c_str());
   std::fprintf(stderr, "preflight-server: zygote worker pid %d ready in %.2f s (LibTorch load)\n",
                (*server)->worker_pid(), (*server)->worker_start_seconds());
   if ((*server)->landlock_abi() > 0) {

@@ -31,9 +31,9 @@ BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libssl-dev
-  libseccomp-dev nlohmann-json3-dev
+  libseccomp-dev nlohmann-json3-dev libpq-dev
 )
-TEST_PACKAGES=(prometheus slurm-wlm munge clang clang-format openssl)
+TEST_PACKAGES=(prometheus slurm-wlm munge clang clang-format openssl postgresql-15)
 
 case "$profile" in
   build) APT_PACKAGES=("${BUILD_PACKAGES[@]}") ;;
@@ -55,6 +55,12 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The fleet store's tests start their own PostgreSQL (tests/store/pg_cluster.sh),
+# which refuses to run as root: as root, they run it as this unprivileged user.
+if [ "$(id -u)" -eq 0 ] && ! id -u preflight-test >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin preflight-test
 fi
 
 PYTHON="${PREFLIGHT_PYTHON:-python3}"

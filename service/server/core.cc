@@ -1,7 +1,11 @@
 #include "service/server/core.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <cstdio>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -24,6 +28,66 @@ bool Reusable(const v1::Report& report) { return report.completion() == v1::COMP
 
 // How often a waiting caller is asked whether it has gone away.
 constexpr absl::Duration kCallerPoll = absl::Milliseconds(50);
+
+// How often a replica waiting for another replica's verdict looks for it
+// (and for an expired lease); at most a quarter of the lease TTL.
+constexpr absl::Duration kFleetPoll = absl::Milliseconds(200);
+
+// Runs a store operation, recording its latency under `op`.
+template <typename F>
+auto TimedStoreOp(ServiceMetrics* metrics, const char* op, F&& f) {
+  const absl::Time start = absl::Now();
+  auto result = f();
+  metrics->RecordStoreOperation(op, absl::ToDoubleSeconds(absl::Now() - start));
+  return result;
+}
+
+// Holds a fleet claim while its check waits and runs: renews it every third
+// of the TTL on its own thread, and releases it when destroyed (the verdict
+// is stored, or the check was abandoned, so another replica may run it).
+class LeaseHeartbeat {
+ public:
+  LeaseHeartbeat(store::LeaseStore* leases, std::string digest, absl::Duration ttl)
+      : leases_(leases), digest_(std::move(digest)), ttl_(ttl) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~LeaseHeartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    // A database that is down cannot release it: the lease then expires.
+    leases_->Release(digest_).IgnoreError();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, absl::ToChronoMilliseconds(ttl_ / 3), [this] { return stop_; })) {
+      lock.unlock();
+      const absl::Status s = leases_->Renew(digest_, ttl_);
+      lock.lock();
+      // Lost (the database was out for longer than the TTL, and another
+      // replica took the check over): this run still stores its verdict.
+      if (!s.ok() && !warned_) {
+        warned_ = true;
+        std::fprintf(stderr, "preflight-server: renewing the lease on %s: %s\n", digest_.c_str(),
+                     std::string(s.message()).c_str());
+      }
+    }
+  }
+
+  store::LeaseStore* leases_;
+  const std::string digest_;
+  const absl::Duration ttl_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool warned_ = false;
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -63,13 +127,15 @@ bool ValidJobId(const std::string& id) {
 
 PreflightCore::PreflightCore(CoreConfig config, store::BlobStore* blobs,
                              store::VerdictStore* verdicts, worker::JobRunner* runner,
-                             ServiceMetrics* metrics, const crypto::Ed25519Signer* signer)
+                             ServiceMetrics* metrics, const crypto::Ed25519Signer* signer,
+                             store::LeaseStore* leases)
     : config_(config),
       blobs_(blobs),
       verdicts_(verdicts),
       runner_(runner),
       metrics_(metrics),
-      signer_(signer) {
+      signer_(signer),
+      leases_(leases != nullptr ? leases : &own_leases_) {
   metrics_->SetSlots(0, config_.job_slots);
   metrics_->SetQueueDepth(0);
 }
@@ -107,7 +173,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
       if (absl::Status s = CheckZipHead(a.inline_(), absl::StrCat(field, ".inline")); !s.ok()) {
         return s;
       }
-      auto info = blobs_->Put(a.inline_());
+      auto info = TimedStoreOp(metrics_, "blob_put", [&] { return blobs_->Put(a.inline_()); });
       if (!info.ok()) {
         metrics_->RecordStoreError();
         return info.status();
@@ -120,12 +186,16 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
             absl::StrCat(field, ".sha256: expected 64 lowercase hex characters, got '",
                          engine::TruncateUtf8(a.sha256(), 80, ""), "'"));
       }
-      if (!blobs_->Has(a.sha256())) {
+      auto head = blobs_->ReadHead(a.sha256(), 4);
+      if (absl::IsNotFound(head.status())) {
         return absl::NotFoundError(
             absl::StrCat(field, ".sha256: no uploaded artifact ", a.sha256(), "; Upload it first"));
       }
-      if (absl::Status s = CheckZipHead(blobs_->ReadHead(a.sha256(), 4),
-                                        absl::StrCat(field, ".sha256 (uploaded artifact)"));
+      if (!head.ok()) {
+        metrics_->RecordStoreError();
+        return head.status();
+      }
+      if (absl::Status s = CheckZipHead(*head, absl::StrCat(field, ".sha256 (uploaded artifact)"));
           !s.ok()) {
         return s;
       }
@@ -185,11 +255,13 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   // binding of its own, leaving the verdict and every other job id as they are.
   auto bind_job = [&]() -> absl::Status {
     if (request.job_id().empty()) return absl::OkStatus();
-    absl::Status s = verdicts_->Bind(request.job_id(), digest);
+    absl::Status s =
+        TimedStoreOp(metrics_, "bind", [&] { return verdicts_->Bind(request.job_id(), digest); });
     if (!s.ok()) metrics_->RecordStoreError();
     return s;
   };
-  auto stored = verdicts_->GetByDigest(digest);
+  auto stored =
+      TimedStoreOp(metrics_, "get_by_digest", [&] { return verdicts_->GetByDigest(digest); });
   // Unsigned, or signed by a key this server no longer holds: run again.
   const bool signed_here =
       signer_ == nullptr || (stored.ok() && stored->signing_key_id == signer_->key_id());
@@ -242,7 +314,6 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     flight = std::make_shared<InFlight>();
     in_flight_[digest] = flight;
   }
-  metrics_->RecordCache(false);
   auto finish_flight = [&](absl::StatusOr<v1::Report> r, const std::string& signature = "",
                            const std::string& key_id = "") {
     std::lock_guard<std::mutex> lock(mu_);
@@ -258,6 +329,32 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   // coalesced one are gone, the check leaves the queue or its job is killed.
   auto abandoned = [&] { return Abandoned(flight.get(), caller, digest); };
 
+  // Fleet-wide: another replica may be running this very check. Its verdict
+  // answers this request (and those coalesced onto it) as a cache hit.
+  std::optional<LeaseHeartbeat> lease;
+  if (leases_->shared()) {
+    std::optional<double> before;
+    if (stored.ok()) before = stored->created_unix_seconds;
+    auto other = ClaimOrAwait(digest, caller, abandoned, before);
+    if (!other.ok()) {
+      finish_flight(other.status());
+      return other.status();
+    }
+    if (other->has_value()) {
+      metrics_->RecordCache(true);
+      const store::StoredVerdict& theirs = **other;
+      finish_flight(theirs.report, theirs.report_signature, theirs.signing_key_id);
+      *response.mutable_report() = theirs.report;
+      response.set_report_signature(theirs.report_signature);
+      response.set_signing_key_id(theirs.signing_key_id);
+      response.set_cached(true);
+      if (absl::Status s = bind_job(); !s.ok()) return s;
+      return response;
+    }
+    lease.emplace(leases_, digest, config_.lease_ttl);
+  }
+  metrics_->RecordCache(false);
+
   const absl::Time queued_at = absl::Now();
   if (absl::Status s = AcquireSlot(caller, abandoned); !s.ok()) {
     finish_flight(s);
@@ -270,7 +367,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   // The job gets the artifacts as open descriptors, never their store paths.
   worker::JobInputs inputs;
   for (auto [sha, fd] : {std::pair{&*model, &inputs.model}, std::pair{&*batch, &inputs.batch}}) {
-    auto opened = blobs_->OpenForRead(*sha);
+    auto opened = TimedStoreOp(metrics_, "blob_get", [&] { return blobs_->OpenForRead(*sha); });
     if (!opened.ok()) {
       ReleaseSlot();
       metrics_->RecordStoreError();
@@ -305,7 +402,7 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     v.report_signature = signer_->Sign(v.report.SerializeAsString());
     v.signing_key_id = signer_->key_id();
   }
-  if (absl::Status s = verdicts_->Put(v); !s.ok()) {
+  if (absl::Status s = TimedStoreOp(metrics_, "put", [&] { return verdicts_->Put(v); }); !s.ok()) {
     metrics_->RecordStoreError();
     finish_flight(s);
     return s;
@@ -326,17 +423,22 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
         return absl::InvalidArgumentError(
             "job_id: must be 1..128 characters of letters, digits and ._:/-");
       }
-      v = verdicts_->GetByJobId(request.job_id());
+      v = TimedStoreOp(metrics_, "get_by_job_id",
+                       [&] { return verdicts_->GetByJobId(request.job_id()); });
       break;
     case v1::GetVerdictRequest::kRequestDigest:
       if (!store::IsSha256Hex(request.request_digest())) {
         return absl::InvalidArgumentError("request_digest: expected 64 lowercase hex characters");
       }
-      v = verdicts_->GetByDigest(request.request_digest());
+      v = TimedStoreOp(metrics_, "get_by_digest",
+                       [&] { return verdicts_->GetByDigest(request.request_digest()); });
       break;
     default: return absl::InvalidArgumentError("key: set job_id or request_digest");
   }
-  if (!v.ok()) return v.status();
+  if (!v.ok()) {
+    if (!absl::IsNotFound(v.status())) metrics_->RecordStoreError();
+    return v.status();
+  }
   v1::GetVerdictResponse r;
   *r.mutable_report() = v->report;
   r.set_request_digest(v->request_digest);
@@ -351,6 +453,54 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
     out->set_verdict(b.verdict);
   }
   return r;
+}
+
+absl::StatusOr<std::optional<store::StoredVerdict>> PreflightCore::ClaimOrAwait(
+    const std::string& digest, const Caller& caller, const std::function<bool()>& abandoned,
+    std::optional<double> before_created) {
+  // A verdict another replica stored for this request: a final one, or any
+  // stored after this request arrived (a check that ran but did not finish
+  // answers its waiters as it does in process).
+  auto answered = [&](const store::StoredVerdict& v) {
+    return Reusable(v.report) || !before_created || v.created_unix_seconds != *before_created;
+  };
+  auto lookup = [&]() -> absl::StatusOr<std::optional<store::StoredVerdict>> {
+    auto v =
+        TimedStoreOp(metrics_, "get_by_digest", [&] { return verdicts_->GetByDigest(digest); });
+    if (v.ok() && answered(*v)) return std::optional<store::StoredVerdict>(*std::move(v));
+    if (!v.ok() && !absl::IsNotFound(v.status())) {
+      metrics_->RecordStoreError();
+      return v.status();
+    }
+    return std::optional<store::StoredVerdict>();
+  };
+  const absl::Duration poll = std::min(kFleetPoll, config_.lease_ttl / 4);
+  for (;;) {
+    auto claim = TimedStoreOp(metrics_, "claim",
+                              [&] { return leases_->TryClaim(digest, config_.lease_ttl); });
+    if (!claim.ok()) {
+      metrics_->RecordStoreError();
+      return claim.status();
+    }
+    if (claim->granted) {
+      // The holder may have stored its verdict and released the lease
+      // between this request's first lookup and the claim.
+      auto done = lookup();
+      if (!done.ok() || done->has_value()) {
+        leases_->Release(digest).IgnoreError();
+        return done;
+      }
+      if (claim->took_over) metrics_->RecordLeaseTakeover();
+      return std::optional<store::StoredVerdict>();
+    }
+    const absl::Time next = absl::Now() + poll;
+    while (absl::Now() < next) {
+      if (abandoned()) return caller.WhyGone("an identical check ran on another replica");
+      absl::SleepFor(std::min(kCallerPoll, next - absl::Now()));
+    }
+    auto done = lookup();
+    if (!done.ok() || done->has_value()) return done;
+  }
 }
 
 absl::Status PreflightCore::AcquireSlot(const Caller& caller,

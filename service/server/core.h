@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,7 @@
 #include "service/crypto/signature.h"
 #include "service/server/metrics.h"
 #include "service/store/blob_store.h"
+#include "service/store/lease_store.h"
 #include "service/store/verdict_store.h"
 #include "service/worker/worker_pool.h"
 
@@ -34,6 +36,11 @@ struct CoreConfig {
   // CPUs a job may run on (the server's own affinity, as the zygote's jobs
   // inherit it): bounds config.intra_op_threads through engine::DeriveBudgets.
   int job_cpus = 1;
+  // How long a fleet claim on a running check lasts without renewal (it is
+  // renewed every third of it while the check waits for a slot and runs):
+  // the time another replica waits before it runs the check of a replica
+  // that died. Only a store shared by several replicas has leases.
+  absl::Duration lease_ttl = absl::Seconds(30);
 };
 
 class PreflightCore {
@@ -43,9 +50,12 @@ class PreflightCore {
   // signature over its serialized report is stored with it and returned by
   // Check and GetVerdict), and a stored verdict not signed by this key is
   // not reused: Check runs it again, so it comes back signed.
+  // `leases` (from the same store as `verdicts`) makes identical requests run
+  // once across every replica sharing the store; null: this process is the
+  // only one (identical requests are still coalesced in process).
   PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
                 worker::JobRunner* runner, ServiceMetrics* metrics,
-                const crypto::Ed25519Signer* signer = nullptr);
+                const crypto::Ed25519Signer* signer = nullptr, store::LeaseStore* leases = nullptr);
 
   // Whether the caller has gone away (its RPC was cancelled). Polled while
   // the check waits or runs, from the calling thread; may be empty.
@@ -87,6 +97,15 @@ class PreflightCore {
   // True (and forever after) once `leader` and every caller coalesced onto
   // `flight` are gone; the flight then leaves in_flight_.
   bool Abandoned(InFlight* flight, const Caller& leader, const std::string& digest);
+  // Claims `digest` fleet-wide, or waits for the verdict of the replica that
+  // holds it: nullopt once this replica holds the claim (it runs the check);
+  // the other replica's report when it stored one (a final one, or any
+  // verdict stored since `before_created`, the creation time of the verdict
+  // stored when this request arrived, if any). Claims again whenever the
+  // holder's lease has expired: it died.
+  absl::StatusOr<std::optional<store::StoredVerdict>> ClaimOrAwait(
+      const std::string& digest, const Caller& caller, const std::function<bool()>& abandoned,
+      std::optional<double> before_created);
 
   CoreConfig config_;
   store::BlobStore* blobs_;
@@ -94,6 +113,8 @@ class PreflightCore {
   worker::JobRunner* runner_;
   ServiceMetrics* metrics_;
   const crypto::Ed25519Signer* signer_;
+  store::SingleReplicaLeases own_leases_;
+  store::LeaseStore* leases_;
 
   // Identical requests in flight run once; later arrivals wait for the first.
   struct InFlight {

@@ -19,6 +19,17 @@ const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   return *b;
 }
 
+// 100 us .. 5 s: a loopback PostgreSQL or SQLite commit takes a millisecond or
+// so; a blob of many MiB, or a database far away, seconds.
+const prometheus::Histogram::BucketBoundaries& StoreBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+  return *b;
+}
+
+constexpr const char* kStoreOps[] = {"put",      "bind",     "get_by_digest", "get_by_job_id",
+                                     "blob_put", "blob_get", "claim"};
+
 }  // namespace
 
 struct ServiceMetrics::Impl {
@@ -35,6 +46,8 @@ struct ServiceMetrics::Impl {
   prometheus::Counter& upload_bytes;
   prometheus::Counter& store_errors;
   prometheus::Family<prometheus::Gauge>& build_info;
+  prometheus::Family<prometheus::Histogram>& store_ops;
+  prometheus::Counter& lease_takeovers;
 };
 
 ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
@@ -98,7 +111,19 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
           .Name("preflight_build_info")
           .Help("Constant 1, labelled with the server version, LibTorch version and device.")
           .Register(r),
+      BuildHistogram()
+          .Name("preflight_store_operation_seconds")
+          .Help("Latency of verdict, blob and lease store operations, by op (put, bind, "
+                "get_by_digest, get_by_job_id, blob_put, blob_get, claim).")
+          .Register(r),
+      BuildCounter()
+          .Name("preflight_lease_takeovers_total")
+          .Help("Checks this replica ran after the replica holding their lease died (the "
+                "lease expired).")
+          .Register(r)
+          .Add({}),
   });
+  for (const char* op : kStoreOps) impl_->store_ops.Add({{"op", op}}, StoreBuckets());
   // Pre-create bounded label sets so every series exists from the start
   // (rate() and alert expressions see zeroes, not absent series).
   for (const char* v : {"PASS", "WARN", "FAIL", "ERROR"}) impl_->checks.Add({{"verdict", v}});
@@ -160,6 +185,12 @@ void ServiceMetrics::RecordUploadBytes(int64_t bytes) {
 }
 
 void ServiceMetrics::RecordStoreError() { impl_->store_errors.Increment(); }
+
+void ServiceMetrics::RecordStoreOperation(const std::string& op, double seconds) {
+  impl_->store_ops.Add({{"op", op}}, StoreBuckets()).Observe(seconds);
+}
+
+void ServiceMetrics::RecordLeaseTakeover() { impl_->lease_takeovers.Increment(); }
 
 void ServiceMetrics::SetBuildInfo(const std::string& version, const std::string& torch_version,
                                   const std::string& device) {

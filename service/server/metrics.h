@@ -41,6 +41,12 @@ class ServiceMetrics {
   void RecordZygoteRestart();
   void RecordUploadBytes(int64_t bytes);
   void RecordStoreError();
+  // op: put | bind | get_by_digest | get_by_job_id | blob_put | blob_get |
+  // claim; the latency of one store operation, failed ones included.
+  void RecordStoreOperation(const std::string& op, double seconds);
+  // This replica ran a check whose lease another replica held and let
+  // expire (it died mid-check).
+  void RecordLeaseTakeover();
   void SetBuildInfo(const std::string& version, const std::string& torch_version,
                     const std::string& device);
 

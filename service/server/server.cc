@@ -130,8 +130,13 @@ class Service final : public v1::Preflight::Service {
       return ToGrpcStatus(absl::InvalidArgumentError(
           absl::StrCat("expected_size: announced ", expected, " bytes but received ", total)));
     }
+    const absl::Time start = absl::Now();
     auto info = writer->Commit();
-    if (!info.ok()) return ToGrpcStatus(info.status());
+    metrics_->RecordStoreOperation("blob_put", absl::ToDoubleSeconds(absl::Now() - start));
+    if (!info.ok()) {
+      metrics_->RecordStoreError();
+      return ToGrpcStatus(info.status());
+    }
     resp->set_sha256(info->sha256);
     resp->set_size_bytes(info->size);
     resp->set_already_present(info->already_present);
@@ -230,6 +235,9 @@ absl::Status ServerConfig::Validate() const {
     return absl::InvalidArgumentError(
         "tls_client_ca: mutual TLS needs the server's own --tls-cert and --tls-key");
   }
+  if (core.lease_ttl < absl::Milliseconds(200) || core.lease_ttl > absl::Hours(1)) {
+    return absl::InvalidArgumentError("lease_ttl: must be in [0.2, 3600] seconds");
+  }
   return absl::OkStatus();
 }
 
@@ -277,9 +285,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   // The device the node offers; the server itself never touches CUDA.
   const bool gpu = access("/dev/nvidia0", F_OK) == 0;
   impl->metrics->SetBuildInfo(PREFLIGHT_VERSION, impl->pool->torch_version(), gpu ? "cuda" : "cpu");
-  impl->core = std::make_unique<PreflightCore>(config.core, impl->stores.blobs.get(),
-                                               impl->stores.verdicts.get(), impl->pool.get(),
-                                               impl->metrics.get(), impl->signer.get());
+  impl->core = std::make_unique<PreflightCore>(
+      config.core, impl->stores.blobs.get(), impl->stores.verdicts.get(), impl->pool.get(),
+      impl->metrics.get(), impl->signer.get(), impl->stores.leases.get());
   impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
                                             impl->metrics.get(), impl->tokens.get());
 
@@ -316,6 +324,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
 
 int Server::port() const { return impl_->port; }
 int Server::health_port() const { return impl_->health_port; }
+const std::string& Server::store_name() const { return impl_->stores.name; }
 double Server::worker_start_seconds() const { return impl_->pool->last_start_seconds(); }
 int Server::worker_pid() const { return impl_->pool->zygote_pid(); }
 int Server::landlock_abi() const { return impl_->pool->landlock_abi(); }

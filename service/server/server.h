@@ -65,6 +65,9 @@ class Server {
   int port() const;
   // The health listener's port (0 without health_address).
   int health_port() const;
+  // The store being served (a directory, or postgresql://USER@HOST:PORT/DB
+  // without the password).
+  const std::string& store_name() const;
   // Seconds the zygote took to start (exec + LibTorch load), and its pid.
   double worker_start_seconds() const;
   int worker_pid() const;

@@ -1,13 +1,18 @@
-// Content-addressed artifact storage on the local filesystem.
+// Content-addressed artifact storage: the interface every blob backend
+// implements (file_blob_store.h: files in a directory; pg_blob_store.h: rows
+// in PostgreSQL, shared by a fleet). The server sees only this type; it gets
+// one from store_factory.h.
 //
-// Blobs live at DIR/<sha256>; a blob is written to a temporary file and
-// renamed into place only once complete, so a crash never leaves a partial
-// blob under a valid name. Thread-safe.
+// Contract, for every implementation: thread-safe; a blob is visible under
+// its sha256 only once complete (a crash never leaves a partial blob under a
+// valid name); a Put or Commit that returned OK is durable. A backend that
+// cannot be reached answers UNAVAILABLE naming the store; a full one
+// RESOURCE_EXHAUSTED naming the store.
 //
-//   auto store = BlobStore::Open("/var/lib/preflight/blobs");
-//   auto w = (*store)->NewWriter();
+//   auto w = blobs->NewWriter();
 //   w->Append(chunk); ...
-//   auto digest = w->Commit();  // {sha256, size, already_present}
+//   auto info = w->Commit();  // {sha256, size, already_present}
+//   auto fd = blobs->OpenForRead(info->sha256);  // how the bytes reach a job
 #pragma once
 
 #include <cstdint>
@@ -28,6 +33,7 @@ struct BlobInfo {
 
 class BlobWriter {
  public:
+  // A writer dropped without Commit leaves nothing behind.
   virtual ~BlobWriter() = default;
   // RESOURCE_EXHAUSTED once the blob would exceed the store's max size.
   virtual absl::Status Append(absl::string_view data) = 0;
@@ -36,35 +42,23 @@ class BlobWriter {
 
 class BlobStore {
  public:
-  // Creates DIR if needed; FAILED_PRECONDITION if it is not a writable
-  // directory. Removes the temp files of uploads that never completed (their
-  // writer was killed): nothing else would.
-  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir,
-                                                         int64_t max_blob_bytes);
+  virtual ~BlobStore() = default;
 
-  std::unique_ptr<BlobWriter> NewWriter();
+  virtual std::unique_ptr<BlobWriter> NewWriter() = 0;
   // Stores `bytes` unless a blob of their sha256 is already stored, in which
   // case nothing is written (already_present).
-  absl::StatusOr<BlobInfo> Put(absl::string_view bytes);
-  bool Has(const std::string& sha256) const;
-  // A stored blob opened read-only (close-on-exec): how its bytes reach a
-  // job, which never learns where the store is. NOT_FOUND when absent.
-  absl::StatusOr<util::UniqueFd> OpenForRead(const std::string& sha256) const;
-  // Up to `n` leading bytes of a stored blob ("" when absent or unreadable).
-  std::string ReadHead(const std::string& sha256, size_t n) const;
-  // Path of a stored blob (whether or not it exists). For the store itself
-  // and its tests: nothing outside service/store passes it on.
-  std::string PathOf(const std::string& sha256) const;
-  int64_t max_blob_bytes() const { return max_blob_bytes_; }
-  // How many abandoned temp files Open removed.
-  int stale_temps_removed() const { return stale_temps_removed_; }
-
- private:
-  BlobStore(std::string dir, int64_t max_blob_bytes)
-      : dir_(std::move(dir)), max_blob_bytes_(max_blob_bytes) {}
-  std::string dir_;
-  int64_t max_blob_bytes_;
-  int stale_temps_removed_ = 0;
+  virtual absl::StatusOr<BlobInfo> Put(absl::string_view bytes) = 0;
+  // Whether a complete blob of this sha256 is stored (false for a string that
+  // is not a sha256); an error only when the store cannot be asked.
+  virtual absl::StatusOr<bool> Has(const std::string& sha256) const = 0;
+  // A stored blob opened read-only (close-on-exec), positioned at 0: how its
+  // bytes reach a job, which never learns where the store is. NOT_FOUND when
+  // absent.
+  virtual absl::StatusOr<util::UniqueFd> OpenForRead(const std::string& sha256) const = 0;
+  // Up to `n` leading bytes of a stored blob; NOT_FOUND when absent.
+  virtual absl::StatusOr<std::string> ReadHead(const std::string& sha256, size_t n) const = 0;
+  // The cap on one blob, bytes.
+  virtual int64_t max_blob_bytes() const = 0;
 };
 
 }  // namespace preflight::store

@@ -7,6 +7,11 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "service/store/file_blob_store.h"
+#include "service/store/pg_blob_store.h"
+#include "service/store/pg_database.h"
+#include "service/store/pg_lease_store.h"
+#include "service/store/pg_verdict_store.h"
 #include "service/store/sqlite_verdict_store.h"
 
 namespace preflight::store {
@@ -68,9 +73,22 @@ absl::StatusOr<Stores> OpenDirectory(const std::string& dir, int64_t max_blob_by
   auto verdicts = SqliteVerdictStore::Open(db);
   if (!verdicts.ok()) return verdicts.status();
   stores.verdicts = *std::move(verdicts);
-  auto blobs = BlobStore::Open(dir + "/blobs", max_blob_bytes);
+  auto blobs = FileBlobStore::Open(dir + "/blobs", max_blob_bytes);
   if (!blobs.ok()) return blobs.status();
   stores.blobs = *std::move(blobs);
+  stores.leases = std::make_unique<SingleReplicaLeases>();
+  stores.name = dir;
+  return stores;
+}
+
+absl::StatusOr<Stores> OpenPostgres(const std::string& url, int64_t max_blob_bytes) {
+  auto db = PgDatabase::Open(url);
+  if (!db.ok()) return db.status();
+  Stores stores;
+  stores.verdicts = std::make_unique<PgVerdictStore>(*db);
+  stores.blobs = std::make_unique<PgBlobStore>(*db, max_blob_bytes);
+  stores.leases = std::make_unique<PgLeaseStore>(*db, PgLeaseStore::NewOwnerId());
+  stores.name = (*db)->name();
   return stores;
 }
 
@@ -80,10 +98,11 @@ absl::StatusOr<Stores> OpenStore(const std::string& spec, int64_t max_blob_bytes
   if (spec.empty()) return absl::InvalidArgumentError("store: must not be empty");
   const std::string scheme = SchemeOf(spec);
   if (scheme.empty()) return OpenDirectory(spec, max_blob_bytes, init_store);
+  if (scheme == "postgresql" || scheme == "postgres") return OpenPostgres(spec, max_blob_bytes);
   return absl::InvalidArgumentError(
       absl::StrCat("store: no '", scheme, "' backend in this build (", scheme,
-                   "://... is not supported yet); pass a directory for the embedded store (SQLite "
-                   "verdicts + blob files)"));
+                   "://... is not supported); pass a directory for the embedded store (SQLite "
+                   "verdicts + blob files) or a postgresql:// URL for the fleet store"));
 }
 
 }  // namespace preflight::store

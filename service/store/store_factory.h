@@ -8,9 +8,13 @@
 //                       holds anything but has no verdicts.db, or a
 //                       zero-length one, is FAILED_PRECONDITION naming the
 //                       file (its verdicts were lost) unless `init_store`.
-//   SCHEME://...        a backend by URL scheme. None is built in yet: every
-//                       scheme (postgresql:// comes in a later issue) is
-//                       INVALID_ARGUMENT naming the scheme.
+//   postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (or postgres://...; any libpq
+//                       connection URI): the fleet store, verdicts, blobs
+//                       and leases in one PostgreSQL database shared by
+//                       every replica; the schema is created or migrated at
+//                       start. Unreachable at start: UNAVAILABLE naming the
+//                       store (never the password).
+//   SCHEME://...        any other scheme is INVALID_ARGUMENT naming the scheme.
 // A new backend: implement VerdictStore in its own files and target, pass the
 // conformance suite (tests/store/verdict_store_conformance.h), add its scheme
 // here.
@@ -26,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "service/store/blob_store.h"
+#include "service/store/lease_store.h"
 #include "service/store/verdict_store.h"
 
 namespace preflight::store {
@@ -33,6 +38,12 @@ namespace preflight::store {
 struct Stores {
   std::unique_ptr<VerdictStore> verdicts;
   std::unique_ptr<BlobStore> blobs;
+  // Claims on running checks: shared by the fleet for PostgreSQL; for a
+  // directory, SingleReplicaLeases (one process uses it).
+  std::unique_ptr<LeaseStore> leases;
+  // The store as logs name it: the directory, or postgresql://USER@HOST:PORT/DB
+  // (no password).
+  std::string name;
 };
 
 // INVALID_ARGUMENT for an empty spec or an unknown scheme (the message names

@@ -4,8 +4,8 @@
 // under the same id) appends to its history; the latest binding is the one
 // a gate reads.
 //
-// The interface every backend implements (sqlite_verdict_store.h today; a
-// fleet-wide one later) and the only verdict-store type the server and its
+// The interface every backend implements (sqlite_verdict_store.h, embedded;
+// pg_verdict_store.h, shared by a fleet) and the only verdict-store type the server and its
 // tests see: they get one from store_factory.h. Every backend passes the
 // conformance suite in tests/store/verdict_store_conformance.h.
 //

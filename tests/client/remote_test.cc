@@ -236,6 +236,13 @@ TEST_F(RemoteTest, VerdictByJobIdOrDigestWithItsTimeout) {
   EXPECT_EQ(missing.status().message(), "no verdict for job id 'unknown'");
 }
 
+// A plaintext connection to `server` (any --server form).
+Connection To(const std::string& server) {
+  Connection c;
+  c.server = server;
+  return c;
+}
+
 TEST_F(RemoteTest, AListSpreadsCallsOverEveryServer) {
   auto a = StartFake(), b = StartFake();
   ASSERT_NE(a, nullptr);
@@ -244,7 +251,7 @@ TEST_F(RemoteTest, AListSpreadsCallsOverEveryServer) {
   // Each call is a new client (as each CLI run is); the list's order is
   // shuffled per client, so both servers get calls, 50% each in expectation.
   for (int i = 0; i < 64 && (a->Verdicts() == 0 || b->Verdicts() == 0); ++i) {
-    auto r = RemoteVerdict(both, "job", "", 10);
+    auto r = RemoteVerdict(To(both), "job", "", 10);
     ASSERT_TRUE(r.ok()) << r.status();
   }
   EXPECT_GT(a->Verdicts(), 0);  // One missed by 64 fair draws: p = 2^-63.
@@ -283,14 +290,14 @@ TEST_F(RemoteTest, OneChannelWithTheClientSettingsAlternatesBetweenServers) {
 TEST_F(RemoteTest, ADeadAddressInAListIsSkipped) {
   const std::string dead = DeadAddress();
   ASSERT_FALSE(dead.empty());
-  for (const std::string& server : {dead + "," + address_, address_ + "," + dead}) {
+  for (const std::string& server : {dead + "," + address_.server, address_.server + "," + dead}) {
     SCOPED_TRACE(server);
     for (int i = 0; i < 8; ++i) {
-      auto r = RemoteVerdict(server, "job", "", 10);
+      auto r = RemoteVerdict(To(server), "job", "", 10);
       ASSERT_TRUE(r.ok()) << r.status();
     }
-    auto c =
-        RemoteCheck(server, File("m.pt", "model"), File("b.pt", "batch"), v1::CheckConfig(), "");
+    auto c = RemoteCheck(To(server), File("m.pt", "model"), File("b.pt", "batch"),
+                         v1::CheckConfig(), "");
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->report().verdict(), v1::FAIL);
   }
@@ -298,23 +305,24 @@ TEST_F(RemoteTest, ADeadAddressInAListIsSkipped) {
 
 TEST_F(RemoteTest, ADnsTargetReachesTheServer) {
   // localhost has 127.0.0.1 (listening) and usually ::1 (refused, skipped).
-  const std::string port = address_.substr(address_.rfind(':') + 1);
-  auto r = RemoteVerdict("dns:///localhost:" + port, "job", "", 10);
+  const std::string port = address_.server.substr(address_.server.rfind(':') + 1);
+  auto r = RemoteVerdict(To("dns:///localhost:" + port), "job", "", 10);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->job_id(), "job");
 }
 
 TEST_F(RemoteTest, EveryAddressDeadIsUnavailable) {
   const std::string server = DeadAddress() + "," + DeadAddress();
-  auto r = RemoteVerdict(server, "job", "", 10);
+  auto r = RemoteVerdict(To(server), "job", "", 10);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
 }
 
 TEST_F(RemoteTest, ABadServerValueIsInvalidArgumentBeforeAnyCall) {
-  auto r = RemoteVerdict(address_ + ",", "job", "", 10);
+  auto r = RemoteVerdict(To(address_.server + ","), "job", "", 10);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("server: empty address in the list"));
-  auto c = RemoteCheck("http://h:1", File("m.pt", "m"), File("b.pt", "b"), v1::CheckConfig(), "");
+  auto c =
+      RemoteCheck(To("http://h:1"), File("m.pt", "m"), File("b.pt", "b"), v1::CheckConfig(), "");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("server: unsupported scheme 'http'"));
   std::lock_guard<std::mutex> lock(fake_.mu);

@@ -1,5 +1,6 @@
-// `--store SPEC` -> backends: a directory is today's embedded store; a URL
-// scheme is refused at start-up, naming the scheme and never echoing the URL.
+// `--store SPEC` -> backends: a directory is the embedded store, postgresql://
+// the fleet store; another scheme is refused at start-up, naming the scheme and
+// never echoing the URL.
 #include "service/store/store_factory.h"
 
 #include <fcntl.h>
@@ -103,7 +104,7 @@ TEST(OpenStore, UnknownSchemeIsInvalidArgumentNamingOnlyTheScheme) {
   struct Case {
     std::string spec, scheme;
   } cases[] = {
-      {"postgresql://preflight:s3cret@db.internal/verdicts", "postgresql"},
+      {"mysql://preflight:s3cret@db.internal/verdicts", "mysql"},
       {"s3://bucket/prefix", "s3"},
       {"Redis://h:6379", "redis"},
   };
@@ -115,6 +116,21 @@ TEST(OpenStore, UnknownSchemeIsInvalidArgumentNamingOnlyTheScheme) {
     const std::string m(stores.status().message());
     EXPECT_THAT(m, HasSubstr("store: no '" + tc.scheme + "' backend"));
     EXPECT_THAT(m, HasSubstr("pass a directory"));
+    EXPECT_THAT(m, Not(HasSubstr("s3cret")));
+  }
+}
+
+// The fleet backend is built in: an unreachable database is UNAVAILABLE at
+// start naming the store, never its password. (tests/store/pg_verdict_store_test.cc
+// opens a real one.)
+TEST(OpenStore, PostgresUrlOfAnUnreachableDatabaseIsUnavailableWithoutThePassword) {
+  for (const char* spec : {"postgresql://preflight:s3cret@127.0.0.1:1/verdicts",
+                           "postgres://preflight:s3cret@127.0.0.1:1/verdicts"}) {
+    SCOPED_TRACE(spec);
+    auto stores = OpenStore(spec, 1 << 20);
+    EXPECT_EQ(stores.status().code(), absl::StatusCode::kUnavailable);
+    const std::string m(stores.status().message());
+    EXPECT_THAT(m, HasSubstr("store postgresql://preflight@127.0.0.1:1/verdicts is unavailable"));
     EXPECT_THAT(m, Not(HasSubstr("s3cret")));
   }
 }

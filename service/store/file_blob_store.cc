@@ -1,4 +1,4 @@
-#include "service/store/blob_store.h"
+#include "service/store/file_blob_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -33,7 +33,8 @@ absl::Status IoError(const std::string& dir, const char* what, int err) {
 
 class FileBlobWriter : public BlobWriter {
  public:
-  FileBlobWriter(const BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {
+  FileBlobWriter(const FileBlobStore* store, std::string dir)
+      : store_(store), dir_(std::move(dir)) {
     temp_ = absl::StrCat(dir_, "/", kTempPrefix, getpid(), "-", g_temp_counter.fetch_add(1));
     fd_ = open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
     open_errno_ = errno;
@@ -73,7 +74,7 @@ class FileBlobWriter : public BlobWriter {
     const std::string final_path = store_->PathOf(info.sha256);
     // Content-addressed: the stored blob already holds these bytes, so this
     // copy needs no sync (the destructor removes it).
-    info.already_present = store_->Has(info.sha256);
+    info.already_present = store_->Has(info.sha256).value_or(false);
     if (info.already_present) return info;
     if (fsync(fd_) != 0 || close(fd_) != 0) {
       const int err = errno;
@@ -89,7 +90,7 @@ class FileBlobWriter : public BlobWriter {
   }
 
  private:
-  const BlobStore* store_;
+  const FileBlobStore* store_;
   std::string dir_;
   std::string temp_;
   int fd_ = -1;
@@ -121,8 +122,8 @@ int RemoveStaleTemps(const std::string& dir) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir,
-                                                           int64_t max_blob_bytes) {
+absl::StatusOr<std::unique_ptr<FileBlobStore>> FileBlobStore::Open(const std::string& dir,
+                                                                   int64_t max_blob_bytes) {
   if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
         absl::StrCat("blob store: cannot create ", dir, ": ", std::strerror(errno)));
@@ -131,31 +132,33 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& di
     return absl::FailedPreconditionError(
         absl::StrCat("blob store: ", dir, " is not a writable directory"));
   }
-  auto store = std::unique_ptr<BlobStore>(new BlobStore(dir, max_blob_bytes));
+  auto store = std::unique_ptr<FileBlobStore>(new FileBlobStore(dir, max_blob_bytes));
   store->stale_temps_removed_ = RemoveStaleTemps(dir);
   return store;
 }
 
-std::unique_ptr<BlobWriter> BlobStore::NewWriter() {
+std::unique_ptr<BlobWriter> FileBlobStore::NewWriter() {
   return std::make_unique<FileBlobWriter>(this, dir_);
 }
 
-absl::StatusOr<BlobInfo> BlobStore::Put(absl::string_view bytes) {
+absl::StatusOr<BlobInfo> FileBlobStore::Put(absl::string_view bytes) {
   // A repeat of a stored artifact (every repeated inline Check) writes
   // nothing: same sha256, same bytes. It then works on a full disk too.
   const std::string sha256 = Sha256Hex(bytes);
-  if (Has(sha256)) return BlobInfo{sha256, static_cast<int64_t>(bytes.size()), true};
+  if (Exists(sha256)) return BlobInfo{sha256, static_cast<int64_t>(bytes.size()), true};
   auto w = NewWriter();
   if (absl::Status s = w->Append(bytes); !s.ok()) return s;
   return w->Commit();
 }
 
-bool BlobStore::Has(const std::string& sha256) const {
+bool FileBlobStore::Exists(const std::string& sha256) const {
   struct stat st;
   return IsSha256Hex(sha256) && stat(PathOf(sha256).c_str(), &st) == 0;
 }
 
-absl::StatusOr<util::UniqueFd> BlobStore::OpenForRead(const std::string& sha256) const {
+absl::StatusOr<bool> FileBlobStore::Has(const std::string& sha256) const { return Exists(sha256); }
+
+absl::StatusOr<util::UniqueFd> FileBlobStore::OpenForRead(const std::string& sha256) const {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
   util::UniqueFd fd(open(PathOf(sha256).c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
@@ -165,16 +168,16 @@ absl::StatusOr<util::UniqueFd> BlobStore::OpenForRead(const std::string& sha256)
   return fd;
 }
 
-std::string BlobStore::ReadHead(const std::string& sha256, size_t n) const {
+absl::StatusOr<std::string> FileBlobStore::ReadHead(const std::string& sha256, size_t n) const {
   auto fd = OpenForRead(sha256);
-  if (!fd.ok()) return "";
+  if (!fd.ok()) return fd.status();
   std::string head(n, '\0');
   const ssize_t got = pread(fd->get(), head.data(), n, 0);
   head.resize(got > 0 ? static_cast<size_t>(got) : 0);
   return head;
 }
 
-std::string BlobStore::PathOf(const std::string& sha256) const {
+std::string FileBlobStore::PathOf(const std::string& sha256) const {
   return absl::StrCat(dir_, "/", sha256);
 }
 
