@@ -144,6 +144,8 @@ Training:
 Run:
   --seed S              seed of every generator (default 0)
   --device D            auto (default), cpu, cuda, cuda:N
+  --dtype T             fp32 (default), bf16, fp16: forward and loss under
+                        autocast, as mixed-precision training runs them
   --threads N           intra-op threads (default %d; results are pinned per value)
   --timeout SEC         wall-clock limit of the whole check (default %g)
   --determinism-steps N steps replayed for the bitwise determinism check
@@ -363,10 +365,9 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       continue;
     }
     static const std::vector<std::string> kValueFlags = {
-        "model",       "batch",        "loss",     "optimizer", "device",
-        "lr",          "weight-decay", "momentum", "timeout",   "target-ratio",
-        "target-loss", "steps",        "seed",     "threads",   "determinism-steps",
-        "server",      "job-id"};
+        "model", "batch",        "loss",     "optimizer",         "device",       "dtype",
+        "lr",    "weight-decay", "momentum", "timeout",           "target-ratio", "target-loss",
+        "steps", "seed",         "threads",  "determinism-steps", "server",       "job-id"};
     if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end() &&
         !IsRemoteValueFlag(name)) {
       return absl::InvalidArgumentError(
@@ -392,6 +393,8 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       c.set_optimizer(value);
     } else if (name == "device") {
       c.set_device(value);
+    } else if (name == "dtype") {
+      c.set_dtype(value);
     } else if (name == "lr" || name == "weight-decay" || name == "momentum" || name == "timeout" ||
                name == "target-ratio" || name == "target-loss") {
       // Syntax only: ranges (and what 0 means) are config.cc's, reported

@@ -32,6 +32,22 @@ absl::StatusOr<Optimizer> ParseOptimizer(const std::string& name) {
                  absl::StrCat("unknown optimizer '", name, "'; expected adam, adamw or sgd"));
 }
 
+absl::StatusOr<Precision> ParsePrecision(const std::string& dtype) {
+  if (dtype == "fp32") return Precision::kFp32;
+  if (dtype == "bf16") return Precision::kBf16;
+  if (dtype == "fp16") return Precision::kFp16;
+  return Invalid("dtype", absl::StrCat("unknown dtype '", dtype, "'; expected fp32, bf16 or fp16"));
+}
+
+const char* PrecisionName(Precision p) {
+  switch (p) {
+    case Precision::kBf16: return "bf16";
+    case Precision::kFp16: return "fp16";
+    case Precision::kFp32: break;
+  }
+  return "fp32";
+}
+
 absl::StatusOr<DeviceSpec> ParseDevice(const std::string& d) {
   DeviceSpec spec;
   if (d == "auto") return spec;
@@ -64,6 +80,7 @@ void ApplyDefaults(v1::CheckConfig* c) {
   if (!c->has_target_ratio()) c->set_target_ratio(kDefaultTargetRatio);
   if (!c->has_timeout_seconds()) c->set_timeout_seconds(kDefaultTimeoutSeconds);
   if (!c->has_train_mode()) c->set_train_mode(true);
+  if (c->dtype().empty()) c->set_dtype(kDefaultDtype);
   if (!c->has_diagnose()) c->set_diagnose(true);
   if (!c->has_determinism_steps()) {
     c->set_determinism_steps(std::clamp(c->max_steps(), 0, kDefaultDeterminismSteps));
@@ -95,6 +112,7 @@ absl::Status ValidateConfig(const v1::CheckConfig& c) {
                    absl::StrCat("must be in [1, ", kMaxSteps, "], got ", c.max_steps()));
   }
   if (auto device = ParseDevice(c.device()); !device.ok()) return device.status();
+  if (auto precision = ParsePrecision(c.dtype()); !precision.ok()) return precision.status();
   if (c.intra_op_threads() < 1 || c.intra_op_threads() > kMaxIntraOpThreads) {
     return Invalid("intra_op_threads", absl::StrCat("must be in [1, ", kMaxIntraOpThreads,
                                                     "], got ", c.intra_op_threads()));

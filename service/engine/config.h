@@ -33,6 +33,7 @@ inline constexpr double kDefaultTargetRatio = 0.01;
 inline constexpr int kDefaultDeterminismSteps = 20;
 inline constexpr double kDefaultTimeoutSeconds = 300;
 inline constexpr int kDefaultIntraOpThreads = 1;
+inline constexpr char kDefaultDtype[] = "fp32";
 // Upper bounds that keep one check bounded in time and memory.
 inline constexpr int kMaxSteps = 100000;
 inline constexpr double kMaxLr = 1e3;
@@ -52,6 +53,17 @@ absl::Status ValidateConfig(const v1::CheckConfig& config);
 enum class Optimizer { kAdam, kAdamW, kSgd };
 // INVALID_ARGUMENT ("optimizer: ...") for an unknown name.
 absl::StatusOr<Optimizer> ParseOptimizer(const std::string& name);
+
+// Compute precision of forward and loss (--dtype). Reduced precision runs
+// under LibTorch's autocast on the check's device: parameters, gradients and
+// the optimizer stay fp32, as in mixed-precision training. Meant for CUDA,
+// where jobs train that way; CPU autocast runs it too (slower), which keeps
+// the overflow rule testable on machines without a GPU.
+enum class Precision { kFp32, kBf16, kFp16 };
+// INVALID_ARGUMENT ("dtype: ...") for anything but fp32, bf16 or fp16.
+absl::StatusOr<Precision> ParsePrecision(const std::string& dtype);
+// "fp32", "bf16", "fp16".
+const char* PrecisionName(Precision p);
 
 // A parsed --device value: auto | cpu | cuda | cuda:N.
 struct DeviceSpec {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/CachingDeviceAllocator.h>
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,8 @@
 #include "service/engine/batch.h"
 #include "service/engine/checks/check.h"
 #include "service/engine/config.h"
+#include "service/engine/device_faults.h"
+#include "service/engine/loss_fn.h"
 #include "service/engine/model_loader.h"
 #include "service/engine/overfit.h"
 #include "service/engine/pinning.h"
@@ -81,7 +84,8 @@ void RunOverfit(CheckContext& c) {
 
 // Everything up to the verdict. Returns early where a finding makes the
 // later checks meaningless (the finding says why).
-void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Report* report) {
+void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Report* report,
+               torch::Device* resolved_device) {
   if (absl::Status s = ValidateConfig(config); !s.ok()) {
     AddFinding(report, v1::CONFIG_INVALID, v1::Finding::ERROR, "config", s.message());
     return;
@@ -99,6 +103,10 @@ void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Repor
     return;
   }
   c.device = *device;
+  *resolved_device = c.device;
+  if (c.device.is_cuda()) {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(c.device.index());
+  }
 
   absl::Time phase = absl::Now();
   auto model = internal::LoadModel(input.model_bytes, c.device, config.model_format());
@@ -148,13 +156,52 @@ void ReportOutOfMemory(v1::Report* report, const std::string& message) {
   auto* f = AddFinding(report, v1::WORKER_OOM, v1::Finding::ERROR, "engine",
                        absl::StrCat("the check ran out of memory: ", message));
   if (!surfaced.empty()) AddText(f, "surfaced_as", JoinFirst(surfaced));
+  if (std::string asked = DeviceMemoryRequested(message); !asked.empty()) {
+    AddText(f, "device_memory_requested", asked);
+  }
   report->set_completion(v1::COMPLETION_TRANSIENT);
 }
 
-void Finish(v1::Report* report, const CollectingWarningHandler& warnings, absl::Time start) {
+// After a device-side assert the CUDA context is gone, but the CPU is not:
+// one forward and loss of the same model and batch there, where ops check
+// their arguments eagerly, names the op and the bad value. Empty when the
+// CPU run raises nothing (the assert is in a CUDA-only kernel path).
+std::string ReplayOnCpu(const v1::CheckConfig& config, const v1::Report& report,
+                        const CheckInput& input) {
+  try {
+    auto model = internal::LoadModel(input.model_bytes, torch::kCPU, config.model_format());
+    if (!model.ok()) return absl::StrCat("model: ", model.status().message());
+    auto batch = internal::LoadBatch(input.batch_bytes, torch::kCPU);
+    if (!batch.ok()) return absl::StrCat("batch: ", batch.status().message());
+    std::unique_ptr<internal::Model> run = (*model)->Clone();
+    run->SetTraining(config.train_mode());
+    auto out = run->Forward(batch->inputs);
+    if (!out.ok()) return absl::StrCat("forward raised: ", out.status().message());
+    if (report.config().loss().empty()) return "";
+    auto loss = internal::ComputeLoss(*run, report.config().loss(), *out, batch->targets);
+    if (!loss.ok()) return absl::StrCat("the loss raised: ", loss.status().message());
+  } catch (const std::exception& e) {
+    return TrimTorchMessage(e.what());
+  }
+  return "";
+}
+
+void Finish(v1::Report* report, const CollectingWarningHandler& warnings, absl::Time start,
+            const torch::Device& device) {
   for (const auto& m : warnings.messages()) report->add_warnings(m);
   report->set_completion(v1::COMPLETION_FINAL);
   if (auto oom = internal::OutOfMemoryMessage()) ReportOutOfMemory(report, *oom);
+  if (device.is_cuda()) {
+    try {
+      const auto stats =
+          c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(device.index());
+      report->mutable_timing()->set_peak_device_memory_bytes(static_cast<double>(
+          stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+              .peak));
+    } catch (const std::exception&) {
+      // A context lost to a device fault has no statistics; the field stays 0.
+    }
+  }
   report->set_verdict(ComputeVerdict(*report));
   report->mutable_timing()->set_total_seconds(Seconds(start));
   rusage usage{};
@@ -178,8 +225,9 @@ v1::Report RunCheck(const v1::CheckConfig& config, const CheckInput& input) {
   // The checks catch LibTorch errors at the calls that raise them and turn
   // them into findings; this guard keeps the contract for what they cannot
   // foresee (a device fault in bookkeeping, an allocation failure).
+  torch::Device device = torch::kCPU;
   try {
-    RunStages(config, input, &report);
+    RunStages(config, input, &report, &device);
   } catch (const std::exception& e) {
     const absl::Status s = internal::TorchErrorStatus(e);
     if (!absl::IsResourceExhausted(s)) {
@@ -190,7 +238,10 @@ v1::Report RunCheck(const v1::CheckConfig& config, const CheckInput& input) {
     AddFinding(&report, v1::INTERNAL_ERROR, v1::Finding::ERROR, "engine",
                "unexpected non-standard exception while checking");
   }
-  Finish(&report, warnings, start);
+  if (auto device_assert = internal::DeviceAssertMessage()) {
+    ReportDeviceAssert(&report, *device_assert, ReplayOnCpu(config, report, input));
+  }
+  Finish(&report, warnings, start, device);
   return report;
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "absl/strings/match.h"
@@ -120,6 +121,43 @@ torch::Tensor FirstTensor(const torch::jit::IValue& v) {
   return {};
 }
 
+// Forward and loss under autocast, as mixed-precision training runs them;
+// backward and the optimizer step stay outside (fp32 master weights). Puts
+// the thread's previous autocast state back on exit.
+class AutocastScope {
+ public:
+  AutocastScope(Precision precision, c10::DeviceType device) : device_(device) {
+    if (precision == Precision::kFp32 || !at::autocast::is_autocast_available(device)) return;
+    active_ = true;
+    was_enabled_ = at::autocast::is_autocast_enabled(device);
+    was_dtype_ = at::autocast::get_autocast_dtype(device);
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device,
+                                     precision == Precision::kBf16 ? at::kBFloat16 : at::kHalf);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!active_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, was_enabled_);
+    at::autocast::set_autocast_dtype(device_, was_dtype_);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool active_ = false;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kFloat;
+};
+
+double AbsMax(const torch::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return 0;
+  torch::NoGradGuard no_grad;
+  return t.detach().abs().max().to(torch::kFloat64).item<double>();
+}
+
 }  // namespace
 
 RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
@@ -171,6 +209,8 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     std::optional<torch::autograd::DetectAnomalyGuard> anomaly;
     if (step == o.anomaly_step) anomaly.emplace();
 
+    std::optional<AutocastScope> autocast;
+    autocast.emplace(o.precision, batch.targets.device().type());
     absl::StatusOr<torch::jit::IValue> output_or = model->Forward(batch.inputs);
     if (!output_or.ok()) {
       fail(v1::FORWARD_ERROR, step, "", std::string(output_or.status().message()));
@@ -178,6 +218,7 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     }
     const torch::jit::IValue& output = *output_or;
     auto loss_or = ComputeLoss(*model, o.loss, output, batch.targets);
+    autocast.reset();
     if (!loss_or.ok()) {
       fail(v1::LOSS_ERROR, step, "", std::string(loss_or.status().message()));
       break;
@@ -186,6 +227,7 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
     const double value = loss.item<double>();
     trace.losses.push_back(value);
     if (o.collect_stats) trace.last_output = FirstTensor(output);
+    if (o.track_output_range) trace.output_abs_max.push_back(AbsMax(FirstTensor(output)));
 
     if (!std::isfinite(value)) {
       const int bad_param = trace.updates > 0 ? FirstNonFiniteParam(tensors) : -1;

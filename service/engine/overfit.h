@@ -28,6 +28,10 @@ struct RunOptions {
   double weight_decay = 0;
   double momentum = 0;
   bool negate_loss = false;  // Train on -loss (sign-error experiment).
+  // Forward and loss under autocast at this precision (config dtype).
+  Precision precision = Precision::kFp32;
+  // Record max |first output tensor| per step (RunTrace::output_abs_max).
+  bool track_output_range = false;
   bool train_mode = true;
   int max_steps = 0;
   double target = 0;  // Stop once the loss reaches it (ReachedTarget).
@@ -66,6 +70,7 @@ struct DeadLayer {
 struct RunTrace {
   std::vector<double> losses;           // Loss at each step, before that step's update.
   std::vector<double> grad_norm_total;  // Global gradient L2 norm per update.
+  std::vector<double> output_abs_max;   // Per step; only with track_output_range.
   double param_norm_initial = 0;        // Global L2 norm of the trainable parameters.
   double param_norm_final = 0;          // The same after the last update.
   // The first output tensor (the output, or a tuple's first tensor) of the

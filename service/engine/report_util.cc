@@ -58,6 +58,10 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::ARTIFACT_INVALID:
       return "Save the model with torch.jit.script(model) or torch.jit.trace(model, x) followed "
              "by torch.jit.save, and send that file.";
+    case v1::ARTIFACT_UNSUPPORTED:
+      return "The file is a format Preflight reads, but it uses something this engine does not "
+             "run (named in the message): re-export with the supported torch version, or report "
+             "the operator.";
     case v1::NO_TRAINABLE_PARAMS:
       return "Every parameter has requires_grad=False; unfreeze the layers you mean to train.";
     case v1::PARAM_FROZEN:
@@ -89,6 +93,10 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::OUTPUT_IGNORES_INPUT:
       return "The output does not change with the input: look for a detached/overwritten input, "
              "a layer that is skipped, or a constant returned from forward().";
+    case v1::DEVICE_ASSERT:
+      return "A CUDA kernel rejected its input (typically an index out of range: a class label "
+             ">= the number of classes, a token id >= the embedding size). The CPU replay in the "
+             "evidence names the op; fix the data or the layer size.";
     case v1::OUTPUT_NON_FINITE:
       return "The forward pass produced NaN/Inf: look for log/sqrt/div of values that can be "
              "zero or negative, and exp of large values.";
@@ -101,6 +109,9 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::PARAM_NON_FINITE:
       return "A parameter became NaN/Inf after an update: lower the learning rate or clip "
              "gradients.";
+    case v1::MIXED_PRECISION_OVERFLOW:
+      return "Values overflow in reduced precision but not in fp32: use a gradient scaler for "
+             "fp16, keep the overflowing op in fp32, or train in bf16.";
     case v1::PARAM_NO_GRAD:
       return "These parameters never receive a gradient: they are not connected to the loss "
              "(unused layer, detach(), or a branch that is never taken).";
@@ -113,6 +124,9 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::EXPLODING_GRADIENT:
       return "Gradients grow orders of magnitude towards the input: fix the initialisation "
              "scale, add normalisation, or clip gradients.";
+    case v1::EXPLODING_ACTIVATIONS:
+      return "Activations grow by orders of magnitude through the layers: scale the weights down "
+             "at init, add normalisation, or clip gradients.";
     case v1::OVERFIT_CONVERGED:
       return "The model, loss and optimizer can fit one batch: the training loop is sound.";
     case v1::LOSS_RISING: return "A rising loss usually means the objective has the wrong sign.";

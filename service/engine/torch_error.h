@@ -25,4 +25,14 @@ absl::Status TorchErrorStatus(const std::exception& e);
 std::optional<std::string> OutOfMemoryMessage();
 void ResetOutOfMemory();
 
+// A CUDA device-side assert (an op's kernel failed a bounds or value check,
+// e.g. an index out of range) is recorded like an allocation failure: after
+// one, the CUDA context is unusable, so every later error is a consequence
+// and the report names this one. Cleared by ResetOutOfMemory().
+std::optional<std::string> DeviceAssertMessage();
+
+// True when an exception is a device-side assert: cudaErrorAssert (710) as
+// c10::AcceleratorError, or its message (older LibTorch raises c10::Error).
+bool IsDeviceAssert(const std::exception& e);
+
 }  // namespace preflight::engine::internal

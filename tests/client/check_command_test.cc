@@ -12,7 +12,7 @@ using ::testing::Not;
 TEST(ParseCheckArgs, DefaultsAndOverrides) {
   auto cmd = ParseCheckArgs({"--model", "m.pt", "--batch=b.pt", "--lr", "0.01", "--steps", "100",
                              "--optimizer", "sgd", "--momentum", "0.9", "--json", "--eval-mode",
-                             "--seed", "7", "--device", "cpu"});
+                             "--seed", "7", "--device", "cpu", "--dtype", "bf16"});
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   EXPECT_EQ(cmd->model_path, "m.pt");
   EXPECT_EQ(cmd->batch_path, "b.pt");
@@ -23,6 +23,7 @@ TEST(ParseCheckArgs, DefaultsAndOverrides) {
   EXPECT_DOUBLE_EQ(cmd->config.momentum(), 0.9);
   EXPECT_FALSE(cmd->config.train_mode());
   EXPECT_EQ(cmd->config.seed(), 7u);
+  EXPECT_EQ(cmd->config.dtype(), "bf16");
   EXPECT_EQ(cmd->config.determinism_steps(), 20);
 }
 
@@ -40,6 +41,7 @@ TEST(ParseCheckArgs, ErrorsNameTheFlag) {
       {{"--model", "m", "--batch", "b", "--optimizer", "lbfgs"}, "--optimizer: unknown"},
       {{"--model", "m", "--batch", "b", "--steps", "0"}, "--steps: must be in [1, 100000], got 0"},
       {{"--model", "m", "--batch", "b", "--device", "tpu"}, "--device: expected auto"},
+      {{"--model", "m", "--batch", "b", "--dtype", "fp8"}, "--dtype: unknown dtype 'fp8'"},
       {{"--model", "m", "--batch", "b", "--momentum", "0.9"}, "--momentum: only applies"},
       {{"--model", "m", "--batch", "b", "--frobnicate"}, "unknown flag --frobnicate"},
       {{"--model", "m", "--batch", "b", "--json=1"}, "--json: takes no value"},

@@ -27,6 +27,7 @@ TEST(ApplyDefaults, DocumentedDefaults) {
   EXPECT_EQ(c.max_steps(), 500);
   EXPECT_EQ(c.seed(), 0u);
   EXPECT_EQ(c.device(), "auto");
+  EXPECT_EQ(c.dtype(), "fp32");
   EXPECT_EQ(c.intra_op_threads(), 1);
   EXPECT_TRUE(c.train_mode());
   EXPECT_TRUE(c.diagnose());
@@ -54,6 +55,7 @@ TEST(ValidateConfig, RejectsEachBadFieldByName) {
       {"loss:", [](auto* c) { c->set_loss("hinge"); }},
       {"optimizer:", [](auto* c) { c->set_optimizer("lbfgs"); }},
       {"lr:", [](auto* c) { c->set_lr(-0.1); }},
+      {"dtype:", [](auto* c) { c->set_dtype("float8"); }},
       {"lr:", [](auto* c) { c->set_lr(std::nan("")); }},
       {"weight_decay:", [](auto* c) { c->set_weight_decay(-1); }},
       {"momentum:", [](auto* c) { c->set_momentum(0.9); }},  // adam

@@ -16,6 +16,7 @@
 #include "service/engine/model_loader.h"
 #include "service/engine/overfit.h"
 #include "service/engine/report_util.h"
+#include "service/engine/torch_error.h"
 
 namespace preflight::engine {
 namespace {
@@ -518,6 +519,97 @@ TEST(RunCheck, UnavailableCudaDeviceIsAnError) {
   const v1::Report r = RunCheck(c, {Save(m), ClassBatch(4, 8, 2)});
   EXPECT_EQ(r.verdict(), v1::ERROR);
   ASSERT_NE(Find(r, v1::DEVICE_UNAVAILABLE), nullptr);
+}
+
+// An MLP whose hidden activations are scaled by 1e5 before the second
+// matmul and scaled back after: fine in fp32 (and bf16, which has fp32's
+// range), but the cast to fp16 that autocast applies to the matmul's input
+// overflows (fp16's largest finite value is 65504).
+torch::jit::Module ScaledHiddenMlp() {
+  torch::manual_seed(0);
+  torch::jit::Module m("ScaledHiddenMlp");
+  m.register_parameter("w1", Trainable(torch::randn({16, 32}) / 4.0), false);
+  m.register_parameter("b1", Trainable(torch::zeros({32})), false);
+  m.register_parameter("w2", Trainable(torch::randn({32, 4}) / std::sqrt(32.0)), false);
+  m.register_parameter("b2", Trainable(torch::zeros({4})), false);
+  m.define(
+      "def forward(self, x):\n"
+      "  h = torch.relu(x.matmul(self.w1) + self.b1) * 1.0e5\n"
+      "  return h.matmul(self.w2) * 1.0e-5 + self.b2\n");
+  return m;
+}
+
+TEST(RunCheck, Fp16AutocastOverflowIsNamedAgainstAnFp32Replay) {
+  auto m = ScaledHiddenMlp();
+  const std::string batch = ClassBatch(8, 16, 4);
+  const v1::Report fp32 = RunCheck(Config(), {Save(m), batch});
+  EXPECT_EQ(fp32.verdict(), v1::PASS) << fp32.DebugString();
+
+  v1::CheckConfig c = Config();
+  c.set_dtype("fp16");
+  const v1::Report r = RunCheck(c, {Save(m), batch});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  const v1::Finding* f = Find(r, v1::MIXED_PRECISION_OVERFLOW);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_THAT(f->message(), HasSubstr("under fp16 autocast"));
+  EXPECT_THAT(f->message(), HasSubstr("step 0"));
+  EXPECT_EQ(r.config().dtype(), "fp16");
+}
+
+TEST(RunCheck, NanInFp32TooIsNotAPrecisionFault) {
+  auto m = Mlp(16, 32, 4, "  x = torch.log(x)\n");
+  v1::CheckConfig c = Config();
+  c.set_dtype("fp16");
+  const v1::Report r = RunCheck(c, {Save(m), ClassBatch(8, 16, 4)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  EXPECT_NE(Find(r, v1::OUTPUT_NON_FINITE), nullptr) << r.DebugString();
+  EXPECT_EQ(Find(r, v1::MIXED_PRECISION_OVERFLOW), nullptr) << r.DebugString();
+}
+
+TEST(RunCheck, UnknownDtypeIsAConfigError) {
+  auto m = Mlp(8, 8, 2);
+  v1::CheckConfig c = Config();
+  c.set_dtype("fp8");
+  const v1::Report r = RunCheck(c, {Save(m), ClassBatch(4, 8, 2)});
+  EXPECT_EQ(r.verdict(), v1::ERROR);
+  const v1::Finding* f = Find(r, v1::CONFIG_INVALID);
+  ASSERT_NE(f, nullptr);
+  EXPECT_THAT(f->message(), HasSubstr("dtype"));
+}
+
+TEST(RunCheck, CpuRunsReportNoDeviceMemory) {
+  auto m = Mlp(8, 8, 2);
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(4, 8, 2)});
+  EXPECT_EQ(r.timing().peak_device_memory_bytes(), 0);
+}
+
+TEST(TorchError, DeviceAssertIsRecognisedByErrorCodeOrMessage) {
+  internal::ResetOutOfMemory();
+  const c10::AcceleratorError by_code({__func__, __FILE__, __LINE__}, 710, "CUDA error: 710");
+  EXPECT_TRUE(internal::IsDeviceAssert(by_code));
+  const c10::AcceleratorError other_code({__func__, __FILE__, __LINE__}, 2, "out of memory");
+  EXPECT_FALSE(internal::IsDeviceAssert(other_code));
+  const std::runtime_error by_text("CUDA error: device-side assert triggered");
+  EXPECT_TRUE(internal::IsDeviceAssert(by_text));
+  EXPECT_FALSE(internal::IsDeviceAssert(std::runtime_error("index out of range in self")));
+  EXPECT_FALSE(internal::DeviceAssertMessage().has_value());
+  (void)internal::TorchErrorStatus(by_code);
+  EXPECT_TRUE(internal::DeviceAssertMessage().has_value());
+  internal::ResetOutOfMemory();
+  EXPECT_FALSE(internal::DeviceAssertMessage().has_value());
+}
+
+// On a GPU the error comes from the CUDA runtime at the next synchronising
+// call; here a model raises LibTorch's text for it, which takes the same
+// path from the exception on: one DEVICE_ASSERT finding with the CPU replay.
+TEST(RunCheck, DeviceAssertReplacesItsConsequencesWithOneFinding) {
+  auto m = Mlp(8, 8, 2,
+               "  assert bool(x.sum() < -1.0e30), 'CUDA error: device-side assert triggered'\n");
+  const v1::Report r = RunCheck(Config(), {Save(m), ClassBatch(4, 8, 2)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  ASSERT_EQ(r.findings_size(), 1) << r.DebugString();
+  EXPECT_EQ(r.findings(0).code(), v1::DEVICE_ASSERT);
+  EXPECT_THAT(r.findings(0).message(), HasSubstr("on CPU: forward raised"));
 }
 
 }  // namespace

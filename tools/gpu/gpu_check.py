@@ -48,7 +48,8 @@ DRY_CPU = ["mlp", "transformer", "loss_diverged", "nondeterministic", "data_non_
 DRY_TIMED = ["mlp", "transformer"]
 # Findings that only a GPU can produce (or that CUDA legitimately adds): a
 # CUDA verdict that differs from the CPU's only by one of these is explained.
-GPU_ONLY_CODES = {"NONDETERMINISTIC", "WORKER_OOM", "DEVICE_UNAVAILABLE"}
+GPU_ONLY_CODES = {"NONDETERMINISTIC", "WORKER_OOM", "DEVICE_UNAVAILABLE", "DEVICE_ASSERT",
+                  "MIXED_PRECISION_OVERFLOW"}
 # Service-only hostile models not run with --device cuda, and why.
 CUDA_SERVICE_SKIPS = {
     "hostile_allocation": "allocates 512 GiB of host memory; a CUDA job has no address-space "
@@ -617,7 +618,10 @@ class Check:
             eng = self.med([r["report"].get("timing", {}).get("totalSeconds", 0) for r in runs])
             if wall is None:
                 return f"{dev}: -"
-            return f"{dev} {wall:.2f} s (engine {eng:.2f} s, n={len(runs)})"
+            peak = max(r["report"].get("timing", {}).get("peakDeviceMemoryBytes", 0)
+                       for r in runs)
+            mem = f", peak device memory {peak / 2**20:.0f} MiB" if peak else ""
+            return f"{dev} {wall:.2f} s (engine {eng:.2f} s, n={len(runs)}{mem})"
         return part("cpu") + (" / " + part("cuda") if cuda else "")
 
     def judge_determinism(self, local):

@@ -6,6 +6,15 @@ whose behaviour differs between CPU and CUDA by design.
                         until 256 GiB are held: more than any single GPU has.
                         On CPU it allocates nothing (a tiny healthy MLP), so a
                         mistaken CPU run cannot exhaust host memory.
+  gpu_fp16_overflow     an MLP whose hidden activations are scaled by 1e5 before
+                        the second matmul and back after, run with --dtype fp16:
+                        autocast's cast to fp16 overflows (65504 is fp16's max)
+                        while fp32 is healthy. CPU autocast runs it too, so both
+                        devices must name MIXED_PRECISION_OVERFLOW.
+  gpu_embedding_oob     token ids past the embedding table: the CPU op raises
+                        (FORWARD_ERROR), the CUDA kernel fails a device-side
+                        assert, which must be DEVICE_ASSERT naming the op via
+                        the CPU replay, not an INTERNAL_ERROR.
   gpu_upsample_atomics  a conv net with bilinear upsampling, whose CUDA backward
                         accumulates with atomicAdd (one of the kernels
                         setDeterministicAlgorithms only warns about): the
@@ -70,6 +79,35 @@ class UpsampleNet(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class ScaledHidden(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        # Same function as fc2(relu(fc1(x))) in exact arithmetic; the 1e5 scale
+        # of fc2's input is past fp16's range.
+        return self.fc2(F.relu(self.fc1(x)) * 1.0e5) * 1.0e-5
+
+
+class EmbeddingBag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+
+def oob_token_batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 10, (8, 5), generator=g)
+    ids[3, 2] = 12  # Past the 10-row table.
+    return {"inputs": ids, "targets": torch.randint(0, 3, (8,), generator=g)}
+
+
 def classification_batch(n, shape, classes, seed=1):
     g = torch.Generator().manual_seed(seed)
     return {"inputs": torch.randn(n, *shape, generator=g),
@@ -82,6 +120,15 @@ CASES = [
          cuda_verdicts=["ERROR"], cuda_codes=["WORKER_OOM"],
          doc=f"Holds {HOG_BLOCKS} x 4 GiB on the GPU (256 GiB): more than the card has. "
              "CPU: a tiny healthy MLP."),
+    dict(name="gpu_fp16_overflow",
+         build=lambda: (ScaledHidden(), classification_batch(8, (16,), 4)),
+         verdict="FAIL", codes=["MIXED_PRECISION_OVERFLOW"], flags=["--dtype", "fp16"],
+         cuda_verdicts=["FAIL"], cuda_codes=["MIXED_PRECISION_OVERFLOW"],
+         doc="Hidden activations x1e5 under fp16 autocast: overflow in fp16, healthy in fp32."),
+    dict(name="gpu_embedding_oob", build=lambda: (EmbeddingBag(), oob_token_batch()),
+         verdict="FAIL", codes=["FORWARD_ERROR"], flags=[],
+         cuda_verdicts=["FAIL"], cuda_codes=["DEVICE_ASSERT"],
+         doc="A token id past the embedding table: CPU raises, CUDA asserts in the kernel."),
     dict(name="gpu_upsample_atomics",
          build=lambda: (UpsampleNet(), classification_batch(16, (3, 8, 8), 10)),
          verdict="PASS", codes=["OVERFIT_CONVERGED"], flags=[],

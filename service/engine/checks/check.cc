@@ -17,6 +17,7 @@ RunOptions RunOptionsFor(const CheckContext& ctx) {
   o.weight_decay = c.weight_decay();
   o.momentum = c.momentum();
   o.train_mode = c.train_mode();
+  o.precision = ParsePrecision(c.dtype()).value_or(Precision::kFp32);
   o.max_steps = c.max_steps();
   o.target = ctx.target;
   o.seed = c.seed();
