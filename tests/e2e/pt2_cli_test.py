@@ -17,9 +17,11 @@ from e2e_common import Results, run_cli
 BIN, FIXTURES = sys.argv[1], sys.argv[2]
 
 
+# lr 1e-2: the fixture MLP is small; at the default 1e-3 it is still falling
+# at 500 steps (a WARN plateau).
 def check(model, batch):
     p = run_cli(BIN, "check", "--model", os.path.join(FIXTURES, model), "--batch",
-                os.path.join(FIXTURES, batch), "--json", timeout=300)
+                os.path.join(FIXTURES, batch), "--json", "--lr", "0.01", timeout=300)
     try:
         report = json.loads(p.stdout)
     except ValueError:

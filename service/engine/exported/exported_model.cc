@@ -83,6 +83,14 @@ const std::map<std::string, std::string>& TrainFlags() {
 absl::Status Unsupported(const std::string& what) { return absl::UnimplementedError(what); }
 absl::Status Malformed(const std::string& what) { return absl::InvalidArgumentError(what); }
 
+c10::IValue WrappedNumber(const c10::IValue& v) {
+  torch::Tensor t = v.isInt()      ? torch::scalar_tensor(v.toInt(), torch::kLong)
+                    : v.isDouble() ? torch::scalar_tensor(v.toDouble(), torch::kDouble)
+                                   : torch::scalar_tensor(v.toBool(), torch::kBool);
+  t.unsafeGetTensorImpl()->set_wrapped_number(true);
+  return t;
+}
+
 // One bound argument of a node.
 struct Arg {
   enum Kind {
@@ -717,6 +725,13 @@ class Compiler {
           if (!b.ok()) return b.status();
           a = *std::move(b);
           given.erase(it);
+        }
+        // FX passes Python numbers where a schema wants a Tensor (add_(t, 1));
+        // PyTorch's argument parser wraps them as 0-d "wrapped number"
+        // tensors, which type promotion treats as scalars. So does this.
+        if (a.kind == Arg::kConst && sa.type()->kind() == c10::TypeKind::TensorType &&
+            (a.constant.isInt() || a.constant.isDouble() || a.constant.isBool())) {
+          a.constant = WrappedNumber(a.constant);
         }
         if (flag != TrainFlags().end() && flag->second == sa.name() && a.kind == Arg::kConst &&
             a.constant.isBool()) {

@@ -125,6 +125,10 @@ def main():
     x = torch.randn(6, 2, 6, 6)
     ep = export(m, (x,), ({0: batch},))
     torch.export.save(ep, path("conv_bn.pt2"))
+    # The same program in core ATen IR: functional BatchNorm whose new
+    # running stats come back as signature buffer mutations. Saved before
+    # the eager runs below, which update the buffers the program shares.
+    torch.export.save(ep.run_decompositions(), path("conv_bn_functional.pt2"))
     m.eval()
     eval_out = m(x).detach()
     m.train()
@@ -136,9 +140,6 @@ def main():
                path("conv_bn_batch3.batch.pt"))
     torch.save({"inputs": torch.randn(65, 2, 6, 6), "targets": torch.randint(0, 5, (65,))},
                path("conv_bn_batch65.batch.pt"))
-    # The same program in core ATen IR: functional BatchNorm whose new
-    # running stats come back as signature buffer mutations.
-    torch.export.save(ep.run_decompositions(), path("conv_bn_functional.pt2"))
 
     # Dropout: eval mode must match eager eval exactly.
     m = Drop()
@@ -158,7 +159,7 @@ def main():
     torch.export.save(export(m, (x, y)), path("own_loss.pt2"))
     out, loss = m(x, y)
     torch.save({"inputs": x, "targets": y}, path("own_loss.batch.pt"))
-    save_ref("own_loss", out.detach(), loss.detach())
+    save_ref("own_loss", out.detach(), loss.detach().repeat(8))  # The batch format needs N rows.
     torch.export.save(export(SignError(), (x, y)), path("sign_error.pt2"))
 
     hostile()
