@@ -2,7 +2,7 @@
 """End-to-end: .pt2 programs through the real CLI, locally.
 
 A healthy exported MLP PASSes, an MLP that ignores its input FAILs, the
-own-loss sign error FAILs with the negated-loss experiment confirming it, and
+own-loss sign error FAILs with the negated-loss experiment pointing at it, and
 a refused file operator is ERROR/ARTIFACT_UNSUPPORTED with exit 3. The
 programs come from the pt2_fixtures fixture (made by the pinned torch).
 
@@ -48,10 +48,15 @@ def main():
            and "OUTPUT_IGNORES_INPUT" in codes(r), p)
 
     p, r = check("sign_error.pt2", "own_loss.batch.pt")
-    confirmed = [e for e in r.get("experiments", [])
-                 if e.get("name") == "negated_loss" and e.get("outcome") == "CONFIRMED"]
-    expect(".pt2 own-loss sign error is FAIL with negated_loss CONFIRMED, exit 1",
-           p.returncode == 1 and r.get("verdict") == "FAIL" and confirmed, p)
+    # The 8->4 linear model cannot reach 1% of its loss on random labels in
+    # 500 steps even with the right sign, so negating improves (>= 10x) rather
+    # than confirms.
+    negated = [e for e in r.get("experiments", [])
+               if e.get("name") == "negated_loss" and e.get("outcome") in ("CONFIRMED", "IMPROVED")
+               and e.get("improvementFactor", 0) >= 10]
+    expect(".pt2 own-loss sign error is FAIL/LOSS_DIVERGED, negated_loss helps, exit 1",
+           p.returncode == 1 and r.get("verdict") == "FAIL" and "LOSS_DIVERGED" in codes(r)
+           and negated, p)
 
     p, r = check("file_op.pt2", "mlp.batch.pt")
     expect(".pt2 with aten::from_file is ERROR/ARTIFACT_UNSUPPORTED, exit 3",
