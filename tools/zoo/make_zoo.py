@@ -21,6 +21,7 @@ Usage: make_zoo.py OUT_DIR [--only NAME ...]
 """
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -996,20 +997,25 @@ def example_inputs(c, batch):
 
 @contextlib.contextmanager
 def quiet_export():
-    """torch.export.export without its noise: a failed capture logs the fake
-    kernel's traceback at ERROR before raising (the manifest keeps the
-    error's first line), and nn.LSTM's flat-weights notice is a UserWarning
-    about torch's own module, nothing the user can act on."""
-    log = logging.getLogger("torch._subclasses.fake_tensor")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    """torch.export.export without its noise: a failed capture logs
+    tracebacks and prints its partial graph to stderr before raising (the
+    manifest keeps the error's first line), and nn.LSTM's flat-weights
+    notice is a UserWarning about torch's own module, nothing a user can act
+    on. The same silencing as the Python client's (client/python)."""
+    manager = logging.Logger.manager
+    loggers = [logging.getLogger(n) for n in list(manager.loggerDict)
+               if n == "torch" or n.startswith("torch.")]
+    was = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.filterwarnings("ignore", category=UserWarning,
                                     message=r"The tensor attributes self\.\w+\._flat_weights")
             yield
     finally:
-        log.setLevel(level)
+        for lg, disabled in zip(loggers, was):
+            lg.disabled = disabled
 
 
 def save_twin(c, model, batch, path):

@@ -20,7 +20,8 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="run a check on a server")
     c.add_argument("--server", required=True)
-    c.add_argument("--model", required=True, help="TorchScript file")
+    c.add_argument("--model", required=True,
+                   help="model file: a torch.export .pt2 or TorchScript")
     c.add_argument("--batch", required=True, help="torch.save'd batch file")
     server_default = "default: server's"
     c.add_argument("--loss", help=f"built-in loss name or model.loss ({server_default})")
