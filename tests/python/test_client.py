@@ -157,7 +157,7 @@ def test_export_trains_and_restores_the_mode(server):
 
 class OwnLoss(nn.Module):
     """Its own loss(output, target): exported as the .pt2 custom-loss
-    program, forward(inputs..., targets) -> 0-d loss."""
+    program, forward(inputs..., targets) -> (output, 0-d loss)."""
 
     def __init__(self):
         super().__init__()

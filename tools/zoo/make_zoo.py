@@ -15,7 +15,7 @@ static shapes), which must get the same verdict and codes
 "pt2": PATH or "pt2": null with "pt2_reason", why there is no twin (the
 exporter's own error, first line, or why the case cannot have one). A model
 with its own loss(output, target) is exported as the `.pt2` custom-loss
-contract instead (see loss_program).
+contract instead (see LossProgram).
 
 Usage: make_zoo.py OUT_DIR [--only NAME ...]
 """
@@ -967,9 +967,10 @@ def save_model(model, path):
 
 
 class LossProgram(nn.Module):
-    """The `.pt2` custom-loss contract (README, "Artifact contract"): one
-    program whose forward takes the model's inputs and then the targets and
-    returns the 0-d loss, here model.loss(model(*inputs), targets). A .pt2
+    """The `.pt2` custom-loss contract (README, "Artifact contract";
+    service/engine/exported/exported_model.h): one program whose forward
+    takes the model's inputs and then the targets and returns (output, loss),
+    the loss 0-d: here (model(*inputs), model.loss(output, targets)). A .pt2
     holds one program, so the loss cannot travel as a second method the way
     TorchScript's @torch.jit.export loss does."""
 
@@ -979,7 +980,8 @@ class LossProgram(nn.Module):
 
     def forward(self, *inputs_and_targets):
         *inputs, targets = inputs_and_targets
-        return self.model.loss(self.model(*inputs), targets)
+        output = self.model(*inputs)
+        return output, self.model.loss(output, targets)
 
 
 def has_own_loss(model):

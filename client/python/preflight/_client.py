@@ -15,9 +15,10 @@ export was not. No FutureWarning reaches the caller: TorchScript's
 deprecation notice is silenced around the fallback only. A module with its
 own `loss(output, target)` method is exported as the `.pt2` custom-loss
 contract: one program whose forward takes the inputs and then the targets and
-returns the 0-d loss. Model and batch are serialized in memory and streamed
-through Upload, and the check runs on the server. Errors are PreflightError with the gRPC status code and the server's
-message (which names the field), never a raw gRPC stack trace.
+returns (output, loss), the loss 0-d. Model and batch are serialized in
+memory and streamed through Upload, and the check runs on the server. Errors
+are PreflightError with the gRPC status code and the server's message (which
+names the field), never a raw gRPC stack trace.
 
 Settings: only those you pass travel in the request; the rest stay unset and
 the server applies its defaults and validates everything (one home for both:
@@ -146,7 +147,7 @@ def _split_batch(batch):
 
 def _loss_program(model):
     """The `.pt2` custom-loss contract: forward(*inputs, targets) returns
-    model.loss(model(*inputs), targets), the 0-d loss."""
+    (output, loss): model(*inputs) and model.loss(output, targets), 0-d."""
     import torch
 
     class LossProgram(torch.nn.Module):
@@ -156,7 +157,8 @@ def _loss_program(model):
 
         def forward(self, *inputs_and_targets):
             *inputs, targets = inputs_and_targets
-            return self.model.loss(self.model(*inputs), targets)
+            output = self.model(*inputs)
+            return output, self.model.loss(output, targets)
 
     return LossProgram(model)
 
