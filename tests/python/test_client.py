@@ -309,11 +309,12 @@ def test_console_script_defers_to_the_server(server, tmp_path):
     assert p.returncode == 0
     assert "default: server's" in p.stdout
     assert "1e-3" not in p.stdout and "0.001" not in p.stdout
-    torch.jit.script(mlp()).save(str(tmp_path / "m.pt"))
+    x, _ = batch()
+    torch.export.save(torch.export.export(mlp(), (x,)), str(tmp_path / "m.pt2"))
     x, y = batch()
     torch.save({"inputs": x, "targets": y}, tmp_path / "b.pt")
     p = subprocess.run(["python3", "-m", "preflight", "check", "--server", server, "--model",
-                        str(tmp_path / "m.pt"), "--batch", str(tmp_path / "b.pt"),
+                        str(tmp_path / "m.pt2"), "--batch", str(tmp_path / "b.pt"),
                         "--lr", "-1"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "INVALID_ARGUMENT: config.lr: " in p.stderr
