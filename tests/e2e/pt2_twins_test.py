@@ -11,7 +11,8 @@ do not. Here, through the real `preflight check` CLI:
   finding codes, the same exit code, and the report names the format that
   ran (`model.format`: EXPORTED_PROGRAM for the twin);
 - a few twins through a real server (sandboxed zygote), which must agree
-  with the local twin run;
+  with their originals' local runs, and every hostile (service-only) twin
+  against its original through the same server;
 - what the fixture wrote: twins hold the original's weights, every case
   without a twin says why, and exporting prints no warning.
 
@@ -139,16 +140,25 @@ def main():
     for case in cases:
         compare(R, case, *local[case["name"]])
 
+    # Through the server: the chosen few (their originals' local runs above
+    # are the reference) and every hostile twin, which only the sandbox
+    # contains, against its original through the same server.
     remote = [c for c in cases if c["name"] in SERVER_CASES]
-    if remote:
+    hostile = [c for c in zoo.select(args.only, service=True) if c["service_only"] and c["pt2"]]
+    if remote or hostile:
         with tempfile.TemporaryDirectory(prefix="preflight-pt2-twins-") as store:
             with Server(args.build, store) as server:
-                for case in remote:
-                    p, response = cli_check(cli, case["pt2"], case["batch"], *case["flags"],
+                def through(model, case):
+                    p, response = cli_check(cli, model, case["batch"], *case["flags"],
                                             server=server.addr)
-                    report = (response or {}).get("report")
-                    # Same verdict and codes as the original, as locally.
-                    compare(R, case, local[case["name"]][0], (p, report), where="server")
+                    return p, (response or {}).get("report")
+
+                for case in remote:
+                    compare(R, case, local[case["name"]][0], through(case["pt2"], case),
+                            where="server")
+                for case in hostile:
+                    compare(R, case, through(case["model"], case), through(case["pt2"], case),
+                            where="server")
                 R.expect("server still up after the twins", server.alive())
     return R.finish()
 
