@@ -20,6 +20,7 @@ Usage: pt2_twins_test.py BUILD_DIR ZOO_DIR [--only NAME ...] [--jobs N]
 """
 import argparse
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,9 @@ EXIT_FOR = {"PASS": 0, "WARN": 0, "FAIL": 1, "ERROR": 3}
 # by the program), dropout, the custom-loss contract with a sign error, and a
 # batch fault.
 SERVER_CASES = ["mlp", "resnet", "transformer", "loss_diverged", "class_out_of_range"]
+# Twins run twice: the same report bytes apart from timing (as zoo_test.py
+# asks of TorchScript reports).
+REPRODUCIBLE_CASES = ["mlp", "transformer"]
 # Twins whose weights are compared with the original's, tensor by tensor.
 WEIGHT_CASES = ["mlp", "resnet", "lstm", "own_loss", "param_nan_at_load"]
 
@@ -69,6 +73,10 @@ def compare(R, case, original, twin, where="local"):
     if fo == "TORCHSCRIPT":  # The original loaded; so must the twin, as a program.
         R.expect(f"{name} [{where}]: twin ran as EXPORTED_PROGRAM ({ft})",
                  ft == "EXPORTED_PROGRAM")
+
+
+def strip_timing(report):
+    return json.dumps({k: v for k, v in report.items() if k != "timing"}, sort_keys=True)
 
 
 def check_manifest(R, zoo):
@@ -139,6 +147,12 @@ def main():
                          pool.map(lambda c: run_pair(cli, c), cases)))
     for case in cases:
         compare(R, case, *local[case["name"]])
+    for case in (c for c in cases if c["name"] in REPRODUCIBLE_CASES):
+        again = cli_check(cli, case["pt2"], case["batch"], *case["flags"])[1]
+        first = local[case["name"]][1][1]
+        R.expect(f"{case['name']}: twin report reproducible (timing aside)",
+                 first is not None and again is not None
+                 and strip_timing(first) == strip_timing(again))
 
     # Through the server: the chosen few (their originals' local runs above
     # are the reference) and every hostile twin, which only the sandbox
