@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -103,8 +104,9 @@ void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Repor
   absl::Time phase = absl::Now();
   auto model = internal::LoadModel(input.model_bytes, c.device, config.model_format());
   if (!model.ok()) {
-    AddFinding(report, v1::ARTIFACT_INVALID, v1::Finding::ERROR, "input",
-               absl::StrCat("model: ", model.status().message()));
+    const bool refused = absl::IsUnimplemented(model.status());
+    AddFinding(report, refused ? v1::ARTIFACT_UNSUPPORTED : v1::ARTIFACT_INVALID,
+               v1::Finding::ERROR, "input", absl::StrCat("model: ", model.status().message()));
     return;
   }
   c.model = *std::move(model);
@@ -115,6 +117,12 @@ void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Repor
     return;
   }
   c.batch = *std::move(batch);
+  if (absl::Status s = c.model->AcceptBatch(c.batch.inputs, c.batch.input_names, c.batch.targets);
+      !s.ok()) {
+    AddFinding(report, v1::DATA_INVALID, v1::Finding::ERROR, "input",
+               absl::StrCat("batch: ", s.message()));
+    return;
+  }
   for (const auto& in : c.batch.inputs) c.pristine_inputs.push_back(in.toTensor().clone());
   report->mutable_timing()->set_load_seconds(Seconds(phase));
 

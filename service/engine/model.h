@@ -2,7 +2,7 @@
 //
 // Every check, the training loop, the diagnosis experiments and the
 // determinism replay talk to this interface only; a format is one folder
-// behind it (torchscript/ today). Private to service/engine: it speaks
+// behind it (torchscript/, exported/). Private to service/engine: it speaks
 // LibTorch types.
 //
 //   absl::StatusOr<std::unique_ptr<Model>> m = LoadModel(bytes, device);  // model_loader.h
@@ -53,6 +53,18 @@ class Model {
   // Every buffer (BatchNorm running statistics, constants registered with
   // register_buffer), in registration order.
   virtual std::vector<NamedTensor> Buffers() const = 0;
+
+  // Checks the decoded batch against what the model declares and keeps what
+  // its runs need from it; called once, before any Clone (clones inherit
+  // it). INVALID_ARGUMENT (DATA_INVALID) naming the input with the expected
+  // and the actual shape. A torch.export program declares its input shapes
+  // (static, or dynamic within range_constraints) and an own-loss program
+  // takes the targets as its last input; TorchScript declares nothing.
+  virtual absl::Status AcceptBatch(const std::vector<torch::jit::IValue>& inputs,
+                                   const std::vector<std::string>& input_names,
+                                   const torch::Tensor& targets) {
+    return absl::OkStatus();
+  }
 
   // Train mode (dropout on, batch statistics) or eval mode.
   virtual void SetTraining(bool training) = 0;

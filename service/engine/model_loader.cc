@@ -6,6 +6,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include "absl/strings/str_cat.h"
+#include "service/engine/exported/exported_model.h"
 #include "service/engine/torchscript/torchscript_model.h"
 
 namespace preflight::engine::internal {
@@ -49,11 +50,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& bytes,
                                                    " but the file is a ", FormatName(detected)));
   }
   switch (detected) {
-    case v1::EXPORTED_PROGRAM:
-      return absl::InvalidArgumentError(
-          "the file is a torch.export program (archive_format 'pt2'); this engine version "
-          "runs TorchScript only: save the model with torch.jit.script (or trace) and "
-          "torch.jit.save");
+    case v1::EXPORTED_PROGRAM: return LoadExportedProgram(bytes, device);
     default: return LoadTorchScript(bytes, device);
   }
 }

@@ -56,8 +56,12 @@ bool HasFinding(const v1::Report& report, v1::FindingCode code) {
 std::string CanonicalHint(v1::FindingCode code) {
   switch (code) {
     case v1::ARTIFACT_INVALID:
-      return "Save the model with torch.jit.script(model) or torch.jit.trace(model, x) followed "
-             "by torch.jit.save, and send that file.";
+      return "Save the model with torch.export.save(torch.export.export(model, (x,)), path) "
+             "(or torch.jit.script/trace + torch.jit.save), and send that file.";
+    case v1::ARTIFACT_UNSUPPORTED:
+      return "The program uses an operator or construct the engine refuses to run (named in the "
+             "message): custom-op namespaces, file or process-state operators, and higher-order "
+             "ops other than set_grad_enabled regions. Export the model without it.";
     case v1::NO_TRAINABLE_PARAMS:
       return "Every parameter has requires_grad=False; unfreeze the layers you mean to train.";
     case v1::PARAM_FROZEN:
