@@ -84,7 +84,8 @@ Trains the model on one fixed batch in an isolated child process and reports
 whether it can fit it, with NaN/Inf, gradient-flow, init and determinism checks.
 
 Required:
-  --model PATH          TorchScript file (torch.jit.script/trace + torch.jit.save)
+  --model PATH          torch.export program (torch.export.save, .pt2) or TorchScript file
+                        (torch.jit.script/trace + torch.jit.save); detected from content
   --batch PATH          torch.save'd {"inputs": ..., "targets": ...} or (inputs, targets)
 
 Training:

@@ -23,7 +23,7 @@ namespace {
 constexpr char kUsage[] = R"(Usage: preflight <command> [options]
 
 Commands:
-  check     check that a TorchScript model can fit one batch, locally or on a
+  check     check that a model (.pt2 or TorchScript) can fit one batch, locally or on a
             server (see: preflight check --help)
   verdict   print the stored verdict of a job or request from a server; a
             scheduler gate (see: preflight verdict --help)
