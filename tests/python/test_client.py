@@ -11,9 +11,11 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import preflight
 from preflight._client import _config
+from preflight.v1 import report_pb2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "e2e"))
@@ -43,7 +45,9 @@ def test_healthy_model_passes_and_verdict_is_stored(server):
                              job_id="py/healthy-1")
     assert report.verdict == "PASS", str(report)
     assert report.ok
-    assert report.conversion == "scripted"
+    assert report.conversion == "exported"  # torch.export is the default.
+    assert report.conversion_reason == ""
+    assert report.proto.model.format == report_pb2.EXPORTED_PROGRAM
     assert [f.code for f in report.findings] == ["OVERFIT_CONVERGED"]
     assert len(report.request_digest) == 64
     assert "Preflight PASS" in str(report)
@@ -68,24 +72,131 @@ def test_fault_model_fails_with_its_code(server):
     assert "LOSS_FLAT" in [f.code for f in report.findings]
 
 
-class Unscriptable(nn.Module):
-    """*args in forward cannot be scripted; tracing with the batch works."""
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot capture
+    it (a data-dependent guard); torch.jit.script can."""
 
     def __init__(self):
         super().__init__()
         self.net = mlp()
 
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.net(x)
+        return self.net(-x)
+
+
+class DataDependentVarargs(DataDependent):
+    """As DataDependent, and *args: neither export nor script; tracing with
+    the batch works (it records the branch taken)."""
+
     def forward(self, *xs):
-        return self.net(xs[0])
+        if xs[0].sum() > 0:
+            return self.net(xs[0])
+        return self.net(-xs[0])
 
 
-def test_unscriptable_module_is_traced(server):
+def checked(module, server, **kw):
+    """preflight.check with every warning recorded: (report, warnings)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = preflight.check(Unscriptable(), batch(), server=server)
-    assert report.conversion == "traced"
-    assert any("traced with the batch" in str(w.message) for w in caught)
+        report = preflight.check(module, batch(), server=server, **kw)
+    return report, caught
+
+
+def futures(caught):
+    return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def test_export_is_the_default_and_quiet(server, capfd):
+    report, caught = checked(mlp(), server)
+    assert (report.conversion, report.conversion_reason) == ("exported", "")
+    assert report.proto.model.format == report_pb2.EXPORTED_PROGRAM
     assert report.verdict == "PASS", str(report)
+    assert not caught, [str(w.message) for w in caught]
+    assert "Warning" not in capfd.readouterr().err
+
+
+def test_export_failure_falls_back_to_script_and_says_so(server, capfd):
+    report, caught = checked(DataDependent(), server)
+    assert report.conversion == "scripted"
+    assert report.conversion_reason.startswith("torch.export failed (")
+    assert "data-dependent" in report.conversion_reason
+    assert report.proto.model.format == report_pb2.TORCHSCRIPT
+    assert report.verdict == "PASS", str(report)
+    said = [str(w.message) for w in caught if "sent as TorchScript (scripted)" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("preflight: torch.export failed ("), caught
+    # TorchScript's deprecation notice stays out; so does the exporter's graph dump.
+    assert not futures(caught)
+    err = capfd.readouterr().err
+    assert "FutureWarning" not in err and "def forward" not in err, err[-2000:]
+
+
+def test_neither_export_nor_script_falls_back_to_trace(server):
+    report, caught = checked(DataDependentVarargs(), server)
+    assert report.conversion == "traced"
+    assert report.conversion_reason.startswith("torch.export failed (")
+    assert any("sent as TorchScript (traced)" in str(w.message) for w in caught)
+    assert not futures(caught)
+    assert report.verdict == "PASS", str(report)
+
+
+def test_export_trains_and_restores_the_mode(server):
+    # The check trains the program (dropout on), whatever mode the caller's
+    # module was in; the module comes back in that mode, weights untouched.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.1),
+                          nn.Linear(64, 5)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report, _ = checked(model, server)
+    assert report.conversion == "exported"
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert report.verdict != "ERROR" and report.loss_curve, str(report)
+
+
+class OwnLoss(nn.Module):
+    """Its own loss(output, target): exported as the .pt2 custom-loss
+    program, forward(inputs..., targets) -> (output, 0-d loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def loss(self, output, target):
+        return F.cross_entropy(output / 0.5, target)
+
+
+class SignError(OwnLoss):
+    def loss(self, output, target):
+        return -F.cross_entropy(output, target)  # Maximises the loss.
+
+
+def test_own_loss_travels_as_the_loss_program(server):
+    report, caught = checked(OwnLoss(), server)
+    assert report.conversion == "exported" and not futures(caught)
+    assert report.verdict == "PASS", str(report)
+    wrong, _ = checked(SignError(), server)
+    assert wrong.conversion == "exported"
+    assert wrong.verdict == "FAIL", str(wrong)
+    assert "LOSS_DIVERGED" in [f.code for f in wrong.findings], str(wrong)
+
+
+def test_exported_program_and_script_module_are_sent_as_given(server):
+    x, _ = batch()
+    program = torch.export.export(mlp(), (x,))
+    report, _ = checked(program, server)
+    assert (report.conversion, report.verdict) == ("exported", "PASS"), str(report)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(mlp())
+    report, caught = checked(scripted, server)
+    assert (report.conversion, report.conversion_reason) == ("scripted", "")
+    assert report.proto.model.format == report_pb2.TORCHSCRIPT
+    assert report.verdict == "PASS" and not futures(caught), str(report)
 
 
 def test_bad_batches(server):
@@ -122,11 +233,19 @@ def test_server_unreachable():
 
 
 def test_console_script_mirrors_the_cli(server, tmp_path):
-    model = torch.jit.script(mlp())
-    model.save(str(tmp_path / "m.pt"))
     x, y = batch()
+    torch.export.save(torch.export.export(mlp(), (x,)), str(tmp_path / "m.pt2"))
     torch.save({"inputs": x, "targets": y}, tmp_path / "b.pt")
     env = dict(os.environ)
+    p = subprocess.run(["python3", "-m", "preflight", "check", "--server", server, "--model",
+                        str(tmp_path / "m.pt2"), "--batch", str(tmp_path / "b.pt"),
+                        "--job-id", "py/cli-pt2"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "Preflight PASS" in p.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(mlp()).save(str(tmp_path / "m.pt"))
     p = subprocess.run(["python3", "-m", "preflight", "check", "--server", server, "--model",
                         str(tmp_path / "m.pt"), "--batch", str(tmp_path / "b.pt"),
                         "--job-id", "py/cli-1"], capture_output=True, text=True, env=env,
@@ -138,7 +257,6 @@ def test_console_script_mirrors_the_cli(server, tmp_path):
                        timeout=60)
     assert p.returncode == 4
     assert "NOT_FOUND" in p.stderr
-
 
 
 def test_unset_settings_stay_unset():
@@ -191,11 +309,12 @@ def test_console_script_defers_to_the_server(server, tmp_path):
     assert p.returncode == 0
     assert "default: server's" in p.stdout
     assert "1e-3" not in p.stdout and "0.001" not in p.stdout
-    torch.jit.script(mlp()).save(str(tmp_path / "m.pt"))
+    x, _ = batch()
+    torch.export.save(torch.export.export(mlp(), (x,)), str(tmp_path / "m.pt2"))
     x, y = batch()
     torch.save({"inputs": x, "targets": y}, tmp_path / "b.pt")
     p = subprocess.run(["python3", "-m", "preflight", "check", "--server", server, "--model",
-                        str(tmp_path / "m.pt"), "--batch", str(tmp_path / "b.pt"),
+                        str(tmp_path / "m.pt2"), "--batch", str(tmp_path / "b.pt"),
                         "--lr", "-1"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "INVALID_ARGUMENT: config.lr: " in p.stderr

@@ -7,10 +7,23 @@ finding code. Writes OUT/<case>.model.pt, OUT/<case>.batch.pt and
 OUT/manifest.json, which lists for every case the CLI flags to use, the exact
 verdict expected and the finding codes that must appear.
 
+Every case whose model torch.export.export can capture with the pinned torch
+also gets a `.pt2` twin, OUT/<case>.model.pt2 (torch.export.save of the same
+module with the same weights, exported in train mode with the batch's inputs,
+static shapes), which must get the same verdict and codes
+(tests/e2e/pt2_twins_test.py). The manifest says for every case either
+"pt2": PATH or "pt2": null with "pt2_reason", why there is no twin (the
+exporter's own error, first line, or why the case cannot have one). A model
+with its own loss(output, target) is exported as the `.pt2` custom-loss
+contract instead (see LossProgram).
+
 Usage: make_zoo.py OUT_DIR [--only NAME ...]
 """
 import argparse
+import contextlib
+import io
 import json
+import logging
 import os
 import sys
 import warnings
@@ -21,17 +34,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-warnings.filterwarnings("ignore")  # TorchScript deprecation notices.
+# TorchScript's deprecation notices (FutureWarning on every script/save), and
+# nothing else: torch.export must run here without any warning (tested).
+warnings.filterwarnings("ignore", category=FutureWarning,
+                        message=r"`torch\.jit\.\w+` is deprecated")
 
 CASES = []
+NEVER_RETURNS = ("forward() never returns, in Python as in TorchScript: tracing it for "
+                 "torch.export would not end either")
 
 
-def case(name, verdict, codes, flags=None, doc="", service_only=False):
-    """service_only: hostile models that only the sandboxed service contains."""
+def case(name, verdict, codes, flags=None, doc="", service_only=False, no_pt2=None,
+         example=None):
+    """service_only: hostile models that only the sandboxed service contains.
+    no_pt2: why this case has no `.pt2` twin, for a case that cannot have one
+    for a reason other than an export error (e.g. a forward() that never
+    returns, which tracing would not survive either). example: the inputs to
+    export with, for a case whose batch holds none (a malformed batch)."""
     def register(fn):
         CASES.append(dict(name=name, verdict=verdict, codes=codes, flags=flags or [],
                           doc=doc or (fn.__doc__ or "").strip(), build=fn,
-                          service_only=service_only))
+                          service_only=service_only, no_pt2=no_pt2, example=example))
         return fn
     return register
 
@@ -353,7 +376,8 @@ def _():
 
 
 @case("batch_wrong_keys", "ERROR", ["DATA_INVALID"],
-      doc="Batch dict with keys x/y instead of inputs/targets.")
+      doc="Batch dict with keys x/y instead of inputs/targets.",
+      example=lambda: (torch.randn(8, 4, generator=gen(1)),))
 def _():
     torch.manual_seed(0)
     b = classification_batch(8, (4,), 3)
@@ -361,7 +385,8 @@ def _():
 
 
 @case("batch_not_tensors", "ERROR", ["DATA_INVALID"],
-      doc="Batch whose inputs are a string, not tensors.")
+      doc="Batch whose inputs are a string, not tensors.",
+      example=lambda: (torch.randn(2, 4, generator=gen(1)),))
 def _():
     torch.manual_seed(0)
     return mlp([4, 3]), {"inputs": "image.png", "targets": torch.tensor([0, 1])}
@@ -781,6 +806,7 @@ class InfiniteLoop(nn.Module):
 
 
 @case("worker_timeout", "ERROR", ["WORKER_TIMEOUT"], flags=["--timeout", "5"],
+      no_pt2=NEVER_RETURNS,
       doc="forward() never returns: the child is killed at the deadline.")
 def _():
     torch.manual_seed(0)
@@ -844,7 +870,8 @@ def _():
 
 
 @case("hostile_infinite_loop", "ERROR", ["WORKER_TIMEOUT"], flags=["--timeout", "3"],
-      service_only=True, doc="forward() never returns: killed at the deadline.")
+      service_only=True, no_pt2=NEVER_RETURNS,
+      doc="forward() never returns: killed at the deadline.")
 def _():
     torch.manual_seed(0)
     return InfiniteLoop(), classification_batch(4, (4,), 3)
@@ -864,6 +891,8 @@ class DeepExpression(nn.Module):
 
 
 @case("hostile_segfault", "ERROR", ["WORKER_CRASHED"], service_only=True,
+      no_pt2="the fault is TorchScript source text (nested parentheses); a .pt2 holds no "
+      "source (the .pt2 analogue, a 10^6-node graph, is in tests/e2e/pt2_hostile_test.py)",
       doc="A TorchScript file whose source nests 100000 parentheses: loading it "
           "overflows the native stack (SIGSEGV) inside torch::jit::load.")
 def _():
@@ -894,7 +923,8 @@ class ForkFlood(nn.Module):
 
 
 @case("hostile_fork_flood", "ERROR", ["WORKER_TIMEOUT|WORKER_OOM"], flags=["--timeout", "3"],
-      service_only=True,
+      service_only=True, no_pt2="torch.jit.fork without end: TorchScript-only, and tracing the "
+      "loop for torch.export would not end",
       doc="Forks torch.jit.fork tasks without end: threads stay bounded by the pool; the "
           "queued tasks end at the deadline or, on a fast machine, the memory limit.")
 def _():
@@ -933,10 +963,95 @@ def save_model(model, path):
     if kind == "deep_nesting":
         nest_constant(path)
     if kind == "truncate":
-        with open(path, "rb") as f:
-            data = f.read()
-        with open(path, "wb") as f:
-            f.write(data[: len(data) // 2])
+        truncate(path)
+
+
+class LossProgram(nn.Module):
+    """The `.pt2` custom-loss contract (README, "Artifact contract";
+    service/engine/exported/exported_model.h): one program whose forward
+    takes the model's inputs and then the targets and returns (output, loss),
+    the loss 0-d: here (model(*inputs), model.loss(output, targets)). A .pt2
+    holds one program, so the loss cannot travel as a second method the way
+    TorchScript's @torch.jit.export loss does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs_and_targets):
+        *inputs, targets = inputs_and_targets
+        output = self.model(*inputs)
+        return output, self.model.loss(output, targets)
+
+
+def has_own_loss(model):
+    return callable(getattr(type(model), "loss", None))
+
+
+def example_inputs(c, batch):
+    """The positional inputs to export with: the batch's (as the engine will
+    call forward), or the case's own example for a malformed batch."""
+    if c["example"] is not None:
+        return c["example"]()
+    inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """torch.export.export without its noise: a failed capture logs
+    tracebacks and prints its partial graph to stderr before raising (the
+    manifest keeps the error's first line), and nn.LSTM's flat-weights
+    notice is a UserWarning about torch's own module, nothing a user can act
+    on. The same silencing as the Python client's (client/python)."""
+    manager = logging.Logger.manager
+    loggers = [logging.getLogger(n) for n in list(manager.loggerDict)
+               if n == "torch" or n.startswith("torch.")]
+    was = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", category=UserWarning,
+                                    message=r"The tensor attributes self\.\w+\._flat_weights")
+            yield
+    finally:
+        for lg, disabled in zip(loggers, was):
+            lg.disabled = disabled
+
+
+def save_twin(c, model, batch, path):
+    """Writes the case's `.pt2` twin to `path`: None, or why there is none."""
+    if c["no_pt2"]:
+        return c["no_pt2"]
+    kind = None
+    if isinstance(model, tuple):
+        kind, model = model
+    if kind == "state_dict":
+        return ("the artifact is a state_dict (torch.save), not a program: the same file in "
+                "either format")
+    args = example_inputs(c, batch)
+    if has_own_loss(model):
+        targets = batch["targets"] if isinstance(batch, dict) else batch[1]
+        model, args = LossProgram(model), (*args, targets)
+    model.train()  # The engine trains the program; training IR bakes the flags in.
+    try:
+        with quiet_export():
+            program = torch.export.export(model, args)
+    except Exception as e:  # noqa: BLE001  (every export failure is a reason, recorded)
+        lines = str(e).strip().splitlines()
+        return f"torch.export.export failed: {type(e).__name__}: {lines[0] if lines else ''}"
+    torch.export.save(program, path)
+    if kind == "truncate":
+        truncate(path)
+    return None
+
+
+def truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
 
 
 def main():
@@ -944,6 +1059,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--only", nargs="*")
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)  # The manifest's paths work from anywhere.
     os.makedirs(args.out, exist_ok=True)
     manifest = []
     for c in CASES:
@@ -954,12 +1070,22 @@ def main():
         bp = os.path.join(args.out, c["name"] + ".batch.pt")
         save_model(model, mp)
         torch.save(batch, bp)
+        # A fresh build: the twin starts from the same initial weights, not
+        # from what scripting may have touched.
+        model, batch = c["build"]()
+        tp = os.path.join(args.out, c["name"] + ".model.pt2")
+        if os.path.exists(tp):
+            os.unlink(tp)  # A twin from an earlier run must not outlive its reason.
+        reason = save_twin(c, model, batch, tp)
+        twin = {"pt2": None, "pt2_reason": reason} if reason else {"pt2": tp}
         manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc",
                                            "service_only")}
-                        | {"model": mp, "batch": bp})
+                        | {"model": mp, "batch": bp} | twin)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    print(f"wrote {len(manifest)} cases to {args.out}", file=sys.stderr)
+    twins = sum(1 for m in manifest if m["pt2"])
+    print(f"wrote {len(manifest)} cases to {args.out} ({twins} with a .pt2 twin)",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def main(argv=None):
     c = sub.add_parser("check", help="run a check on a server")
     server_help = "HOST:PORT, a list H1:P1,H2:P2 (round-robin) or dns:///NAME:PORT"
     c.add_argument("--server", required=True, help=server_help)
-    c.add_argument("--model", required=True, help="TorchScript file")
+    c.add_argument("--model", required=True,
+                   help="model file: a torch.export .pt2 or TorchScript")
     c.add_argument("--batch", required=True, help="torch.save'd batch file")
     server_default = "default: server's"
     c.add_argument("--loss", help=f"built-in loss name or model.loss ({server_default})")

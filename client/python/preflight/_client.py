@@ -6,15 +6,24 @@
     if report.verdict == "FAIL":
         raise SystemExit(str(report))
 
-The model is scripted (or, when scripting fails, traced with the batch's
-inputs; `report.conversion` says which), both model and batch are
-serialized in memory and sent inline (streamed through Upload when over
-4 MiB, as the C++ CLI does), and the check runs on the server.
+An nn.Module is exported with torch.export (torch.export.export with the
+batch's inputs, in train mode, then torch.export.save: a `.pt2` program).
+Only when export fails does it fall back to TorchScript (scripted, or traced
+with the batch's inputs when scripting fails too), with a warning saying why;
+`report.conversion` says what was sent and `report.conversion_reason` why
+export was not. No FutureWarning reaches the caller: TorchScript's
+deprecation notice is silenced around the fallback only. A module with its
+own `loss(output, target)` method is exported as the `.pt2` custom-loss
+contract: one program whose forward takes the inputs and then the targets and
+returns (output, loss), the loss 0-d. Model and batch are serialized in
+memory and sent inline (streamed through Upload when over 4 MiB, as the C++
+CLI does), and the check runs on the server.
 
 `server` is HOST:PORT, a comma-separated list of them, or dns:///NAME:PORT
 (_target.py): calls are spread over every address by gRPC's round_robin
-policy, and an address that does not answer is skipped. Errors are PreflightError with the gRPC status code and the server's
-message (which names the field), never a raw gRPC stack trace.
+policy, and an address that does not answer is skipped. Errors
+are PreflightError with the gRPC status code and the server's message (which
+names the field), never a raw gRPC stack trace.
 
 Settings: only those you pass travel in the request; the rest stay unset and
 the server applies its defaults and validates everything (one home for both:
@@ -28,9 +37,11 @@ A server with --tokens, TLS and --signing-key: `token` (or PREFLIGHT_TOKEN),
 PREFLIGHT_VERIFY_KEY), the PEM public key every verdict must be signed by:
 an unsigned, foreign-signed or altered verdict raises UntrustedVerdict.
 """
+import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 import warnings
 from typing import Any, List, Optional, Sequence, Union
@@ -158,7 +169,11 @@ class Report:
     loss_curve: List[float]
     request_digest: str = ""
     cached: bool = False
-    conversion: str = ""            # "scripted", "traced" or "file" (how the model was sent)
+    # How the model was sent: "exported" (torch.export, the default for an
+    # nn.Module), "scripted" or "traced" (TorchScript: a ScriptModule given,
+    # or the fallback when export failed), "file" (a path, sent as it is).
+    conversion: str = ""
+    conversion_reason: str = ""     # Why export failed, when it fell back; else "".
     proto: Any = None               # The full preflight.v1.Report message.
 
     @property
@@ -226,32 +241,126 @@ def _split_batch(batch):
     return inputs, targets
 
 
-def _serialize_model(model, inputs) -> (bytes, str):
+def _loss_program(model):
+    """The `.pt2` custom-loss contract: forward(*inputs, targets) returns
+    (output, loss): model(*inputs) and model.loss(output, targets), 0-d."""
+    import torch
+
+    class LossProgram(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, *inputs_and_targets):
+            *inputs, targets = inputs_and_targets
+            output = self.model(*inputs)
+            return output, self.model.loss(output, targets)
+
+    return LossProgram(model)
+
+
+def _first_line(e: BaseException, limit: int = 240) -> str:
+    text = str(e).strip()
+    line = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _training(model):
+    """The module in train mode (the check trains it: training IR bakes the
+    train flags into dropout and batch norm), restored afterwards."""
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """torch.export.export's own noise silenced, for the call only: a failed
+    capture logs tracebacks (fake tensors, symbolic shapes) and prints the
+    partial graph to stderr before it raises; the caller gets the failure as
+    one warning instead. (stderr is process-wide: a write from another thread
+    during the export is dropped too.)"""
+    manager = logging.Logger.manager
+    torch_loggers = [logging.getLogger(name) for name in list(manager.loggerDict)
+                     if name == "torch" or name.startswith("torch.")]
+    was = [lg.disabled for lg in torch_loggers]
+    for lg in torch_loggers:
+        lg.disabled = True
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, disabled in zip(torch_loggers, was):
+            lg.disabled = disabled
+
+
+def _export(model, inputs, targets) -> bytes:
+    """torch.export.export + torch.export.save of `model` (its loss program
+    when it has its own loss) with the batch's inputs. Raises on failure."""
+    import torch
+
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if callable(getattr(type(model), "loss", None)):
+        program_module, args = _loss_program(model), (*args, targets)
+    else:
+        program_module = model
+    with _training(model), _quiet_export():
+        program = torch.export.export(program_module, args)
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+# TorchScript's deprecation notice (a FutureWarning on every script, trace and
+# save since torch 2.11); silenced around the fallback, nowhere else.
+_TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+
+
+def _torchscript(model, inputs) -> (bytes, str):
+    """The TorchScript fallback: scripted, or traced when scripting fails."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=_TORCHSCRIPT_DEPRECATED)
+        if isinstance(model, torch.jit.ScriptModule):
+            scripted, how = model, "scripted"
+        else:
+            try:
+                scripted, how = torch.jit.script(model), "scripted"
+            except Exception:  # noqa: BLE001  (any scripting failure -> trace)
+                example = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+                scripted, how = torch.jit.trace(model, example), "traced"
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf)
+    return buf.getvalue(), how
+
+
+def _serialize_model(model, inputs, targets) -> (bytes, str, str):
+    """(bytes, conversion, reason export was not used)."""
     import torch
 
     if isinstance(model, (str, os.PathLike)):
         with open(model, "rb") as f:
-            return f.read(), "file"
-    if isinstance(model, torch.jit.ScriptModule):
-        scripted, how = model, "scripted"
-    else:
-        failure = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notices.
-            try:
-                scripted, how = torch.jit.script(model), "scripted"
-            except Exception as e:  # noqa: BLE001  (any scripting failure -> trace)
-                failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                example = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-                scripted, how = torch.jit.trace(model, example), "traced"
-        if failure is not None:
-            warnings.warn(f"preflight: torch.jit.script failed ({failure}); traced with the "
-                          "batch's inputs instead", stacklevel=3)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(scripted, buf)
-    return buf.getvalue(), how
+            return f.read(), "file", ""
+    if isinstance(model, torch.export.ExportedProgram):
+        buf = io.BytesIO()
+        torch.export.save(model, buf)
+        return buf.getvalue(), "exported", ""
+    if isinstance(model, torch.jit.ScriptModule):  # The caller chose TorchScript.
+        data, how = _torchscript(model, inputs)
+        return data, how, ""
+    try:
+        return _export(model, inputs, targets), "exported", ""
+    except Exception as e:  # noqa: BLE001  (any export failure -> TorchScript, said so)
+        reason = f"torch.export failed ({_first_line(e)})"
+    data, how = _torchscript(model, inputs)
+    warnings.warn(f"preflight: {reason}; sent as TorchScript ({how}) instead", stacklevel=3)
+    return data, how, reason
 
 
 def _upload(stub, data: bytes, timeout: float, metadata=None) -> str:
@@ -315,8 +424,10 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
           verify_key: Optional[str] = None, **settings) -> Report:
     """Checks that `model` can fit `batch` and returns the verdict.
 
-    model: an nn.Module (scripted, or traced when scripting fails), a
-      ScriptModule, or the path of a TorchScript file.
+    model: an nn.Module (exported with torch.export; TorchScript only when
+      export fails, see the module docstring), a torch.export
+      ExportedProgram, a ScriptModule, or the path of a model file (.pt2 or
+      TorchScript: the server tells them apart by content).
     batch: (inputs, targets) or {"inputs": ..., "targets": ...}; inputs may be
       a tuple of tensors for multi-input models.
     loss, optimizer, lr, weight_decay, momentum, steps (max_steps), seed,
@@ -335,7 +446,7 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
                      momentum=momentum, steps=steps, seed=seed, device=device,
                      timeout=timeout, **settings)
     inputs, targets = _split_batch(batch)
-    model_bytes, conversion = _serialize_model(model, inputs)
+    model_bytes, conversion, reason = _serialize_model(model, inputs, targets)
     buf = io.BytesIO()
     torch.save({"inputs": inputs, "targets": targets}, buf)
     if rpc_timeout is None and timeout is not None:
@@ -360,7 +471,9 @@ def check(model, batch, *, server: str, loss: Optional[str] = None,
                                      "one store, e.g. a fleet on --store postgresql://...)")
             raise err from None
     remote.verify(resp.report, resp.report_signature, resp.signing_key_id)
-    return _report(resp.report, resp.request_digest, resp.cached, conversion)
+    report = _report(resp.report, resp.request_digest, resp.cached, conversion)
+    report.conversion_reason = reason
+    return report
 
 
 def verdict(*, server: str, job_id: str = "", digest: str = "", timeout: float = 10.0,
