@@ -26,12 +26,13 @@ warnings.filterwarnings("ignore")  # TorchScript deprecation notices.
 CASES = []
 
 
-def case(name, verdict, codes, flags=None, doc="", service_only=False):
-    """service_only: hostile models that only the sandboxed service contains."""
+def case(name, verdict, codes, flags=None, doc="", service_only=False, hints=None):
+    """service_only: hostile models that only the sandboxed service contains.
+    hints: {code: text} that finding's hint must contain (the named cause)."""
     def register(fn):
         CASES.append(dict(name=name, verdict=verdict, codes=codes, flags=flags or [],
                           doc=doc or (fn.__doc__ or "").strip(), build=fn,
-                          service_only=service_only))
+                          service_only=service_only, hints=hints or {}))
         return fn
     return register
 
@@ -639,6 +640,30 @@ def _():
     return mlp([8, 32, 1]), {"inputs": x, "targets": x[:, :1] - x[:, 1:2]}
 
 
+class ExplodingRNN(nn.Module):
+    def __init__(self, d=8, hidden=32, classes=5):
+        super().__init__()
+        self.rnn = nn.RNN(d, hidden, nonlinearity="relu", batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(3 * torch.eye(hidden))  # Recurrent gain 3.
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@case("exploding_activations", "FAIL", ["EXPLODING_ACTIVATIONS"],
+      hints={"EXPLODING_ACTIVATIONS": "Verified: smaller_init (rnn's weights x0.1)"},
+      doc="ReLU RNN whose recurrent weight is 3*I: activations triple per step over 56 "
+          "steps, logits ~1e25 at init. Scaling rnn's weights by 0.1 converges.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    return ExplodingRNN(), {"inputs": torch.randn(16, 56, 8, generator=g),
+                            "targets": torch.randint(0, 5, (16,), generator=g)}
+
+
 # --- Faults: the overfit curve ---------------------------------------------------
 
 class GradientReversal(nn.Module):
@@ -955,7 +980,7 @@ def main():
         save_model(model, mp)
         torch.save(batch, bp)
         manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc",
-                                           "service_only")}
+                                           "service_only", "hints")}
                         | {"model": mp, "batch": bp})
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
