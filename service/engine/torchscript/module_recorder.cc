@@ -72,13 +72,19 @@ void RegisterRecordOp() {
   });
 }
 
+// forward(), or one of its overloads: TorchScript compiles an overloaded
+// forward (nn.RNN, nn.LSTM) as forward__0, forward__1, ...
+bool IsForward(const std::string& method) {
+  return method == "forward" || method.rfind("forward__", 0) == 0;
+}
+
 // Inserts a record node after every call of a submodule's forward() in
 // `block` and its nested blocks (loop and if bodies); returns them.
 void Instrument(torch::jit::Graph& graph, torch::jit::Block* block,
                 std::vector<torch::jit::Node*>& inserted) {
   for (torch::jit::Node* n : block->nodes()) {
     for (torch::jit::Block* b : n->blocks()) Instrument(graph, b, inserted);
-    if (n->kind() != c10::prim::CallMethod || n->s(c10::attr::name) != "forward" ||
+    if (n->kind() != c10::prim::CallMethod || !IsForward(n->s(c10::attr::name)) ||
         n->inputs().empty() || n->outputs().size() != 1) {
       continue;
     }
