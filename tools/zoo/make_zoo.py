@@ -574,9 +574,10 @@ def _():
     return PairwiseDistance(), classification_batch(16, (20,), 10)
 
 
-@case("param_non_finite", "FAIL", ["PARAM_NON_FINITE"],
+@case("param_non_finite", "FAIL", ["PARAM_NON_FINITE", "EXPLODING_ACTIVATIONS"],
       flags=["--optimizer", "sgd", "--lr", "1000"],
-      doc="Output scaled by 1e37 with plain SGD: one update overflows the weights.")
+      doc="Output scaled by 1e37 with plain SGD: one update overflows the weights (the "
+          "1e37 output is also an exploding forward).")
 def _():
     torch.manual_seed(0)
     return Scaled(mlp([20, 10]), 1e37), classification_batch(16, (20,), 10)
