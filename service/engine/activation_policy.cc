@@ -48,10 +48,14 @@ ActivationDecision JudgeActivations(const ActivationEvidence& e) {
       d.module = c.module;
       for (const ModuleCall& earlier : e.calls) {
         if (&earlier == &c) break;
-        if (earlier.module == c.module) history.push_back(earlier.rms);
+        if (earlier.module != c.module) continue;
+        ++d.first_exploding_call;
+        // From a zero state (h = 0) the first calls output 0: growth is
+        // measured from the first non-zero output.
+        if (earlier.rms > 0 || !history.empty()) history.push_back(earlier.rms);
       }
       history.push_back(c.rms);
-      d.first_exploding_call = static_cast<int>(history.size());
+      ++d.first_exploding_call;
     }
   }
   for (const ModuleCall& c : e.calls) d.module_calls += !d.module.empty() && c.module == d.module;

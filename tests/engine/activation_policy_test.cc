@@ -79,6 +79,7 @@ TEST(JudgeActivations, NamesTheFirstModulePastTheBoundAndItsGrowthPerCall) {
   // An input projection, then a recurrent layer called once per step whose
   // output triples each call, then the head (even larger, but later).
   e.calls.push_back({"inp", 0.8});
+  e.calls.push_back({"rec", 0.0});  // From h = 0: not part of the growth.
   double rms = 0.5;
   for (int t = 0; t < 12; ++t) {
     e.calls.push_back({"rec", rms});
@@ -88,11 +89,11 @@ TEST(JudgeActivations, NamesTheFirstModulePastTheBoundAndItsGrowthPerCall) {
   const ActivationDecision d = JudgeActivations(e);
   ASSERT_TRUE(d.exploding);
   EXPECT_EQ(d.module, "rec");
-  EXPECT_EQ(d.module_calls, 12);
-  // 0.5 * 3^k > 1e3 first at k = 7: the 8th call.
-  EXPECT_EQ(d.first_exploding_call, 8);
+  EXPECT_EQ(d.module_calls, 13);
+  // 0.5 * 3^k > 1e3 first at k = 7: the 9th call, counting the zero one.
+  EXPECT_EQ(d.first_exploding_call, 9);
   EXPECT_NEAR(d.growth_per_call, 3.0, 1e-9);
-  EXPECT_THAT(d.summary, HasSubstr("the first submodule past 1e+03 is rec (call 8 of 12, its "
+  EXPECT_THAT(d.summary, HasSubstr("the first submodule past 1e+03 is rec (call 9 of 13, its "
                                    "output growing 3x per call)"));
 }
 
