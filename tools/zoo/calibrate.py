@@ -42,13 +42,13 @@ def rms(t):
 
 def scales(case, report):
     """(out/scale, g0/p) as activation_policy.h defines them, or (None, None)."""
-    try:
+    try:  # Broken artifacts and batches (the ERROR cases) have no scale.
         m = torch.jit.load(case["model"])
         b = torch.load(case["batch"], weights_only=False)
+        inputs, targets = (b["inputs"], b["targets"]) if isinstance(b, dict) else b
+        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
     except Exception:
         return None, None
-    inputs, targets = (b["inputs"], b["targets"]) if isinstance(b, dict) else b
-    inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
     floats = [t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
     n = sum(t.numel() for t in floats)
     in_rms = math.sqrt(sum(float(t.double().pow(2).sum()) for t in floats) / n) if n else 0
