@@ -29,6 +29,12 @@ constexpr ExperimentSpec kSpecs[] = {
      "reduce dropout, or check layers that behave differently in training"},
     {ExperimentKind::kMoreSteps, "more_steps", "the step budget is too small",
      "the model needs more steps", "raise --steps (or the learning rate)"},
+    {ExperimentKind::kSmallerInit, "smaller_init",
+     "the activations explode from the initial weight scale",
+     "the activations explode from the initial weight scale (a layer or recurrence whose gain "
+     "is far above 1)",
+     "initialise that layer smaller (a recurrent weight with gain below 1), add normalisation, "
+     "or clip its output"},
 };
 
 }  // namespace
@@ -50,12 +56,18 @@ ExperimentChange ChangeFor(ExperimentKind kind) {
     case ExperimentKind::kNoWeightDecay: c.zero_weight_decay = true; break;
     case ExperimentKind::kEvalMode: c.eval_mode = true; break;
     case ExperimentKind::kMoreSteps: c.steps_multiplier = kMoreStepsFactor; break;
+    case ExperimentKind::kSmallerInit: c.init_scale = kSmallerInitScale; break;
   }
   return c;
 }
 
-std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps) {
+std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps,
+                           const std::string& module) {
   const ExperimentChange c = ChangeFor(kind);
+  if (c.init_scale != 1) {
+    return absl::StrFormat("%s x%.3g", module.empty() ? "every weight" : module + "'s weights",
+                           c.init_scale);
+  }
   if (c.steps_multiplier != 1) {
     return base_steps > 0 ? absl::StrCat("max_steps ", base_steps * c.steps_multiplier)
                           : absl::StrCat(c.steps_multiplier, "x the step budget");
@@ -102,6 +114,11 @@ std::vector<ExperimentKind> PlanExperiments(const CurveAnalysis& a, const PlanIn
       if (in.any_grad) plan = {K::kLrMul10};
       break;
     case CurveClass::kConverged: break;
+  }
+  // An exploding forward is the likeliest cause of any failing curve, a
+  // flat one included: exploded pre-activations saturate to zero gradient.
+  if (in.exploding && a.curve_class != CurveClass::kConverged) {
+    plan.insert(plan.begin(), K::kSmallerInit);
   }
   return plan;
 }

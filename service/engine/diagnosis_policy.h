@@ -30,6 +30,9 @@ enum class ExperimentKind {
   kNoWeightDecay,
   kEvalMode,
   kMoreSteps,  // kMoreStepsFactor x the step budget, same settings.
+  // The weights of the submodule an exploding forward names (all weights
+  // when none is named) scaled by kSmallerInitScale before training.
+  kSmallerInit,
 };
 
 struct ExperimentSpec {
@@ -52,10 +55,15 @@ struct ExperimentChange {
   bool zero_weight_decay = false;
   bool eval_mode = false;    // Train with train-mode behaviour off.
   int steps_multiplier = 1;  // The step budget becomes max_steps x this.
+  // The named submodule's weights (rank >= 2) start at this multiple of
+  // their initial values.
+  double init_scale = 1;
 };
 ExperimentChange ChangeFor(ExperimentKind kind);
-// "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode", "max_steps 2000".
-std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps = 0);
+// "train on -loss", "lr 0.0001", "weight_decay 0", "eval mode", "max_steps 2000",
+// "rnn's weights x0.1" (`module`: the submodule kSmallerInit scales; "" = all).
+std::string DescribeChange(ExperimentKind kind, double base_lr, int base_steps = 0,
+                           const std::string& module = "");
 
 // Facts about the original run the plan depends on.
 struct PlanInputs {
@@ -63,6 +71,9 @@ struct PlanInputs {
   bool weight_decay = false;  // Weight decay 0 is a change only from > 0.
   bool any_grad = false;      // Some parameter received a gradient.
   int updates = 0;            // Optimizer steps the original run took.
+  // The forward explodes at init (EXPLODING_ACTIVATIONS): a smaller initial
+  // weight scale is the first hypothesis for any failing curve.
+  bool exploding = false;
 };
 
 // The experiments, in the order they run, for a curve that did not

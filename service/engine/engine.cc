@@ -143,7 +143,8 @@ void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Repor
   phase = absl::Now();
   RunOverfit(c);
   report->mutable_timing()->set_overfit_seconds(Seconds(phase));
-  for (auto check : {internal::CheckNumerics, internal::CheckGradientFlow, internal::CheckCurve}) {
+  for (auto check : {internal::CheckNumerics, internal::CheckGradientFlow,
+                     internal::CheckActivations, internal::CheckCurve}) {
     if (check(c) == Next::kStop) return;
   }
   if (config.determinism_steps() > 0) {

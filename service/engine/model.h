@@ -17,8 +17,10 @@
 
 #include <torch/script.h>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "preflight/v1/report.pb.h"
+#include "service/engine/activation_policy.h"
 
 namespace preflight::engine::internal {
 
@@ -78,6 +80,18 @@ class Model {
   // Forward.
   virtual absl::StatusOr<torch::Tensor> OwnLoss(const torch::jit::IValue& output,
                                                 const torch::Tensor& targets) = 0;
+
+  // Runs forward once (no gradient) and returns, in call order, the output
+  // RMS of every submodule call (at most kMaxRecordedModuleCalls), so a
+  // check can name the first layer whose output blows up. A format that
+  // cannot see its submodules keeps this default: UNIMPLEMENTED, and the
+  // checks report the layer as unknown. Does not change the model's
+  // weights or later Forward calls.
+  virtual absl::StatusOr<std::vector<ModuleCall>> ForwardRecordingModules(
+      const std::vector<torch::jit::IValue>& inputs) {
+    (void)inputs;
+    return absl::UnimplementedError("this model format does not expose its submodules' outputs");
+  }
 };
 
 // The trainable parameters (requires_grad), in registration order.

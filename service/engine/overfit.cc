@@ -167,6 +167,13 @@ RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
 
   std::unique_ptr<Model> model = base.Clone();
   model->SetTraining(o.train_mode);
+  if (o.init_scale != 1) {
+    torch::NoGradGuard no_grad;
+    const std::string prefix = o.init_scale_module.empty() ? "" : o.init_scale_module + ".";
+    for (const auto& p : model->Parameters()) {
+      if (p.tensor.dim() >= 2 && absl::StartsWith(p.name, prefix)) p.tensor.mul_(o.init_scale);
+    }
+  }
   std::vector<NamedTensor> params = TrainableParams(*model);
   std::vector<torch::Tensor> tensors;
   for (const auto& p : params) tensors.push_back(p.tensor);

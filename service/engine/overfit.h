@@ -47,6 +47,11 @@ struct RunOptions {
   // last 5 steps is >= early_stop_level stops (-1: never).
   int early_stop_step = -1;
   double early_stop_level = 0;
+  // Before training, multiply the weights (parameters of rank >= 2) of the
+  // submodule init_scale_module ("" = the whole model) by init_scale (the
+  // smaller-init experiment).
+  double init_scale = 1;
+  std::string init_scale_module;
 };
 
 struct ParamTrack {

@@ -125,8 +125,9 @@ std::string CanonicalHint(v1::FindingCode code) {
       return "Gradients grow orders of magnitude towards the input: fix the initialisation "
              "scale, add normalisation, or clip gradients.";
     case v1::EXPLODING_ACTIVATIONS:
-      return "Activations grow by orders of magnitude through the layers: scale the weights down "
-             "at init, add normalisation, or clip gradients.";
+      return "Activations grow by orders of magnitude through the layers or a recurrence: "
+             "initialise the named layer smaller (a recurrent gain below 1), add normalisation, "
+             "or clip.";
     case v1::OVERFIT_CONVERGED:
       return "The model, loss and optimizer can fit one batch: the training loop is sound.";
     case v1::LOSS_RISING: return "A rising loss usually means the objective has the wrong sign.";

@@ -58,6 +58,33 @@ inline constexpr double kExplodingGrowth = 1e3;
 // gradient row, and both change slowly. A cost bound, not a judgement.
 inline constexpr int kSampleEvery = 10;
 
+// --- Exploding forwards (EXPLODING_ACTIVATIONS) ---------------------------
+
+// Output RMS at init above this many times max(1, input RMS, target RMS) is
+// an exploding forward: logits that large saturate softmax/sigmoid in
+// float32 completely (exp(-1000) is 0), so the loss gradient carries no
+// information, and a regression output that far off the targets cannot be
+// fitted at any sane lr. Healthy zoo models measure 0.089..0.66
+// (calibrate.py column out/scale); the 50x-scaled output layer 11
+// (stays INIT_LOSS_SUSPICIOUS), a NaN-producing loss 46; the 3*I ReLU
+// recurrence 2.5e25, a 1e37-scaled output 5.9e36.
+inline constexpr double kExplodingOutputFactor = 1e3;
+// Global gradient norm at step 0 above this many times the parameter norm:
+// one SGD step of lr 1e-3 would move the weights by their whole norm.
+// Healthy zoo models measure 0.0053..1.3 (column g0/p); the 50x output
+// layer 15, SGD past its stability limit 2.0 (at step 0); the 3*I
+// recurrence 7.9e25.
+inline constexpr double kExplodingGradToParam = 1e3;
+// The verifying experiment multiplies the weights (parameters of rank >= 2)
+// of the named submodule by this: one decade, which takes a recurrent gain
+// of 3 below 1 and a layer whose output is >= 1e3x its scale back to an
+// ordinary range, while a healthy init would merely start small.
+inline constexpr double kSmallerInitScale = 0.1;
+// Submodule calls recorded in one forward (a long recurrence calls one
+// module per step); the first explosion happens within far fewer. A memory
+// bound, not a judgement.
+inline constexpr int kMaxRecordedModuleCalls = 4096;
+
 // --- Differential diagnosis ----------------------------------------------
 
 // An experiment "improves" when its final |loss| is below this share of the

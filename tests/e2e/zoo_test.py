@@ -44,6 +44,10 @@ def assess(binary, case):
     for code in case["codes"]:  # "A|B": either one (a race between two budgets).
         if not any(alt in codes for alt in code.split("|")):
             problems.append(f"missing {code}")
+    for code, text in case.get("hints", {}).items():  # The cause the hint must name.
+        hints = [f.get("hint", "") for f in report.get("findings", []) if f["code"] == code]
+        if not any(text in h for h in hints):
+            problems.append(f"{code} hint lacks {text!r}: {hints}")
     if p.returncode != EXIT_FOR[case["verdict"]]:
         problems.append(f"exit code {p.returncode}, expected {EXIT_FOR[case['verdict']]}")
     if case["verdict"] == "PASS":

@@ -229,6 +229,29 @@ TEST(DescribeChange, LearningRatesAsAUserWritesThem) {
   EXPECT_EQ(ChangeFor(K::kLrDiv10).Lr(0.3), 0.3 / 10);
 }
 
+TEST(PlanExperiments, AnExplodingForwardTriesASmallerInitFirst) {
+  PlanInputs exploding = Trained();
+  exploding.exploding = true;
+  const CurveAnalysis plateau = Classify(Plateau(2.3, 1.0, 200));
+  EXPECT_THAT(PlanExperiments(plateau, exploding),
+              ElementsAre(K::kSmallerInit, K::kLrMul10, K::kEvalMode, K::kLrDiv10));
+  // Exploded pre-activations can saturate every gradient to zero: a flat
+  // curve without any gradient still gets the one experiment that can help.
+  const CurveAnalysis flat = Classify(std::vector<double>(100, 2.3));
+  exploding.any_grad = false;
+  EXPECT_THAT(PlanExperiments(flat, exploding), ElementsAre(K::kSmallerInit));
+  // Nothing before the first update, as for every other experiment.
+  exploding.updates = 0;
+  EXPECT_TRUE(PlanExperiments(plateau, exploding).empty());
+}
+
+TEST(DescribeChange, SmallerInitNamesTheModule) {
+  EXPECT_EQ(ChangeFor(K::kSmallerInit).init_scale, kSmallerInitScale);
+  EXPECT_EQ(DescribeChange(K::kSmallerInit, 1e-3, 500, "rnn"), "rnn's weights x0.1");
+  EXPECT_EQ(DescribeChange(K::kSmallerInit, 1e-3, 500), "every weight x0.1");
+  EXPECT_EQ(std::string(SpecOf(K::kSmallerInit).name), "smaller_init");
+}
+
 ExperimentResult Result(K kind, v1::Experiment::Outcome outcome, const std::vector<double>& c) {
   ExperimentResult r;
   r.kind = kind;

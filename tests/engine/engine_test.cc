@@ -10,6 +10,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "absl/strings/str_cat.h"
 #include "service/engine/batch.h"
 #include "service/engine/config.h"
 #include "service/engine/loss_fn.h"
@@ -367,6 +368,95 @@ TEST(RunCheck, LargeInitLogitsAreSuspicious) {
   const v1::Finding* f = Find(r, v1::INIT_LOSS_SUSPICIOUS);
   ASSERT_NE(f, nullptr) << r.DebugString();
   EXPECT_THAT(f->message(), HasSubstr("ln C = ln 10"));
+}
+
+// A ReLU recurrence h <- relu(x_t W_in + h W_rec) with W_rec = gain * I over
+// `steps` time steps, then a linear head: with gain 3 the output grows ~3^T.
+torch::jit::Module Recurrence(double gain, int steps, int in = 4, int hidden = 16,
+                              int classes = 4) {
+  torch::manual_seed(0);
+  auto linear = [](const std::string& name, torch::Tensor w) {
+    torch::jit::Module m(name);
+    m.register_parameter("weight", Trainable(w), false);
+    m.define("def forward(self, x):\n  return x.matmul(self.weight)\n");
+    return m;
+  };
+  torch::jit::Module root("Recurrence");
+  root.register_module("inp", linear("Inp", torch::randn({in, hidden}) / std::sqrt(in)));
+  root.register_module("rec", linear("Rec", gain * torch::eye(hidden)));
+  root.register_module("head", linear("Head", torch::randn({hidden, classes}) / std::sqrt(hidden)));
+  root.define(
+      absl::StrCat("def forward(self, x):\n"
+                   "  h = torch.zeros(x.size(0), ",
+                   hidden, ")\n", "  for t in range(", steps,
+                   "):\n"
+                   "    h = torch.relu(self.inp.forward(x[:, t]) + self.rec.forward(h))\n"
+                   "  return self.head.forward(h)\n"));
+  return root;
+}
+
+std::string SequenceBatch(int n, int steps, int in, int classes) {
+  torch::manual_seed(1);
+  return DictBatch(torch::randn({n, steps, in}), torch::randint(0, classes, {n}));
+}
+
+TEST(ForwardRecordingModules, RecordsEveryCallInOrderAndLeavesTheModelAlone) {
+  torch::jit::Module m = Recurrence(3.0, 5);
+  auto model = LoadModel(Save(m), torch::kCPU);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto batch = LoadBatch(SequenceBatch(8, 5, 4, 4), torch::kCPU);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  const auto before = (*model)->Forward(batch->inputs);
+  ASSERT_TRUE(before.ok());
+
+  auto calls = (*model)->ForwardRecordingModules(batch->inputs);
+  ASSERT_TRUE(calls.ok()) << calls.status();
+  std::vector<std::string> names;
+  for (const ModuleCall& c : *calls) names.push_back(c.module);
+  EXPECT_THAT(names, ::testing::ElementsAre("inp", "rec", "inp", "rec", "inp", "rec", "inp", "rec",
+                                            "inp", "rec", "head"));
+  // From h = 0 the recurrent output triples per step once h is positive.
+  EXPECT_EQ((*calls)[1].rms, 0.0);
+  EXPECT_GT((*calls)[9].rms, 2.5 * (*calls)[7].rms);
+
+  // The model itself is not instrumented: a clone still runs plainly and
+  // gives the same output.
+  auto clone = (*model)->Clone();
+  const auto after = clone->Forward(batch->inputs);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(torch::equal(before->toTensor(), after->toTensor()));
+}
+
+TEST(RunCheck, ExplodingRecurrenceIsNamedAndVerifiedBySmallerInit) {
+  // 56 steps of gain 3 (logits ~1e25): too large for Adam to fit by sorting
+  // the huge logits (at 24 steps, ~1e11, it does, with a WARN).
+  v1::CheckConfig c = Config();
+  c.set_determinism_steps(0);
+  torch::jit::Module m = Recurrence(3.0, 56, 8, 32, 5);
+  const v1::Report r = RunCheck(c, {Save(m), SequenceBatch(16, 56, 8, 5)});
+  EXPECT_EQ(r.verdict(), v1::FAIL);
+  const v1::Finding* f = Find(r, v1::EXPLODING_ACTIVATIONS);
+  ASSERT_NE(f, nullptr) << r.DebugString();
+  EXPECT_EQ(f->severity(), v1::Finding::FAIL);
+  // h starts at 0; the recurrence triples it per step from then on.
+  EXPECT_THAT(f->message(), HasSubstr("is rec (call 8 of 56, its output growing 3"));
+  EXPECT_THAT(f->hint(), HasSubstr("Verified: smaller_init (rec's weights x0.1) makes the loss "
+                                   "converge"));
+  // The explosion is reported instead of its symptom.
+  EXPECT_EQ(Find(r, v1::INIT_LOSS_SUSPICIOUS), nullptr) << r.DebugString();
+  ASSERT_GT(r.experiments_size(), 0);
+  EXPECT_EQ(r.experiments(0).name(), "smaller_init");
+  EXPECT_EQ(r.experiments(0).outcome(), v1::Experiment::CONFIRMED);
+}
+
+TEST(RunCheck, ModerateRecurrenceIsNotExploding) {
+  v1::CheckConfig c = Config();
+  c.set_max_steps(50);
+  c.set_determinism_steps(0);
+  c.set_diagnose(false);
+  torch::jit::Module m = Recurrence(0.5, 24);
+  const v1::Report r = RunCheck(c, {Save(m), SequenceBatch(8, 24, 4, 4)});
+  EXPECT_EQ(Find(r, v1::EXPLODING_ACTIVATIONS), nullptr) << r.DebugString();
 }
 
 TEST(RunCheck, ConstantOutputIgnoresInput) {

@@ -45,16 +45,18 @@ NEVER_RETURNS = ("forward() never returns, in Python as in TorchScript: tracing 
 
 
 def case(name, verdict, codes, flags=None, doc="", service_only=False, no_pt2=None,
-         example=None):
+         example=None, hints=None):
     """service_only: hostile models that only the sandboxed service contains.
     no_pt2: why this case has no `.pt2` twin, for a case that cannot have one
     for a reason other than an export error (e.g. a forward() that never
     returns, which tracing would not survive either). example: the inputs to
-    export with, for a case whose batch holds none (a malformed batch)."""
+    export with, for a case whose batch holds none (a malformed batch).
+    hints: {code: text} that finding's hint must contain (the named cause)."""
     def register(fn):
         CASES.append(dict(name=name, verdict=verdict, codes=codes, flags=flags or [],
                           doc=doc or (fn.__doc__ or "").strip(), build=fn,
-                          service_only=service_only, no_pt2=no_pt2, example=example))
+                          service_only=service_only, no_pt2=no_pt2, example=example,
+                          hints=hints or {}))
         return fn
     return register
 
@@ -598,9 +600,10 @@ def _():
     return PairwiseDistance(), classification_batch(16, (20,), 10)
 
 
-@case("param_non_finite", "FAIL", ["PARAM_NON_FINITE"],
+@case("param_non_finite", "FAIL", ["PARAM_NON_FINITE", "EXPLODING_ACTIVATIONS"],
       flags=["--optimizer", "sgd", "--lr", "1000"],
-      doc="Output scaled by 1e37 with plain SGD: one update overflows the weights.")
+      doc="Output scaled by 1e37 with plain SGD: one update overflows the weights (the "
+          "1e37 output is also an exploding forward).")
 def _():
     torch.manual_seed(0)
     return Scaled(mlp([20, 10]), 1e37), classification_batch(16, (20,), 10)
@@ -662,6 +665,30 @@ def _():
     g = gen(1)
     x = torch.randn(32, 8, generator=g) * 2
     return mlp([8, 32, 1]), {"inputs": x, "targets": x[:, :1] - x[:, 1:2]}
+
+
+class ExplodingRNN(nn.Module):
+    def __init__(self, d=8, hidden=32, classes=5):
+        super().__init__()
+        self.rnn = nn.RNN(d, hidden, nonlinearity="relu", batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(3 * torch.eye(hidden))  # Recurrent gain 3.
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@case("exploding_activations", "FAIL", ["EXPLODING_ACTIVATIONS"],
+      hints={"EXPLODING_ACTIVATIONS": "Verified: smaller_init (rnn's weights x0.1)"},
+      doc="ReLU RNN whose recurrent weight is 3*I: activations triple per step over 56 "
+          "steps, logits ~1e25 at init. Scaling rnn's weights by 0.1 converges.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    return ExplodingRNN(), {"inputs": torch.randn(16, 56, 8, generator=g),
+                            "targets": torch.randint(0, 5, (16,), generator=g)}
 
 
 # --- Faults: the overfit curve ---------------------------------------------------
@@ -1079,7 +1106,7 @@ def main():
         reason = save_twin(c, model, batch, tp)
         twin = {"pt2": None, "pt2_reason": reason} if reason else {"pt2": tp}
         manifest.append({k: c[k] for k in ("name", "verdict", "codes", "flags", "doc",
-                                           "service_only")}
+                                           "service_only", "hints")}
                         | {"model": mp, "batch": bp} | twin)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)

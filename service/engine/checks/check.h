@@ -9,6 +9,7 @@
 //   RunOverfit         (overfit.h)      the main run; fills ctx.main_run
 //   CheckNumerics      numerics.cc      first non-finite tensor + anomaly replay
 //   CheckGradientFlow  gradient_flow.cc no-grad, dead units, vanishing/exploding
+//   CheckActivations   activations.cc   exploding forward at init, its first layer
 //   CheckCurve         diagnosis.cc     curve class + differential diagnosis
 //   CheckDeterminism   determinism.cc   bitwise replay
 //
@@ -24,6 +25,7 @@
 #include <torch/types.h>
 
 #include "preflight/v1/report.pb.h"
+#include "service/engine/activation_policy.h"
 #include "service/engine/batch.h"
 #include "service/engine/diagnosis_policy.h"
 #include "service/engine/model.h"
@@ -42,7 +44,13 @@ struct CheckContext {
   // Loss of an uninformed prediction (ln C, ln 2) where the loss defines
   // one; 0 otherwise (set by CheckAtInit). Bounds the overfit target.
   double chance_loss = 0;
-  double target = 0;                 // Absolute |loss| target of the overfit run.
+  double target = 0;  // Absolute |loss| target of the overfit run.
+  // Output, input and target scale at init (set by CheckAtInit; the
+  // gradient and the submodule calls are added by CheckActivations).
+  ActivationEvidence activations;
+  // Set by CheckActivations when the forward explodes: the submodule whose
+  // weights the smaller-init experiment scales down ("" = every weight).
+  std::optional<std::string> exploding_module;
   std::optional<RunTrace> main_run;  // Set after the overfit run.
   v1::Report* report = nullptr;
 };
@@ -62,6 +70,7 @@ Next CheckInputs(CheckContext& ctx);
 Next CheckAtInit(CheckContext& ctx);
 Next CheckNumerics(CheckContext& ctx);
 Next CheckGradientFlow(CheckContext& ctx);
+Next CheckActivations(CheckContext& ctx);
 Next CheckCurve(CheckContext& ctx);
 Next CheckDeterminism(CheckContext& ctx);
 

@@ -34,13 +34,15 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   if (change.zero_weight_decay) o.weight_decay = 0;
   if (change.eval_mode) o.train_mode = false;
   o.max_steps *= change.steps_multiplier;
+  o.init_scale = change.init_scale;
+  o.init_scale_module = c.exploding_module.value_or("");
   o.early_stop_step = static_cast<int>(kEarlyStopShare * o.max_steps);
   o.early_stop_level = EarlyStopLevel(original);
   const RunTrace r = Train(*c.model, c.batch, o);
 
   ExperimentResult result;
   result.kind = kind;
-  result.change = DescribeChange(kind, c.config.lr(), c.config.max_steps());
+  result.change = DescribeChange(kind, c.config.lr(), c.config.max_steps(), o.init_scale_module);
   // The experiment's target: the same relative reduction of its own loss.
   const double target = OverfitTarget(c.config, r.losses.empty() ? 0 : r.losses[0], c.chance_loss);
   result.analysis = ClassifyCurve(r.losses, target, r.failure != v1::FINDING_CODE_UNSPECIFIED);
@@ -75,6 +77,7 @@ PlanInputs PlanInputsOf(const CheckContext& c) {
   in.weight_decay = c.config.weight_decay() > 0;
   for (const auto& p : run.params) in.any_grad |= p.received_grad;
   in.updates = run.updates;
+  in.exploding = c.exploding_module.has_value();
   return in;
 }
 
@@ -85,6 +88,17 @@ void Diagnose(CheckContext& c, const CurveAnalysis& a, v1::Finding* curve_findin
     results.push_back(RunExperiment(c, a, Stability{}, Grading::kCurve, kind, curve_finding));
   }
   curve_finding->set_hint(DiagnosisHint(results, in, curve_finding->hint()));
+  // The smaller-init run is the exploding forward's own verification: its
+  // finding carries the result too.
+  for (const ExperimentResult& r : results) {
+    if (r.kind != ExperimentKind::kSmallerInit) continue;
+    for (v1::Finding& f : *c.report->mutable_findings()) {
+      if (f.code() != v1::EXPLODING_ACTIVATIONS) continue;
+      AddText(&f, "experiment_smaller_init",
+              absl::StrCat(v1::Experiment::Outcome_Name(r.outcome), ": ", DescribeResult(r)));
+      if (r.outcome != v1::Experiment::NO_EFFECT) f.set_hint(DiagnosisHint({r}, in, f.hint()));
+    }
+  }
   // Converging with the same settings and a longer budget shows the model
   // can fit the batch: like a curve still falling steeply, a warning.
   for (const ExperimentResult& r : results) {

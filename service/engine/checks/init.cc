@@ -22,7 +22,23 @@ double Rms(const torch::Tensor& t) {
   return t.detach().to(torch::kFloat64).pow(2).mean().sqrt().item<double>();
 }
 
-void CheckInitLoss(CheckContext& c, const LossInfo& info, const torch::Tensor& out) {
+// RMS over every floating-point input tensor together; 0 when there is none
+// (token ids carry no scale).
+double InputRms(const Batch& batch) {
+  double sum_sq = 0;
+  int64_t n = 0;
+  for (const auto& in : batch.inputs) {
+    const torch::Tensor t = in.toTensor();
+    if (!t.is_floating_point() || t.numel() == 0) continue;
+    sum_sq += t.detach().to(torch::kFloat64).pow(2).sum().item<double>();
+    n += t.numel();
+  }
+  return n > 0 ? std::sqrt(sum_sq / static_cast<double>(n)) : 0;
+}
+
+// Sets the chance-level loss and, unless `report` is false (an exploding
+// forward explains the start), reports an initial loss far from it.
+void CheckInitLoss(CheckContext& c, const LossInfo& info, const torch::Tensor& out, bool report) {
   const torch::Tensor& targets = c.batch.targets;
   double expected = -1;
   std::string basis;
@@ -37,6 +53,7 @@ void CheckInitLoss(CheckContext& c, const LossInfo& info, const torch::Tensor& o
   }
   if (expected > 0) {
     c.chance_loss = expected;
+    if (!report) return;
     const double tol = std::max(kInitLossAbsTol, kInitLossRelTol * expected);
     if (std::fabs(c.init_loss - expected) > tol) {
       auto* f = AddFinding(
@@ -49,7 +66,7 @@ void CheckInitLoss(CheckContext& c, const LossInfo& info, const torch::Tensor& o
     }
     return;
   }
-  if (info.family == LossFamily::kRegression && out.sizes() == targets.sizes()) {
+  if (report && info.family == LossFamily::kRegression && out.sizes() == targets.sizes()) {
     const double out_rms = Rms(out);
     const double tgt_rms = Rms(targets);
     if (out_rms > kRegressionInitScale * std::max(tgt_rms, 1.0)) {
@@ -174,9 +191,22 @@ Next CheckAtInit(CheckContext& c) {
     }
     c.init_loss = loss->item<double>();
   }
+  bool exploding = false;
+  if (out.defined() && out.is_floating_point() && out.numel() > 0 && CountNonFinite(out) == 0) {
+    ActivationEvidence& a = c.activations;
+    a.output_rms = Rms(out);
+    a.input_rms = InputRms(c.batch);
+    // Only a regression target says what scale the output should have;
+    // logits and probabilities live near 1 whatever the targets are.
+    const bool regression = info == nullptr || info->family == LossFamily::kRegression;
+    a.target_rms = regression && c.batch.targets.is_floating_point() ? Rms(c.batch.targets) : 0;
+    exploding = OutputExplodes(a.output_rms, a.input_rms, a.target_rms);
+  }
   if (out.defined() && std::isfinite(c.init_loss) && CountNonFinite(out) == 0 && info != nullptr) {
-    CheckInitLoss(c, *info, out);
-    CheckProbabilities(c, *info, out);
+    // An exploding output is reported (by CheckActivations) instead of its
+    // symptoms: an inflated initial loss and saturated probabilities.
+    CheckInitLoss(c, *info, out, /*report=*/!exploding);
+    if (!exploding) CheckProbabilities(c, *info, out);
   }
   CheckOutputUsesInput(c);
   return Next::kContinue;

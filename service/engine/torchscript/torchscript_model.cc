@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "service/engine/report_util.h"
 #include "service/engine/torch_error.h"
+#include "service/engine/torchscript/module_recorder.h"
 
 namespace preflight::engine::internal {
 namespace {
@@ -57,6 +58,11 @@ class TorchScriptModel : public Model {
     } catch (const std::exception& e) {
       return TorchErrorStatus(e);
     }
+  }
+
+  absl::StatusOr<std::vector<ModuleCall>> ForwardRecordingModules(
+      const std::vector<torch::jit::IValue>& inputs) override {
+    return RecordModuleOutputs(module_, inputs);
   }
 
   absl::StatusOr<torch::Tensor> OwnLoss(const torch::jit::IValue& output,
