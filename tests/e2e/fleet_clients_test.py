@@ -89,12 +89,13 @@ def main():
         expect(f"Python client lookups over the list reach both servers (gained {gained})",
                all(g > 0 for g in gained), gained)
 
-        # One channel of the Python client, many calls: round_robin (not just
+        # One channel of the Python client (Remote.channel, as check() and
+        # verdict() build it), many calls: round_robin (not just
         # the shuffled order) alternates them; pick_first would stay on one.
         from preflight import _client
         from preflight.v1 import preflight_pb2, preflight_pb2_grpc
 
-        with _client._channel(both) as channel:
+        with _client.Remote(both).channel() as channel:
             stub = preflight_pb2_grpc.PreflightStub(channel)
 
             def one_call():

@@ -156,6 +156,10 @@ struct Program {
   std::vector<std::pair<int, size_t>> buffer_mutations;  // (slot, index into buffers).
   std::map<std::string, Range> ranges;
   bool own_loss = false;
+  // Two outputs and at least two inputs: an own-loss program whose loss is
+  // not 0-d (a per-sample loss) looks the same until a batch shows whether
+  // the last input is the targets (see ExportedModel::AcceptBatch).
+  bool own_loss_candidate = false;
 };
 
 // Compiles the serialized graph into a Program.
@@ -197,6 +201,7 @@ class Compiler {
     if (absl::Status s = ReadOutputs(gm["signature"], top); !s.ok()) return s;
     // Own loss: (inputs..., targets) -> (output, 0-d loss), see the header.
     if (prog_->outputs.size() == 2 && prog_->inputs.size() >= 2) {
+      prog_->own_loss_candidate = true;
       const json& meta =
           gm["graph"].value("tensor_values", json::object()).value(output_names_[1], json());
       prog_->own_loss =
@@ -853,10 +858,13 @@ class ExportedModel : public Model {
  public:
   ExportedModel(std::shared_ptr<const Program> prog, std::vector<NamedTensor> params,
                 std::vector<NamedTensor> buffers)
-      : prog_(std::move(prog)), params_(std::move(params)), buffers_(std::move(buffers)) {}
+      : prog_(std::move(prog)),
+        params_(std::move(params)),
+        buffers_(std::move(buffers)),
+        own_loss_(prog_->own_loss) {}
 
   v1::ArtifactFormat format() const override { return v1::EXPORTED_PROGRAM; }
-  ModelCapabilities capabilities() const override { return {.own_loss = prog_->own_loss}; }
+  ModelCapabilities capabilities() const override { return {.own_loss = own_loss_}; }
 
   std::unique_ptr<Model> Clone() const override {
     torch::NoGradGuard no_grad;
@@ -869,6 +877,7 @@ class ExportedModel : public Model {
     auto copy = std::make_unique<ExportedModel>(prog_, std::move(params), std::move(buffers));
     copy->training_ = training_;
     copy->targets_ = targets_;
+    copy->own_loss_ = own_loss_;
     return copy;
   }
 
@@ -879,21 +888,28 @@ class ExportedModel : public Model {
   absl::Status AcceptBatch(const std::vector<torch::jit::IValue>& inputs,
                            const std::vector<std::string>& names,
                            const torch::Tensor& targets) override {
+    // A two-output program that takes one input more than the batch has:
+    // the extra input is the targets and the second output the loss, whatever
+    // its shape (a loss that is not 0-d is then the loss's error, LOSS_ERROR,
+    // as for TorchScript's loss() method, not a batch that does not fit).
+    if (!own_loss_ && prog_->own_loss_candidate && inputs.size() + 1 == prog_->inputs.size()) {
+      own_loss_ = true;
+    }
     std::vector<torch::jit::IValue> all = inputs;
     std::vector<std::string> all_names = names;
-    if (prog_->own_loss) {
+    if (own_loss_) {
       all.push_back(targets);
       all_names.push_back("targets");
     }
     if (absl::Status s = CheckShapes(all, all_names); !s.ok()) return s;
-    if (prog_->own_loss) targets_ = targets;
+    if (own_loss_) targets_ = targets;
     return absl::OkStatus();
   }
 
   absl::StatusOr<torch::jit::IValue> Forward(
       const std::vector<torch::jit::IValue>& inputs) override {
     std::vector<torch::jit::IValue> all = inputs;
-    if (prog_->own_loss) {
+    if (own_loss_) {
       if (!targets_.defined()) {
         return absl::FailedPreconditionError("own-loss program run before AcceptBatch");
       }
@@ -902,7 +918,7 @@ class ExportedModel : public Model {
     if (absl::Status s = CheckShapes(all, {}); !s.ok()) return s;
     auto outs = Run(all);
     if (!outs.ok()) return outs.status();
-    if (prog_->own_loss) {
+    if (own_loss_) {
       last_loss_ = (*outs)[1].toTensor();
       last_output_ = (*outs)[0];
       return (*outs)[0];
@@ -913,7 +929,7 @@ class ExportedModel : public Model {
 
   absl::StatusOr<torch::Tensor> OwnLoss(const torch::jit::IValue& output,
                                         const torch::Tensor& targets) override {
-    if (!prog_->own_loss) {
+    if (!own_loss_) {
       return absl::FailedPreconditionError("the program does not return (output, loss)");
     }
     if (!last_output_.isTensor() || !output.isTensor() ||
@@ -946,7 +962,7 @@ class ExportedModel : public Model {
     if (inputs.size() != prog_->inputs.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the program takes ", prog_->inputs.size(), " tensor input(s)",
-          prog_->own_loss ? " (inputs..., targets)" : "", "; the batch gives ", inputs.size()));
+          own_loss_ ? " (inputs..., targets)" : "", "; the batch gives ", inputs.size()));
     }
     std::map<std::string, int64_t> bound;
     for (size_t i = 0; i < inputs.size(); ++i) {
@@ -1095,6 +1111,9 @@ class ExportedModel : public Model {
   std::shared_ptr<const Program> prog_;
   std::vector<NamedTensor> params_, buffers_;
   bool training_ = true;
+  // The program's own loss decides: 0-d at load, or a candidate confirmed by
+  // the batch (AcceptBatch).
+  bool own_loss_ = false;
   torch::Tensor targets_;
   torch::jit::IValue last_output_;
   torch::Tensor last_loss_;

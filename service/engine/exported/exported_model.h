@@ -30,7 +30,10 @@
 // Custom loss: a program whose forward takes (inputs..., targets) and
 // returns (output, loss), loss a 0-d tensor, is an own-loss model: Forward
 // runs it with the targets given to AcceptBatch and returns `output`, and
-// OwnLoss returns that run's loss.
+// OwnLoss returns that run's loss. A two-output program that takes exactly
+// one input more than the batch holds is read the same way whatever the
+// loss's shape, so a loss that is not 0-d is a LOSS_ERROR (as TorchScript's
+// loss() method's), not a batch that does not fit.
 #pragma once
 
 #include <memory>
