@@ -272,13 +272,15 @@ def main():
           "before the engine starts; the server pays it once, in the zygote.",
           "- Cached verdicts and `GetVerdict` never touch a worker: they are one SQLite read.",
           ""]
-    # The fleet section is tools/bench/bench_fleet.py's: kept as it is.
+    # The fleet section is tools/bench/bench_fleet.py's and the formats section
+    # tools/bench/bench_engine.py's: kept as they are.
     if os.path.exists(args.out):
         with open(args.out) as f:
             old = f.read()
-        begin, end = old.find("<!-- fleet:begin -->"), old.find("<!-- fleet:end -->")
-        if 0 <= begin < end:
-            L += [old[begin:end + len("<!-- fleet:end -->")], ""]
+        for name in ("fleet", "formats"):
+            begin, end = old.find(f"<!-- {name}:begin -->"), old.find(f"<!-- {name}:end -->")
+            if 0 <= begin < end:
+                L += [old[begin:end + len(f"<!-- {name}:end -->")], ""]
     with open(args.out, "w") as f:
         f.write("\n".join(L))
     print("\n".join(L))

@@ -10,6 +10,11 @@
            forced to 300 steps with an unreachable target, which would
            otherwise trigger follow-up experiments a real pass never runs)
 
+Then, per reference case (MLP, CNN, Transformer), the training step of the
+same model three ways (issue 14): `preflight check` on its torch.export
+`.pt2` twin (the engine's interpreter), on the TorchScript file (op by op),
+and the seeds' eager Python recipe, all on the same weights and batch.
+
 Reports medians (and min..max) of whole-process wall time and of the
 training loop alone, and the ratios, then writes BENCHMARKS-engine.md.
 (tools/bench/bench.py is the full harness and writes BENCHMARKS.md.)
@@ -49,6 +54,64 @@ def fmt(xs):
     return f"{m:.3f} s ({lo:.3f}..{hi:.3f})"
 
 
+# (zoo case, steps): fewer steps for the larger models keep a repetition short;
+# the comparison is per step.
+FORMAT_CASES = [("mlp", 300), ("cnn", 60), ("transformer", 60)]
+
+
+def check_step(preflight, model, batch, steps):
+    """Seconds per training step of `preflight check` (every check on,
+    diagnosis off, an unreachable target so that all steps run)."""
+    _, r = timed([preflight, "check", "--model", model, "--batch", batch, "--json",
+                  "--steps", str(steps), "--target-ratio", "1e-12", "--no-diagnose",
+                  "--determinism-steps", "0", "--threads", "1", "--device", "cpu"])
+    if r["stepsRun"] != steps:
+        raise SystemExit(f"{model}: stopped after {r['stepsRun']} steps")
+    return r["timing"]["overfitSeconds"] / steps, r["model"].get("format", "")
+
+
+def format_section(preflight, tmp, cases, reps, quick):
+    """The `.pt2` vs TorchScript vs eager rows, interleaved per repetition."""
+    rows = []
+    for case, steps in cases:
+        if quick:
+            steps = 5
+        per = {"pt2": [], "ts": [], "eager": []}
+        fmt_seen = ""
+        for _ in range(reps):
+            t, fmt_seen = check_step(preflight, f"{tmp}/{case}.model.pt2",
+                                     f"{tmp}/{case}.batch.pt", steps)
+            per["pt2"].append(t)
+            per["ts"].append(check_step(preflight, f"{tmp}/{case}.model.pt",
+                                        f"{tmp}/{case}.batch.pt", steps)[0])
+            _, r = timed([sys.executable, os.path.join(HERE, "recipe.py"), "--case", case,
+                          "--steps", str(steps)])
+            per["eager"].append(r["loop_seconds"] / steps)
+        if fmt_seen != "EXPORTED_PROGRAM":
+            raise SystemExit(f"{case}.model.pt2 ran as {fmt_seen or '?'}, not EXPORTED_PROGRAM")
+        m = {k: statistics.median(v) for k, v in per.items()}
+        rows.append(f"| {case} ({steps} steps) | {m['pt2'] * 1e3:.2f} ms | {m['ts'] * 1e3:.2f} ms "
+                    f"| {m['eager'] * 1e3:.2f} ms | **{m['pt2'] / m['ts']:.2f}x** "
+                    f"| {m['pt2'] / m['eager']:.2f}x |")
+        print(f"formats {case}: pt2 {m['pt2'] * 1e3:.2f} ms, TorchScript {m['ts'] * 1e3:.2f} ms, "
+              f"eager {m['eager'] * 1e3:.2f} ms per step", file=sys.stderr)
+    return [
+        FORMATS_TITLE,
+        "",
+        f"Medians of {reps} interleaved repetitions, seconds of the training loop divided by its "
+        "steps. `.pt2` and TorchScript: `preflight check` (every check on, diagnosis and the "
+        "determinism replay off) on the zoo case's twin and original, same weights and batch; "
+        "eager: the seeds' Python recipe on the same nn.Module (no tracking: a reference, "
+        "not a like-for-like engine).",
+        "",
+        "| case | `.pt2` (interpreter) | TorchScript (op by op) | eager Python | `.pt2` / "
+        "TorchScript (target <= 1.10x) | `.pt2` / eager |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
@@ -61,8 +124,10 @@ def main():
         args.reps, args.steps = 1, 30
 
     tmp = tempfile.mkdtemp(prefix="preflight-bench-")
+    format_cases = FORMAT_CASES[:1] if args.quick else FORMAT_CASES
     subprocess.run([sys.executable, os.path.join(ROOT, "tools/zoo/make_zoo.py"), tmp,
-                    "--only", "mlp"], check=True, capture_output=True)
+                    "--only", *sorted({"mlp", *(c for c, _ in format_cases)})],
+                   check=True, capture_output=True)
     model, batch = f"{tmp}/mlp.model.pt", f"{tmp}/mlp.batch.pt"
     preflight = os.path.join(args.build, "client/preflight")
     plain = os.path.join(args.build, "tools/bench/preflight_bench_plain_loop")
@@ -139,10 +204,33 @@ def main():
         "- On a healthy model a real check stops at convergence: the reference MLP converges "
         "in 13 steps, so `preflight check` with defaults finishes well before 300 steps.",
         "",
+        *format_section(preflight, tmp, format_cases, min(args.reps, 5), args.quick),
     ]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+    if not args.quick:
+        write_formats_summary(lines[lines.index(FORMATS_TITLE):])
+
+
+FORMATS_TITLE = "## Formats: one training step, `.pt2` vs TorchScript vs eager (issue 14)"
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+
+
+def write_formats_summary(section):
+    """The formats table also goes into BENCHMARKS.md, between its markers
+    (tools/bench/bench.py keeps them when it rewrites the file)."""
+    begin, end = "<!-- formats:begin -->", "<!-- formats:end -->"
+    block = "\n".join([begin, *section, f"Written by `tools/bench/bench_engine.py` on "
+                        f"{datetime.date.today()}; the engine section is in BENCHMARKS-engine.md.",
+                        end])
+    text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else ""
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(BENCHMARKS_MD, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":
