@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "service/store/report_integrity.h"
 #include "service/store/sha256.h"
 
 namespace preflight::store {
@@ -54,13 +54,7 @@ absl::StatusOr<StoredVerdict> VerdictOf(PgDatabase::Conn& c, const std::string& 
   v.request_digest = digest;
   const std::string blob = r->Bytes(0, 0);
   // Tamper evidence: the report must still be the bytes that were stored.
-  const std::string recorded(r->Get(0, 3));
-  if (const std::string actual = Sha256Hex(blob); actual != recorded) {
-    return absl::DataLossError(absl::StrCat(
-        "the stored report for ", what, " (request digest ", digest,
-        ") does not match its recorded sha256 ", recorded.empty() ? "(none)" : recorded,
-        ": it hashes to ", actual, "; the row was altered after it was stored"));
-  }
+  if (absl::Status s = CheckReportHash(blob, r->Get(0, 3), what, digest); !s.ok()) return s;
   if (!r->null(0, 4)) v.report_signature = r->Bytes(0, 4);
   if (!r->null(0, 5)) v.signing_key_id = std::string(r->Get(0, 5));
   if (!v.report.ParseFromString(blob)) {
@@ -156,7 +150,6 @@ absl::StatusOr<StoredVerdict> PgVerdictStore::GetByJobId(const std::string& job_
 }
 
 absl::Status PgVerdictStore::CheckIntegrity() {
-  constexpr int kNamed = 10;
   std::vector<std::string> bad;
   int64_t n = 0;
   absl::Status s = db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
@@ -164,7 +157,7 @@ absl::Status PgVerdictStore::CheckIntegrity() {
     const std::string sql = absl::StrCat(
         "SELECT request_digest, count(*) OVER () FROM verdicts "
         "WHERE report_sha256 != encode(sha256(report), 'hex') ORDER BY request_digest LIMIT ",
-        kNamed);
+        kIntegrityNamedRows);
     auto r = c.Exec(sql.c_str());
     if (!r.ok()) return r.status();
     for (int i = 0; i < r->rows(); ++i) bad.emplace_back(r->Get(i, 0));
@@ -172,13 +165,7 @@ absl::Status PgVerdictStore::CheckIntegrity() {
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  if (bad.empty()) return absl::OkStatus();
-  return absl::DataLossError(absl::StrCat(
-      n,
-      " stored report(s) do not match the sha256 recorded when they were stored: request "
-      "digest ",
-      absl::StrJoin(bad, ", "), n > kNamed ? ", ..." : "",
-      "; reading them is DATA_LOSS (restore the rows from a backup, or check again)"));
+  return AlteredRowsError(n, bad);
 }
 
 }  // namespace preflight::store

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "service/store/report_integrity.h"
 #include "service/store/sha256.h"
 
 namespace preflight::store {
@@ -305,13 +306,7 @@ absl::StatusOr<StoredVerdict> VerdictOf(sqlite3* db, const std::string& digest,
   const absl::string_view blob(static_cast<const char*>(sqlite3_column_blob(st.s, 0)),
                                static_cast<size_t>(sqlite3_column_bytes(st.s, 0)));
   // Tamper evidence: the report must still be the bytes that were stored.
-  const std::string recorded = ColumnText(st, 3);
-  if (const std::string actual = Sha256Hex(blob); actual != recorded) {
-    return absl::DataLossError(absl::StrCat(
-        "the stored report for ", what, " (request digest ", digest,
-        ") does not match its recorded sha256 ", recorded.empty() ? "(none)" : recorded,
-        ": it hashes to ", actual, "; the row was altered after it was stored"));
-  }
+  if (absl::Status s = CheckReportHash(blob, ColumnText(st, 3), what, digest); !s.ok()) return s;
   if (!v.report.ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
     return absl::DataLossError(absl::StrCat("stored report for ", what, " does not decode"));
   }
@@ -382,16 +377,9 @@ absl::Status SqliteVerdictStore::CheckIntegrity() {
   int rc;
   while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) bad.push_back(ColumnText(st, 0));
   if (rc != SQLITE_DONE) return SqliteError(impl_->db, rc, sqlite3_errmsg(impl_->db));
-  if (bad.empty()) return absl::OkStatus();
-  constexpr size_t kNamed = 10;
-  const size_t n = bad.size();
-  if (n > kNamed) bad.resize(kNamed);
-  return absl::DataLossError(absl::StrCat(
-      n,
-      " stored report(s) do not match the sha256 recorded when they were stored: request "
-      "digest ",
-      absl::StrJoin(bad, ", "), n > kNamed ? ", ..." : "",
-      "; reading them is DATA_LOSS (restore the rows from a backup, or check again)"));
+  const int64_t n = static_cast<int64_t>(bad.size());
+  if (n > kIntegrityNamedRows) bad.resize(kIntegrityNamedRows);
+  return AlteredRowsError(n, bad);
 }
 
 }  // namespace preflight::store
