@@ -66,7 +66,7 @@ absl::Status ToFlagError(const absl::Status& s) {
       {"max_steps", "steps"},           {"intra_op_threads", "threads"},
       {"weight_decay", "weight-decay"}, {"target_ratio", "target-ratio"},
       {"target_loss", "target-loss"},   {"determinism_steps", "determinism-steps"},
-      {"timeout_seconds", "timeout"}};
+      {"timeout_seconds", "timeout"},   {"parallel_experiments", "parallel-experiments"}};
   std::string msg(s.message());
   const size_t colon = msg.find(':');
   if (colon == std::string::npos) return s;
@@ -152,6 +152,10 @@ Run:
   --determinism-steps N steps replayed for the bitwise determinism check
                         (default %d, 0 disables)
   --no-diagnose         skip the follow-up experiments on a failing curve
+  --parallel-experiments N
+                        follow-up experiments trained at once: 0 (default)
+                        one per --threads CPUs the check may use, 1 one
+                        after another; the report is the same either way
   --json                print the report as JSON (protobuf canonical mapping);
                         with --server, the whole CheckResponse (report,
                         requestDigest, cached)
@@ -368,7 +372,8 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
     static const std::vector<std::string> kValueFlags = {
         "model", "batch",        "loss",     "optimizer",         "device",       "dtype",
         "lr",    "weight-decay", "momentum", "timeout",           "target-ratio", "target-loss",
-        "steps", "seed",         "threads",  "determinism-steps", "server",       "job-id"};
+        "steps", "seed",         "threads",  "determinism-steps", "server",       "job-id",
+        "parallel-experiments"};
     if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end() &&
         !IsRemoteValueFlag(name)) {
       return absl::InvalidArgumentError(
@@ -414,12 +419,14 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
         return Bad(name, "expected a non-negative integer, got '" + value + "'");
       }
       c.set_seed(seed);
-    } else if (name == "steps" || name == "threads" || name == "determinism-steps") {
+    } else if (name == "steps" || name == "threads" || name == "determinism-steps" ||
+               name == "parallel-experiments") {
       auto n = ParseInt(name, value);
       if (!n.ok()) return n.status();
       if (name == "steps") c.set_max_steps(*n);
       if (name == "threads") c.set_intra_op_threads(*n);
       if (name == "determinism-steps") c.set_determinism_steps(*n);
+      if (name == "parallel-experiments") c.set_parallel_experiments(*n);
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag --", name, " (see preflight check --help)"));
@@ -530,6 +537,11 @@ std::string RenderReport(const v1::Report& r, const std::string& model_path,
                         t.total_seconds(), t.load_seconds(), t.init_checks_seconds(),
                         t.overfit_seconds(), t.diagnosis_seconds(), t.determinism_seconds(),
                         t.worker_seconds());
+  if (t.diagnosis_parallelism() > 1) {
+    absl::StrAppendFormat(&out, "  diagnosis: %d experiments at once, %.2fs of runs in %.2fs\n",
+                          t.diagnosis_parallelism(), t.diagnosis_serial_seconds(),
+                          t.diagnosis_seconds());
+  }
   if (!r.environment().sandbox().empty()) {
     absl::StrAppend(&out, "  sandbox ", r.environment().sandbox(), "\n");
   }

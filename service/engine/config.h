@@ -38,6 +38,9 @@ inline constexpr char kDefaultDtype[] = "fp32";
 inline constexpr int kMaxSteps = 100000;
 inline constexpr double kMaxLr = 1e3;
 inline constexpr int kMaxIntraOpThreads = 1024;
+// Experiments training at once (CheckConfig.parallel_experiments); each is a
+// copy of the model, its optimizer state and its activations in memory.
+inline constexpr int kMaxParallelExperiments = 16;
 inline constexpr double kMaxTimeoutSeconds = 86400;
 
 // Fills unset fields with the documented defaults. Loss stays empty when

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "service/engine/config.h"
 #include "service/engine/thresholds.h"
 
 namespace preflight::engine {
@@ -244,6 +245,15 @@ std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const Pl
       "Inconclusive: no gradient reaches the parameters, so no training "
       "change can help. ",
       fallback);
+}
+
+int ExperimentParallelism(const ParallelismInputs& in) {
+  if (in.planned <= 1 || in.requested == 1 || in.cuda || in.draws_random || in.mutates_inputs) {
+    return 1;
+  }
+  const int by_cpus = std::max(1, in.usable_cpus / std::max(1, in.intra_op_threads));
+  const int wanted = in.requested > 1 ? in.requested : by_cpus;
+  return std::clamp(std::min(wanted, in.planned), 1, kMaxParallelExperiments);
 }
 
 }  // namespace preflight::engine

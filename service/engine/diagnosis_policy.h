@@ -159,4 +159,28 @@ std::string DescribeResult(const ExperimentResult& result);
 std::string DiagnosisHint(const std::vector<ExperimentResult>& results, const PlanInputs& inputs,
                           const std::string& fallback);
 
+// --- Parallel experiments ------------------------------------------------
+
+// What decides how many follow-up experiments train at once.
+struct ParallelismInputs {
+  int requested = 0;         // CheckConfig.parallel_experiments: 0 auto, 1 off, N at most N.
+  int usable_cpus = 1;       // CPUs the job may run on (its affinity mask).
+  int intra_op_threads = 1;  // Threads each run uses (the main run's, so results match).
+  bool cuda = false;         // Runs on a GPU.
+  // The main run drew from the default generator (dropout, randn): runs at
+  // once would interleave their draws, and results would depend on timing.
+  bool draws_random = false;
+  // forward() changed its input in place: runs at once would race on it.
+  bool mutates_inputs = false;
+  int planned = 0;  // Experiments in the plan.
+};
+
+// Runs at once: 1 when any run could see another's effects (shared
+// generator, mutated inputs), on CUDA (runs on one device's default stream
+// would serialise anyway), or when asked; otherwise the requested count, or
+// for 0 one run per intra_op_threads CPUs; never more than planned, never
+// more than kMaxParallelExperiments. Each run keeps intra_op_threads
+// threads, so every experiment computes exactly what it would alone.
+int ExperimentParallelism(const ParallelismInputs& inputs);
+
 }  // namespace preflight::engine

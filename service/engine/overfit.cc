@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
@@ -158,14 +159,28 @@ double AbsMax(const torch::Tensor& t) {
   return t.detach().abs().max().to(torch::kFloat64).item<double>();
 }
 
+// The default CPU generator's whole state (the Mersenne Twister words and
+// the cached normal), to tell whether a run drew from it.
+torch::Tensor CpuGeneratorState() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
 }  // namespace
 
 RunTrace Train(const Model& base, const Batch& batch, const RunOptions& o) {
+  return Train(base.Clone(), batch, o);
+}
+
+RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOptions& o) {
   RunTrace trace;
   // Seeds the CPU generator and, when CUDA is up, every CUDA generator.
   torch::manual_seed(o.seed);
+  const torch::Tensor rng_at_start = CpuGeneratorState();
+  // Set on every way out of the run below.
+  struct RngWatch {
+    RunTrace& trace;
+    const torch::Tensor& start;
+    ~RngWatch() { trace.drew_random = !torch::equal(CpuGeneratorState(), start); }
+  } rng_watch{trace, rng_at_start};
 
-  std::unique_ptr<Model> model = base.Clone();
   model->SetTraining(o.train_mode);
   if (o.init_scale != 1) {
     torch::NoGradGuard no_grad;

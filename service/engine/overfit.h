@@ -95,6 +95,10 @@ struct RunTrace {
   std::vector<DeadLayer> dead_layers;
   std::vector<torch::Tensor> snapshot;  // See RunOptions::snapshot_after_updates.
   int snapshot_updates = -1;
+  // The run drew from the default CPU generator (dropout, randn in forward):
+  // two such runs at once would interleave their draws, so its experiments
+  // run one after another.
+  bool drew_random = false;
 };
 
 // Trains a fresh clone of `base` on `batch`. Reseeds the global generator
@@ -103,5 +107,9 @@ struct RunTrace {
 // matching failure code; anything else (a device fault in the bookkeeping)
 // propagates to RunCheck's guard, which reports it as INTERNAL_ERROR.
 RunTrace Train(const Model& base, const Batch& batch, const RunOptions& options);
+// The same on a clone the caller made: runs on other threads take clones
+// made on one thread, because cloning a TorchScript module registers a type
+// in the compilation unit it shares with the original.
+RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOptions& options);
 
 }  // namespace preflight::engine::internal

@@ -240,9 +240,12 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   auto batch = ResolveArtifact(request.batch(), "batch");
   if (!batch.ok()) return batch.status();
 
-  // The cache key: everything that determines the report.
+  // The cache key: everything that determines the report. How many
+  // experiments train at once changes only the report's timing.
+  v1::CheckConfig keyed = config;
+  keyed.clear_parallel_experiments();
   std::string normalized;
-  config.SerializeToString(&normalized);  // Deterministic for this message (no maps).
+  keyed.SerializeToString(&normalized);  // Deterministic for this message (no maps).
   store::Sha256 key;
   key.Update(absl::StrCat("preflight-request-v1\n", *model, "\n", *batch, "\n",
                           runner_->engine_version(), "\n"));

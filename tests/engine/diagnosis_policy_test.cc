@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "service/engine/config.h"
 #include "service/engine/curve.h"
 #include "service/engine/thresholds.h"
 
@@ -315,6 +316,53 @@ TEST(DiagnosisHint, NamesALargeImprovementAndMoreSteps) {
   EXPECT_THAT(DiagnosisHint({faster, longer}, Trained(), "fallback"),
               HasSubstr("the model needs more steps: it converges at step 1400 with 4x the "
                         "budget"));
+}
+
+TEST(ExperimentParallelism, OneRunPerIntraOpThreadsCpusWhenAuto) {
+  ParallelismInputs in;
+  in.planned = 4;
+  in.usable_cpus = 8;
+  in.intra_op_threads = 2;
+  EXPECT_EQ(ExperimentParallelism(in), 4);
+  in.usable_cpus = 2;
+  EXPECT_EQ(ExperimentParallelism(in), 1);
+  in.intra_op_threads = 1;
+  EXPECT_EQ(ExperimentParallelism(in), 2);
+  in.usable_cpus = 64;  // Never more than the plan.
+  EXPECT_EQ(ExperimentParallelism(in), 4);
+  in.planned = 40;  // Nor more than the hard cap.
+  EXPECT_EQ(ExperimentParallelism(in), kMaxParallelExperiments);
+}
+
+TEST(ExperimentParallelism, RequestedCountWinsOverCpus) {
+  ParallelismInputs in;
+  in.planned = 5;
+  in.usable_cpus = 1;
+  in.requested = 3;
+  EXPECT_EQ(ExperimentParallelism(in), 3);
+  in.requested = 1;
+  in.usable_cpus = 16;
+  EXPECT_EQ(ExperimentParallelism(in), 1);
+}
+
+TEST(ExperimentParallelism, SequentialWhenRunsCouldSeeEachOther) {
+  ParallelismInputs base;
+  base.planned = 4;
+  base.usable_cpus = 8;
+  ASSERT_EQ(ExperimentParallelism(base), 4);
+  ParallelismInputs random = base;
+  random.draws_random = true;
+  EXPECT_EQ(ExperimentParallelism(random), 1);
+  ParallelismInputs mutating = base;
+  mutating.mutates_inputs = true;
+  EXPECT_EQ(ExperimentParallelism(mutating), 1);
+  ParallelismInputs cuda = base;
+  cuda.cuda = true;
+  cuda.requested = 4;
+  EXPECT_EQ(ExperimentParallelism(cuda), 1);
+  ParallelismInputs single = base;
+  single.planned = 1;
+  EXPECT_EQ(ExperimentParallelism(single), 1);
 }
 
 }  // namespace

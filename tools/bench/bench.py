@@ -272,12 +272,13 @@ def main():
           "before the engine starts; the server pays it once, in the zygote.",
           "- Cached verdicts and `GetVerdict` never touch a worker: they are one SQLite read.",
           ""]
-    # The fleet section is tools/bench/bench_fleet.py's and the formats section
+    # The fleet section is tools/bench/bench_fleet.py's, the diagnosis section
+    # bench_diagnosis.py's and the formats section
     # tools/bench/bench_engine.py's: kept as they are.
     if os.path.exists(args.out):
         with open(args.out) as f:
             old = f.read()
-        for name in ("fleet", "formats"):
+        for name in ("fleet", "formats", "diagnosis"):
             begin, end = old.find(f"<!-- {name}:begin -->"), old.find(f"<!-- {name}:end -->")
             if 0 <= begin < end:
                 L += [old[begin:end + len(f"<!-- {name}:end -->")], ""]

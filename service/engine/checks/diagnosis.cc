@@ -4,7 +4,17 @@
 // that are not plain convergence: an irreducible minimum (PASS with
 // CONVERGED_TO_FLOOR) and a target reached through a blow-up
 // (UNSTABLE_CONVERGENCE).
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
+#include <exception>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -23,10 +33,10 @@ namespace {
 // How an experiment's run is graded against the original.
 enum class Grading { kCurve, kStability };
 
-ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& original,
-                               const Stability& original_stability, Grading grading,
-                               ExperimentKind kind, v1::Finding* curve_finding) {
-  const ExperimentSpec& spec = SpecOf(kind);
+// The options of one experiment's run: the configured ones with the one
+// setting the experiment changes.
+RunOptions ExperimentOptions(const CheckContext& c, const CurveAnalysis& original,
+                             ExperimentKind kind) {
   const ExperimentChange change = ChangeFor(kind);
   RunOptions o = RunOptionsFor(c);
   o.negate_loss = change.negate_loss;
@@ -38,8 +48,96 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   o.init_scale_module = c.exploding_module.value_or("");
   o.early_stop_step = static_cast<int>(kEarlyStopShare * o.max_steps);
   o.early_stop_level = EarlyStopLevel(original);
-  const RunTrace r = Train(*c.model, c.batch, o);
+  return o;
+}
 
+// Trains experiment runs, up to `parallelism` at a time, each on a thread of
+// its own with the main run's intra-op thread count. Runs never share
+// mutable state: each trains its own clone (made here, on the calling
+// thread) of the loaded model, and ExperimentParallelism allows more than
+// one at a time only for models that neither draw random numbers nor change
+// their inputs. So the traces, and every report built from them, are the
+// same whatever the parallelism; only the wall time differs.
+class ExperimentRunner {
+ public:
+  ExperimentRunner(const CheckContext& c, int parallelism)
+      : c_(c), parallelism_(std::max(1, parallelism)) {}
+
+  // The traces of `runs`, in order. A non-LibTorch error in any run is
+  // rethrown here (after every thread has joined), as Train would throw it.
+  std::vector<RunTrace> Run(const std::vector<RunOptions>& runs) {
+    std::vector<RunTrace> traces(runs.size());
+    for (size_t begin = 0; begin < runs.size(); begin += parallelism_) {
+      const size_t end = std::min(runs.size(), begin + parallelism_);
+      if (end - begin == 1) {
+        const absl::Time start = absl::Now();
+        traces[begin] = Train(*c_.model, c_.batch, runs[begin]);
+        serial_seconds_ += absl::ToDoubleSeconds(absl::Now() - start);
+        continue;
+      }
+      RunWave(runs, begin, end, traces);
+    }
+    return traces;
+  }
+
+  int parallelism() const { return parallelism_; }
+  // The runs' own wall times summed.
+  double serial_seconds() const { return serial_seconds_; }
+
+ private:
+  // A thread's LibTorch warnings, replayed on the calling thread in run
+  // order after the wave so that the report lists them as a sequential
+  // diagnosis would (warning handlers are thread-local).
+  class WarningBuffer : public c10::WarningHandler {
+   public:
+    void process(const c10::Warning& warning) override { warnings.push_back(warning); }
+    std::vector<c10::Warning> warnings;
+  };
+
+  void RunWave(const std::vector<RunOptions>& runs, size_t begin, size_t end,
+               std::vector<RunTrace>& traces) {
+    const size_t n = end - begin;
+    std::vector<std::unique_ptr<Model>> clones;
+    for (size_t i = 0; i < n; ++i) clones.push_back(c_.model->Clone());
+    std::vector<WarningBuffer> warnings(n);
+    std::vector<double> seconds(n, 0);
+    std::vector<std::exception_ptr> errors(n);
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < n; ++i) {
+      threads.emplace_back([&, i] {
+        c10::WarningUtils::WarningHandlerGuard guard(&warnings[i]);
+        const absl::Time start = absl::Now();
+        try {
+          traces[begin + i] = Train(std::move(clones[i]), c_.batch, runs[begin + i]);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+        seconds[i] = absl::ToDoubleSeconds(absl::Now() - start);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    c10::WarningHandler* handler = c10::WarningUtils::get_warning_handler();
+    for (size_t i = 0; i < n; ++i) {
+      for (const c10::Warning& w : warnings[i].warnings) handler->process(w);
+      serial_seconds_ += seconds[i];
+    }
+    for (const std::exception_ptr& e : errors) {
+      if (e) std::rethrow_exception(e);
+    }
+  }
+
+  const CheckContext& c_;
+  const int parallelism_;
+  double serial_seconds_ = 0;
+};
+
+// Grades an experiment's finished run and records it in the report and as
+// evidence on `curve_finding`.
+ExperimentResult RecordExperiment(const CheckContext& c, const CurveAnalysis& original,
+                                  const Stability& original_stability, Grading grading,
+                                  ExperimentKind kind, const RunOptions& o, const RunTrace& r,
+                                  v1::Finding* curve_finding) {
+  const ExperimentSpec& spec = SpecOf(kind);
   ExperimentResult result;
   result.kind = kind;
   result.change = DescribeChange(kind, c.config.lr(), c.config.max_steps(), o.init_scale_module);
@@ -70,6 +168,45 @@ ExperimentResult RunExperiment(const CheckContext& c, const CurveAnalysis& origi
   return result;
 }
 
+// The main run's inputs differ from the batch as loaded: forward() changed
+// them in place.
+bool InputsMutated(const CheckContext& c) {
+  for (size_t i = 0; i < c.batch.inputs.size() && i < c.pristine_inputs.size(); ++i) {
+    if (!c.batch.inputs[i].isTensor()) continue;
+    const torch::Tensor& now = c.batch.inputs[i].toTensor();
+    if (!now.sizes().equals(c.pristine_inputs[i].sizes()) ||
+        !torch::equal(now, c.pristine_inputs[i])) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int UsableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+int ParallelismFor(const CheckContext& c, size_t planned) {
+  ParallelismInputs in;
+  in.requested = c.config.parallel_experiments();
+  in.usable_cpus = UsableCpus();
+  in.intra_op_threads = c.config.intra_op_threads();
+  in.cuda = c.device.is_cuda();
+  in.draws_random = c.main_run->drew_random;
+  in.mutates_inputs = InputsMutated(c);
+  in.planned = static_cast<int>(planned);
+  return ExperimentParallelism(in);
+}
+
+// The experiments' summed own time and how many ran at once, for Timing.
+void RecordDiagnosisTiming(const CheckContext& c, const ExperimentRunner& runner, size_t ran) {
+  v1::Timing* t = c.report->mutable_timing();
+  t->set_diagnosis_serial_seconds(runner.serial_seconds());
+  t->set_diagnosis_parallelism(ran == 0 ? 0 : std::min<int>(runner.parallelism(), ran));
+}
+
 PlanInputs PlanInputsOf(const CheckContext& c) {
   const RunTrace& run = *c.main_run;
   PlanInputs in;
@@ -83,9 +220,16 @@ PlanInputs PlanInputsOf(const CheckContext& c) {
 
 void Diagnose(CheckContext& c, const CurveAnalysis& a, v1::Finding* curve_finding) {
   const PlanInputs in = PlanInputsOf(c);
+  const std::vector<ExperimentKind> plan = PlanExperiments(a, in);
+  std::vector<RunOptions> runs;
+  for (ExperimentKind kind : plan) runs.push_back(ExperimentOptions(c, a, kind));
+  ExperimentRunner runner(c, ParallelismFor(c, plan.size()));
+  const std::vector<RunTrace> traces = runner.Run(runs);
+  RecordDiagnosisTiming(c, runner, plan.size());
   std::vector<ExperimentResult> results;
-  for (ExperimentKind kind : PlanExperiments(a, in)) {
-    results.push_back(RunExperiment(c, a, Stability{}, Grading::kCurve, kind, curve_finding));
+  for (size_t i = 0; i < plan.size(); ++i) {
+    results.push_back(RecordExperiment(c, a, Stability{}, Grading::kCurve, plan[i], runs[i],
+                                       traces[i], curve_finding));
   }
   curve_finding->set_hint(DiagnosisHint(results, in, curve_finding->hint()));
   // The smaller-init run is the exploding forward's own verification: its
@@ -143,11 +287,24 @@ void ReportUnstable(CheckContext& c, const CurveAnalysis& a, const Stability& s)
   AddNumber(f, "target_loss", c.target);
   if (!c.config.diagnose()) return;
   DiagnosisTimer timer(c.report);
+  // In waves of the runner's parallelism; the report keeps the experiments
+  // up to the first CONFIRMED one, as a sequential diagnosis would.
+  const std::vector<ExperimentKind> plan = PlanStabilityExperiments();
+  ExperimentRunner runner(c, ParallelismFor(c, plan.size()));
   std::vector<ExperimentResult> results;
-  for (ExperimentKind kind : PlanStabilityExperiments()) {
-    results.push_back(RunExperiment(c, a, s, Grading::kStability, kind, f));
-    if (results.back().outcome == v1::Experiment::CONFIRMED) break;
+  bool confirmed = false;
+  for (size_t begin = 0; begin < plan.size() && !confirmed; begin += runner.parallelism()) {
+    const size_t end = std::min(plan.size(), begin + runner.parallelism());
+    std::vector<RunOptions> runs;
+    for (size_t i = begin; i < end; ++i) runs.push_back(ExperimentOptions(c, a, plan[i]));
+    const std::vector<RunTrace> traces = runner.Run(runs);
+    for (size_t i = begin; i < end && !confirmed; ++i) {
+      results.push_back(RecordExperiment(c, a, s, Grading::kStability, plan[i], runs[i - begin],
+                                         traces[i - begin], f));
+      confirmed = results.back().outcome == v1::Experiment::CONFIRMED;
+    }
   }
+  RecordDiagnosisTiming(c, runner, results.size());
   f->set_hint(
       absl::StrCat("The target was touched only through a blow-up (often huge "
                    "logits), not by fitting. ",
