@@ -64,7 +64,11 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text, const std::
     };
     if (f.size() < 3) return bad("expected TOKEN TENANT ROLE [JOB-ID-PREFIX...]");
     std::string key;
-    if (absl::StartsWith(f[0], "sha256:")) {
+    std::string cert_cn;
+    if (absl::StartsWith(f[0], "cert-cn:")) {
+      cert_cn = std::string(f[0].substr(8));
+      if (cert_cn.empty()) return bad("cert-cn: must be followed by a certificate common name");
+    } else if (absl::StartsWith(f[0], "sha256:")) {
       key = std::string(f[0].substr(7));
       if (!IsLowerHex64(key)) return bad("sha256: must be followed by 64 lowercase hex digits");
     } else {
@@ -93,11 +97,15 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text, const std::
     if (p.role == Role::kTenant && p.job_prefixes.empty()) {
       p.job_prefixes.push_back(absl::StrCat(p.tenant, "/"));
     }
-    if (!table.by_sha256_.emplace(key, std::move(p)).second) {
+    if (!cert_cn.empty()) {
+      if (!table.by_cert_cn_.emplace(cert_cn, std::move(p)).second) {
+        return bad("the same certificate name appears on an earlier line");
+      }
+    } else if (!table.by_sha256_.emplace(key, std::move(p)).second) {
       return bad("the same token appears on an earlier line");
     }
   }
-  if (table.by_sha256_.empty()) {
+  if (table.size() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": holds no tokens"));
   }
   return table;
@@ -114,6 +122,27 @@ absl::StatusOr<TokenTable> TokenTable::FromFile(const std::string& path) {
 const Principal* TokenTable::Find(absl::string_view token) const {
   auto it = by_sha256_.find(Sha256Hex(token));
   return it == by_sha256_.end() ? nullptr : &it->second;
+}
+
+const Principal* TokenTable::FindCertificate(absl::string_view common_name) const {
+  auto it = by_cert_cn_.find(common_name);
+  return it == by_cert_cn_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<const Principal*> Authenticate(const TokenTable& tokens,
+                                              absl::string_view authorization,
+                                              const std::vector<std::string>& peer_common_names) {
+  if (authorization.empty()) {
+    for (const std::string& cn : peer_common_names) {
+      if (const Principal* who = tokens.FindCertificate(cn); who != nullptr) return who;
+    }
+    if (!peer_common_names.empty()) {
+      return absl::UnauthenticatedError(absl::StrCat(
+          "no bearer token, and the client certificate (CN ", peer_common_names.front(),
+          ") is not named on a cert-cn: line of this server's tokens file"));
+    }
+  }
+  return Authenticate(tokens, authorization);
 }
 
 absl::StatusOr<const Principal*> Authenticate(const TokenTable& tokens,

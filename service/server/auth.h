@@ -10,7 +10,13 @@
 //   sha256:9f86d0...                tenant-b   tenant   team-b/ shared-b/
 //   7a02b1...                       slurm      reader                      # gates
 //   c3d88e...                       ops        admin
+//   cert-cn:batch-runner-7          tenant-c   tenant                      # mutual TLS
 //
+// A `cert-cn:NAME` line names a client certificate instead of a token: on a
+// server with --tls-client-ca, a caller whose verified certificate has the
+// common name NAME is that principal when it sends no bearer token (a token,
+// when sent, decides). The CA vouches for the name, so only a CA that issues
+// names to the right holders belongs in --tls-client-ca.
 // Roles: `tenant` runs checks, binds and reads job ids under its prefixes
 // (default: "TENANT/"); `reader` reads every verdict and runs nothing (the
 // scheduler gates); `admin` may do everything.
@@ -50,16 +56,27 @@ class TokenTable {
   // The principal holding `token`, or nullptr. Tokens are kept only as
   // their SHA-256, and looked up by it.
   const Principal* Find(absl::string_view token) const;
-  size_t size() const { return by_sha256_.size(); }
+  // The principal of a `cert-cn:` line for this certificate common name, or
+  // nullptr.
+  const Principal* FindCertificate(absl::string_view common_name) const;
+  size_t size() const { return by_sha256_.size() + by_cert_cn_.size(); }
 
  private:
   std::map<std::string, Principal> by_sha256_;
+  std::map<std::string, Principal, std::less<>> by_cert_cn_;
 };
 
 // The caller behind an `authorization` metadata value ("Bearer TOKEN"; empty
 // when absent). UNAUTHENTICATED saying what is wrong, never echoing it.
 absl::StatusOr<const Principal*> Authenticate(const TokenTable& tokens,
                                               absl::string_view authorization);
+// The same, for a caller that may also present a verified client
+// certificate (`peer_common_names`: the x509 common names the TLS layer
+// verified; empty without mutual TLS). No token and a certificate named on
+// a `cert-cn:` line: that principal.
+absl::StatusOr<const Principal*> Authenticate(const TokenTable& tokens,
+                                              absl::string_view authorization,
+                                              const std::vector<std::string>& peer_common_names);
 
 // May `who` run a check (and Upload), binding `job_id` (empty: none)?
 // PERMISSION_DENIED naming the tenant, the job id and why.

@@ -90,7 +90,15 @@ class Service final : public v1::Preflight::Service {
     auto it = md.find("authorization");
     const std::string value =
         it == md.end() ? "" : std::string(it->second.data(), it->second.size());
-    return Authenticate(*tokens_, value);
+    // Only names the TLS layer verified against --tls-client-ca.
+    std::vector<std::string> common_names;
+    const std::shared_ptr<const grpc::AuthContext> auth = ctx->auth_context();
+    if (auth != nullptr && auth->IsPeerAuthenticated()) {
+      for (const grpc::string_ref& cn : auth->FindPropertyValues("x509_common_name")) {
+        common_names.emplace_back(cn.data(), cn.size());
+      }
+    }
+    return Authenticate(*tokens_, value, common_names);
   }
 
   template <typename F>

@@ -50,7 +50,8 @@ def make_pki(d):
     Ed25519 key pairs (the server's and a stranger's)."""
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
             "/CN=preflight-test-ca", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt")
-    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:tenant-a")):
+    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:tenant-a"),
+                      ("batch-runner", "DNS:batch-runner")):
         with open(f"{d}/{name}.cnf", "w") as f:
             f.write(f"subjectAltName={san}\n")
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
@@ -69,7 +70,8 @@ def make_pki(d):
                 f"{TOKENS['a']} tenant-a tenant\n"
                 f"sha256:{hashlib.sha256(TOKENS['b'].encode()).hexdigest()} tenant-b tenant\n"
                 f"{TOKENS['gate']} slurm reader\n"
-                f"{TOKENS['ops']} ops admin\n")
+                f"{TOKENS['ops']} ops admin\n"
+                "cert-cn:batch-runner tenant-c tenant\n")
     os.chmod(f"{d}/tokens", 0o600)
 
 
@@ -320,6 +322,27 @@ def main():
                      f"{d}/client.crt", "--tls-key", f"{d}/client.key", who="a", d=d)
             expect("mutual TLS: with a client certificate the call arrives (exit 4, none stored)",
                    p.returncode == 4, (p.returncode, p.stderr))
+            # A certificate named on a cert-cn: line is its tenant without a token.
+            runner = ("--tls-cert", f"{d}/batch-runner.crt", "--tls-key", f"{d}/batch-runner.key")
+            c = ZOO["mlp"]
+            p = thin("check", "--server", mtls.addr, "--model", c["model"], "--batch", c["batch"],
+                     *c["flags"], "--job-id", "tenant-c/by-cert", *runner, d=d)
+            expect("mutual TLS: the cert-cn: certificate checks under its tenant's job id "
+                   "without a token (exit 0)", p.returncode == 0, (p.returncode, p.stderr[-500:]))
+            p = thin("verdict", "--server", mtls.addr, "--job-id", "tenant-c/by-cert", *runner, d=d)
+            expect("mutual TLS: and reads it back (exit 0)", p.returncode == 0,
+                   (p.returncode, p.stderr[-500:]))
+            p = thin("check", "--server", mtls.addr, "--model", c["model"], "--batch", c["batch"],
+                     *c["flags"], "--job-id", "tenant-a/by-cert", *runner, d=d)
+            expect("mutual TLS: the certificate's tenant may not bind another tenant's job id",
+                   p.returncode == 7 and "PERMISSION_DENIED" in p.stderr,
+                   (p.returncode, p.stderr[-500:]))
+            p = thin("verdict", "--server", mtls.addr, "--job-id", "tenant-c/by-cert", "--tls-cert",
+                     f"{d}/client.crt", "--tls-key", f"{d}/client.key", d=d)
+            expect("mutual TLS: a certificate not named in the tokens file and no token -> "
+                   "UNAUTHENTICATED (exit 7)",
+                   p.returncode == 7 and "not named on a cert-cn: line" in p.stderr,
+                   (p.returncode, p.stderr[-500:]))
         finally:
             mtls.stop()
 

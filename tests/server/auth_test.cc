@@ -135,5 +135,38 @@ TEST(IsLoopbackAddress, OnlyLocalAddresses) {
   EXPECT_FALSE(IsLoopbackAddress("10.0.0.7:50051"));
 }
 
+TEST(TokenTable, CertificateCommonNamesAuthenticateWithoutAToken) {
+  auto t = TokenTable::Parse(absl::StrCat(kTokenA, " tenant-a tenant\n",
+                                          "cert-cn:batch-runner-7 tenant-c tenant\n"),
+                             "tokens");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->size(), 2u);
+  auto who = Authenticate(*t, "", {"batch-runner-7"});
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_EQ((*who)->tenant, "tenant-c");
+  EXPECT_EQ((*who)->job_prefixes, std::vector<std::string>{"tenant-c/"});
+  // A token, when sent, decides.
+  who = Authenticate(*t, absl::StrCat("Bearer ", kTokenA), {"batch-runner-7"});
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_EQ((*who)->tenant, "tenant-a");
+  // An unnamed certificate is no principal, and says so.
+  who = Authenticate(*t, "", {"someone-else"});
+  EXPECT_EQ(who.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(who.status().message(), HasSubstr("CN someone-else"));
+  // A certificate name is not a token.
+  EXPECT_EQ(Authenticate(*t, "Bearer cert-cn:batch-runner-7").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Authenticate(*t, "", {}).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST(TokenTable, RejectsEmptyAndDuplicateCertificateNames) {
+  auto empty = TokenTable::Parse("cert-cn: tenant-c tenant\n", "tokens");
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(empty.status().message(), HasSubstr("tokens:1"));
+  auto dup = TokenTable::Parse("cert-cn:x tenant-c tenant\ncert-cn:x tenant-d tenant\n", "tokens");
+  EXPECT_EQ(dup.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(dup.status().message(), HasSubstr("tokens:2"));
+}
+
 }  // namespace
 }  // namespace preflight::server
