@@ -64,6 +64,23 @@ ActivationDecision JudgeActivations(const ActivationEvidence& e) {
         std::pow(history.back() / history.front(), 1.0 / static_cast<double>(history.size() - 1));
   }
 
+  if (d.gradient_exploding && d.module.empty()) {
+    // The largest gradient dominates the global norm that exploded (a
+    // ratio to the parameter's own norm would pick any zero-initialised bias).
+    double largest = 0;
+    for (const auto& p : e.param_gradients) {
+      if (!std::isfinite(p.grad_norm) || p.grad_norm <= largest) continue;
+      largest = p.grad_norm;
+      d.parameter = p.name;
+      d.parameter_grad_ratio = p.norm > 0 ? p.grad_norm / p.norm : 0;
+      d.parameter_grad_share = e.grad_norm > 0 ? p.grad_norm / e.grad_norm : 0;
+    }
+    if (!d.parameter.empty()) {
+      const size_t dot = d.parameter.rfind('.');
+      d.module = dot == std::string::npos ? "" : d.parameter.substr(0, dot);
+    }
+  }
+
   d.summary =
       absl::StrFormat("at initialisation the output RMS is %.3g, %.3gx the input/target scale %.3g",
                       e.output_rms, d.output_ratio, d.scale);
@@ -71,7 +88,17 @@ ActivationDecision JudgeActivations(const ActivationEvidence& e) {
     absl::StrAppendFormat(&d.summary, "; the gradient norm is %.3gx the parameter norm",
                           d.grad_to_param);
   }
-  if (!d.module.empty()) {
+  if (!d.parameter.empty()) {
+    absl::StrAppendFormat(&d.summary,
+                          "; the largest step-0 gradient is on %s (%.3g of the global "
+                          "gradient norm",
+                          d.parameter, d.parameter_grad_share);
+    if (d.parameter_grad_ratio > 0) {
+      absl::StrAppendFormat(&d.summary, ", %.3gx that parameter's own norm",
+                            d.parameter_grad_ratio);
+    }
+    d.summary += ")";
+  } else if (!d.module.empty()) {
     absl::StrAppendFormat(&d.summary, "; the first submodule past %.3g is %s", bound, d.module);
     if (d.module_calls > 1) {
       absl::StrAppendFormat(&d.summary, " (call %d of %d", d.first_exploding_call, d.module_calls);

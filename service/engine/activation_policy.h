@@ -34,6 +34,14 @@ struct ActivationEvidence {
   // the format cannot see its submodules (calls_known false).
   std::vector<ModuleCall> calls;
   bool calls_known = false;
+  // Per trainable parameter: its step-0 gradient norm (< 0: none) and its
+  // own norm, so a gradient-led explosion can name where it is largest.
+  struct ParamGradient {
+    std::string name;
+    double grad_norm = -1;
+    double norm = 0;
+  };
+  std::vector<ParamGradient> param_gradients;
 };
 
 struct ActivationDecision {
@@ -52,6 +60,14 @@ struct ActivationDecision {
   // Geometric mean growth of its output RMS per call, over its calls up to
   // the first exploding one (a recurrence: ~ the recurrent gain); 0 with one call.
   double growth_per_call = 0;
+  // When the gradient explodes and no submodule output names the layer: the
+  // parameter with the largest step-0 gradient norm, its share of the
+  // global gradient norm, that norm over the parameter's own (0 for a zero
+  // parameter), and as `module` the submodule owning it (its name up to the
+  // last '.'; "" at top level), which the smaller-init experiment scales.
+  std::string parameter;
+  double parameter_grad_share = 0;
+  double parameter_grad_ratio = 0;
   std::string summary;  // The numbers, in words.
 };
 

@@ -108,5 +108,35 @@ TEST(JudgeActivations, SaysWhenTheLayerCannotBeNamed) {
   EXPECT_THAT(d.summary, HasSubstr("no submodule output passed the bound"));
 }
 
+TEST(JudgeActivations, AGradientLedExplosionNamesTheParameterWithTheLargestGradient) {
+  ActivationEvidence e = Healthy();
+  e.grad_norm = 5 * kExplodingGradToParam * e.param_norm;  // 6e4
+  e.calls_known = true;
+  e.calls = {{"embed", 0.8}, {"head", 0.9}};  // No output past the bound.
+  // A zero-initialised bias must not win on its ratio to its own norm.
+  e.param_gradients = {{"embed.weight", 6e4, 10.0}, {"head.weight", 30.0, 6.0},
+                       {"head.bias", 2.0, 0.0}};
+  const ActivationDecision d = JudgeActivations(e);
+  ASSERT_TRUE(d.gradient_exploding);
+  EXPECT_FALSE(d.output_exploding);
+  EXPECT_EQ(d.parameter, "embed.weight");
+  EXPECT_EQ(d.module, "embed");  // The smaller-init experiment scales it.
+  EXPECT_NEAR(d.parameter_grad_share, 1.0, 1e-9);
+  EXPECT_NEAR(d.parameter_grad_ratio, 6e3, 1e-6);
+  EXPECT_THAT(d.summary, HasSubstr("largest step-0 gradient is on embed.weight"));
+  // A top-level parameter: no submodule, so every weight is scaled.
+  e.param_gradients = {{"scale", 6e4, 0.0}};
+  const ActivationDecision top = JudgeActivations(e);
+  EXPECT_EQ(top.parameter, "scale");
+  EXPECT_EQ(top.module, "");
+  EXPECT_EQ(top.parameter_grad_ratio, 0);
+  // An output explosion keeps naming the layer whose output blew up.
+  e.output_rms = 1e9;
+  e.calls = {{"embed", 0.8}, {"head", 1e9}};
+  const ActivationDecision out = JudgeActivations(e);
+  EXPECT_EQ(out.module, "head");
+  EXPECT_TRUE(out.parameter.empty());
+}
+
 }  // namespace
 }  // namespace preflight::engine

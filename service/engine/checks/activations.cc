@@ -21,6 +21,16 @@ Next CheckActivations(CheckContext& c) {
     e.param_norm = run.param_norm_initial;
   }
   if (!JudgeActivations(e).exploding) return Next::kContinue;
+  {
+    // The run's per-parameter tracks follow TrainableParams' order.
+    torch::NoGradGuard no_grad;
+    const std::vector<NamedTensor> params = TrainableParams(*c.model);
+    for (size_t i = 0; i < params.size() && i < run.params.size(); ++i) {
+      e.param_gradients.push_back(
+          {run.params[i].name, run.params[i].grad_norm_first,
+           params[i].tensor.detach().to(torch::kFloat64).norm().item<double>()});
+    }
+  }
 
   // Only now pay for the instrumented forward: it names the layer.
   {
@@ -46,8 +56,13 @@ Next CheckActivations(CheckContext& c) {
   if (e.target_rms > 0) AddNumber(f, "target_rms", e.target_rms);
   AddNumber(f, "output_to_scale", d.output_ratio);
   if (d.grad_to_param > 0) AddNumber(f, "grad_to_param_norm", d.grad_to_param);
-  AddText(f, "module", d.module.empty() ? "unknown" : d.module);
-  if (!d.module.empty()) {
+  AddText(f, "module", d.module.empty() ? (d.parameter.empty() ? "unknown" : "(top level)")
+                                         : d.module);
+  if (!d.parameter.empty()) {
+    AddText(f, "parameter", d.parameter);
+    AddNumber(f, "parameter_grad_share", d.parameter_grad_share);
+    if (d.parameter_grad_ratio > 0) AddNumber(f, "parameter_grad_to_norm", d.parameter_grad_ratio);
+  } else if (!d.module.empty()) {
     AddNumber(f, "module_calls", d.module_calls);
     AddNumber(f, "first_exploding_call", d.first_exploding_call);
     if (d.growth_per_call > 0) AddNumber(f, "growth_per_call", d.growth_per_call);
