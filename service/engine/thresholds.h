@@ -46,8 +46,10 @@ inline constexpr double kProbeGain = 100.0;
 inline constexpr double kBoundEps = 1e-6;
 // OUTPUT_SATURATED: at least this share of the amplified outputs at a bound
 // and at least kTargetsBeyondShare of the targets outside the range the
-// amplified output reaches. See the README's Thresholds table for the
-// measured healthy and fault ranges.
+// amplified output reaches. Healthy zoo: 0 at a bound (every case), 0..0.375
+// of the targets outside (unbounded outputs); faults: 0.34 (ReLU output) ..
+// 0.83 (clamp) at a bound with 0.42..1.0 of the targets outside
+// (tools/zoo/probe_calibrate.py; README, Thresholds).
 inline constexpr double kAtBoundShare = 0.25;
 inline constexpr double kTargetsBeyondShare = 0.1;
 // Singular values of the centred output matrix above this share of the
@@ -55,11 +57,13 @@ inline constexpr double kTargetsBeyondShare = 0.1;
 inline constexpr double kRankRelTol = 1e-3;
 // MODEL_LINEAR: the interpolation error relative to the output's spread at
 // or below this (float32 rounding gives ~1e-7; any ReLU/tanh network
-// measured on the zoo is far above it).
+// measured on the zoo is far above it: 0.165..1.34; linear models
+// 4.7e-8..1.9e-7).
 inline constexpr double kLinearTol = 1e-4;
 // Samples are coupled when changing sample 0 moves another sample's output
 // by more than this share of sample 0's own change (eval mode: BatchNorm
-// uses running statistics and couples nothing).
+// uses running statistics and couples nothing). Healthy zoo: 0; samples
+// mixed by a reshape, softmax or pooling over the batch: 0.063..4.8.
 inline constexpr double kCrossSampleTol = 1e-4;
 
 // --- Gradient flow -------------------------------------------------------

@@ -275,17 +275,12 @@ Next CheckStructure(CheckContext& c) {
   if (d.class_ids_as_values) {
     auto* f = AddFinding(&report, v1::TARGET_LOSS_MISMATCH, v1::Finding::WARN, "structure",
                          d.mismatch_summary);
-    f->set_hint(absl::StrCat("Class ids are labels, not values: use cross_entropy on one logit "
-                             "per class (or, if they are values, drop the bounded activation "
-                             "after the last layer or scale the targets into its range)."));
     AddNumber(f, "distinct_targets", e.distinct_targets);
     AddNumber(f, "targets_beyond_output_range", e.targets_beyond);
   }
   if (d.saturated) {
     auto* f = AddFinding(&report, v1::OUTPUT_SATURATED, v1::Finding::WARN, "structure",
                          d.saturated_summary);
-    f->set_hint("A bounded output (clamp, ReLU, sigmoid or tanh after the last layer) cannot "
-                "reach targets outside its range: remove it, or scale the targets into it.");
     AddNumber(f, "at_bound_share", e.at_bound_share);
     AddNumber(f, "targets_beyond_output_range", e.targets_beyond);
     AddNumber(f, "output_min", e.amplified_min);
@@ -294,17 +289,12 @@ Next CheckStructure(CheckContext& c) {
   if (d.low_rank && unexplained) {
     auto* f = AddFinding(&report, v1::OUTPUT_LOW_RANK, v1::Finding::WARN, "structure",
                          d.low_rank_summary);
-    f->set_hint("A layer narrower than the targets need (a bottleneck without a non-linearity "
-                "after it) limits the rank of the output: widen it to at least the number of "
-                "classes (or target dimensions).");
     AddNumber(f, "output_rank", e.output_rank);
     AddNumber(f, "needed_rank", e.needed_rank);
   }
   if (d.linear && unexplained) {
     auto* f = AddFinding(&report, v1::MODEL_LINEAR, v1::Finding::WARN, "structure",
                          d.linear_summary);
-    f->set_hint("Add a non-linearity (ReLU, GELU, tanh) between the linear layers: stacked "
-                "linear layers are one linear map, and this batch needs more than that.");
     AddNumber(f, "nonlinearity", e.nonlinearity);
   }
   if (d.input_ignored && !HasCode(report, v1::OUTPUT_IGNORES_INPUT)) {
