@@ -109,6 +109,20 @@ std::string CanonicalHint(v1::FindingCode code) {
     case v1::PARAM_NON_FINITE:
       return "A parameter became NaN/Inf after an update: lower the learning rate or clip "
              "gradients.";
+    case v1::OUTPUT_SATURATED:
+      return "A bounded output (clamp, ReLU, sigmoid or tanh after the last layer) cannot "
+             "reach targets outside its range: remove it, or scale the targets into it.";
+    case v1::OUTPUT_LOW_RANK:
+      return "A layer narrower than the targets need (a bottleneck without a non-linearity "
+             "after it) limits the rank of the output: widen it to at least the number of "
+             "classes (or target dimensions).";
+    case v1::TARGET_LOSS_MISMATCH:
+      return "Class ids are labels, not values: use cross_entropy on one logit per class (or, "
+             "if they are values, drop the bounded activation after the last layer or scale "
+             "the targets into its range).";
+    case v1::MODEL_LINEAR:
+      return "Add a non-linearity (ReLU, GELU, tanh) between the linear layers: stacked "
+             "linear layers are one linear map, and this batch needs more than that.";
     case v1::MIXED_PRECISION_OVERFLOW:
       return "Values overflow in reduced precision but not in fp32: use a gradient scaler for "
              "fp16, keep the overflowing op in fp32, or train in bf16.";

@@ -35,6 +35,37 @@ inline constexpr double kProbabilitySumTol = 1e-3;
 // with enough of them to rule out chance.
 inline constexpr int64_t kMinOutputsForSigmoidTest = 8;
 
+// --- Structural probes (checks/structure.cc, structure_policy.h) ---------
+
+// The output-bound probe amplifies the floating inputs by this: a bounded
+// output (clamp, relu, sigmoid, tanh) then sits at its bound, an unbounded
+// one grows with the input.
+inline constexpr double kProbeGain = 100.0;
+// An output within this of 0 or +-1 (all outputs inside [-1, 1]) is at a
+// sigmoid/tanh bound; float32 tanh(x) is exactly 1 beyond |x| ~ 9.
+inline constexpr double kBoundEps = 1e-6;
+// OUTPUT_SATURATED: at least this share of the amplified outputs at a bound
+// and at least kTargetsBeyondShare of the targets outside the range the
+// amplified output reaches. Healthy zoo: 0 at a bound (every case), 0..0.375
+// of the targets outside (unbounded outputs); faults: 0.34 (ReLU output) ..
+// 0.83 (clamp) at a bound with 0.42..1.0 of the targets outside
+// (tools/zoo/probe_calibrate.py; README, Thresholds).
+inline constexpr double kAtBoundShare = 0.25;
+inline constexpr double kTargetsBeyondShare = 0.1;
+// Singular values of the centred output matrix above this share of the
+// largest count towards its rank (float32 noise is ~1e-6 of it).
+inline constexpr double kRankRelTol = 1e-3;
+// MODEL_LINEAR: the interpolation error relative to the output's spread at
+// or below this (float32 rounding gives ~1e-7; any ReLU/tanh network
+// measured on the zoo is far above it: 0.165..1.34; linear models
+// 4.7e-8..1.9e-7).
+inline constexpr double kLinearTol = 1e-4;
+// Samples are coupled when changing sample 0 moves another sample's output
+// by more than this share of sample 0's own change (eval mode: BatchNorm
+// uses running statistics and couples nothing). Healthy zoo: 0; samples
+// mixed by a reshape, softmax or pooling over the batch: 0.063..4.8.
+inline constexpr double kCrossSampleTol = 1e-4;
+
 // --- Gradient flow -------------------------------------------------------
 
 // DEAD_UNITS: at least this share of a layer's units, in a layer of at least

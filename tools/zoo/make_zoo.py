@@ -801,6 +801,61 @@ def _():
     return HeavyDropout(), classification_batch(32, (20,), 10)
 
 
+# --- Structural faults (the probes of checks/structure.cc) -------------------
+
+def quadrants(n=48, seed=1):
+    """2-D points labelled by the parity of their quadrant (XOR): no linear
+    map separates them."""
+    g = gen(seed)
+    x = torch.randn(n, 2, generator=g)
+    return {"inputs": x, "targets": ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()}
+
+
+@case("linear_stack", "FAIL", ["MODEL_LINEAR"],
+      doc="Three Linear layers with no activation between them on XOR-labelled points: one "
+          "linear map; the probe f(a x1 + (1-a) x2) = a f(x1) + (1-a) f(x2) names it.")
+def _():
+    torch.manual_seed(0)
+    return mlp([2, 32, 32, 2], act=nn.Identity), quadrants()
+
+
+class SigmoidOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp([8, 64, 1])
+
+    def forward(self, x):
+        return torch.sigmoid(self.net(x))
+
+
+@case("sigmoid_output_wide_targets", "FAIL", ["OUTPUT_SATURATED"], flags=["--loss", "mse"],
+      doc="A sigmoid after the last layer of a regressor whose targets span about -3..3: the "
+          "bounded output cannot reach most of them.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    x = torch.randn(32, 8, generator=g)
+    return SigmoidOut(), {"inputs": x, "targets": x[:, :1] * 2 - x[:, 1:2]}
+
+
+@case("class_ids_as_values", "FAIL", ["TARGET_LOSS_MISMATCH"], flags=["--loss", "l1"],
+      doc="Class ids 0..3 as float targets of a one-output sigmoid model under l1: labels "
+          "treated as values the output cannot reach.")
+def _():
+    torch.manual_seed(0)
+    b = classification_batch(24, (8,), 4)
+    return SigmoidOut(), {"inputs": b["inputs"], "targets": b["targets"].float().unsqueeze(1)}
+
+
+@case("bottleneck_rank", "FAIL", ["OUTPUT_LOW_RANK"],
+      doc="A 1-unit bottleneck before a 16-class head: logits of rank 1 for a batch that "
+          "needs rank 15 (a 2-unit one still fits 12 classes with lr x10: no fault).")
+def _():
+    torch.manual_seed(0)
+    return (nn.Sequential(nn.Linear(32, 1), nn.Linear(1, 16)),
+            classification_batch(48, (32,), 16))
+
+
 class InPlaceAugment(nn.Module):
     def __init__(self):
         super().__init__()

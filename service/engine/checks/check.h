@@ -11,6 +11,8 @@
 //   CheckGradientFlow  gradient_flow.cc no-grad, dead units, vanishing/exploding
 //   CheckActivations   activations.cc   exploding forward at init, its first layer
 //   CheckCurve         diagnosis.cc     curve class + differential diagnosis
+//   CheckStructure     structure.cc     structural probes at init; names a
+//                                       measured cause in a failed curve's hint
 //   CheckDeterminism   determinism.cc   bitwise replay
 //
 // A new check is a function with this signature in a new file here, and one
@@ -72,6 +74,7 @@ Next CheckNumerics(CheckContext& ctx);
 Next CheckGradientFlow(CheckContext& ctx);
 Next CheckActivations(CheckContext& ctx);
 Next CheckCurve(CheckContext& ctx);
+Next CheckStructure(CheckContext& ctx);
 Next CheckDeterminism(CheckContext& ctx);
 
 }  // namespace preflight::engine::internal
