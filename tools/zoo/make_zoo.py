@@ -300,6 +300,45 @@ def _():
     return mlp([20, 64, 5]), {"inputs": b["inputs"], "targets": soft}
 
 
+class Contrastive(nn.Module):
+    """CLIP/InfoNCE-style: two encoders, L2-normalised embeddings, and the N x N
+    similarity logits at a fixed temperature 0.5 (cosines in [-1, 1], so the
+    logits are bounded in [-2, 2])."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = mlp([24, 64, 32])
+        self.text = mlp([12, 64, 32])
+
+    def forward(self, x, t):
+        a = F.normalize(self.image(x), dim=1)
+        b = F.normalize(self.text(t), dim=1)
+        return a @ b.t() / 0.5
+
+
+@case("contrastive", "PASS", ["CONVERGED_TO_FLOOR"],
+      doc="Contrastive (InfoNCE) on 16 pairs: logits are cosine similarities / 0.5, targets "
+          "arange(N), built-in cross_entropy. Bounded logits give a floor: at best (matched "
+          "cosine 1, the others -1/15) log(1 + 15 e^-2.13) = 1.02, 37% of the initial ln 16.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    return Contrastive(), {"inputs": (torch.randn(16, 24, generator=g),
+                                      torch.randn(16, 12, generator=g)),
+                           "targets": torch.arange(16)}
+
+
+@case("contrastive_low_lr", "FAIL", ["LOSS_PLATEAU"], flags=["--lr", "1e-5"],
+      doc="The contrastive model at lr 1e-5: a plateau far above its floor with the gradient "
+          "norm not collapsed and half the pairs unmatched; not CONVERGED_TO_FLOOR.")
+def _():
+    torch.manual_seed(0)
+    g = gen(1)
+    return Contrastive(), {"inputs": (torch.randn(16, 24, generator=g),
+                                      torch.randn(16, 12, generator=g)),
+                           "targets": torch.arange(16)}
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
