@@ -7,6 +7,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <memory>
@@ -67,16 +68,15 @@ class ExperimentRunner {
   // rethrown here (after every thread has joined), as Train would throw it.
   std::vector<RunTrace> Run(const std::vector<RunOptions>& runs) {
     std::vector<RunTrace> traces(runs.size());
-    for (size_t begin = 0; begin < runs.size(); begin += parallelism_) {
-      const size_t end = std::min(runs.size(), begin + parallelism_);
-      if (end - begin == 1) {
+    if (parallelism_ == 1 || runs.size() <= 1) {
+      for (size_t i = 0; i < runs.size(); ++i) {
         const absl::Time start = absl::Now();
-        traces[begin] = Train(*c_.model, c_.batch, runs[begin]);
+        traces[i] = Train(*c_.model, c_.batch, runs[i]);
         serial_seconds_ += absl::ToDoubleSeconds(absl::Now() - start);
-        continue;
       }
-      RunWave(runs, begin, end, traces);
+      return traces;
     }
+    RunPooled(runs, traces);
     return traces;
   }
 
@@ -86,7 +86,7 @@ class ExperimentRunner {
 
  private:
   // A thread's LibTorch warnings, replayed on the calling thread in run
-  // order after the wave so that the report lists them as a sequential
+  // order after the runs so that the report lists them as a sequential
   // diagnosis would (warning handlers are thread-local).
   class WarningBuffer : public c10::WarningHandler {
    public:
@@ -94,25 +94,30 @@ class ExperimentRunner {
     std::vector<c10::Warning> warnings;
   };
 
-  void RunWave(const std::vector<RunOptions>& runs, size_t begin, size_t end,
-               std::vector<RunTrace>& traces) {
-    const size_t n = end - begin;
+  // `parallelism_` threads take the next run as they finish one (runs
+  // stopped early free their thread for the next), so the wall time is
+  // close to the total over the threads, not the longest run per wave.
+  void RunPooled(const std::vector<RunOptions>& runs, std::vector<RunTrace>& traces) {
+    const size_t n = runs.size();
     std::vector<std::unique_ptr<Model>> clones;
     for (size_t i = 0; i < n; ++i) clones.push_back(c_.model->Clone());
     std::vector<WarningBuffer> warnings(n);
     std::vector<double> seconds(n, 0);
     std::vector<std::exception_ptr> errors(n);
+    std::atomic<size_t> next{0};
     std::vector<std::thread> threads;
-    for (size_t i = 0; i < n; ++i) {
-      threads.emplace_back([&, i] {
-        c10::WarningUtils::WarningHandlerGuard guard(&warnings[i]);
-        const absl::Time start = absl::Now();
-        try {
-          traces[begin + i] = Train(std::move(clones[i]), c_.batch, runs[begin + i]);
-        } catch (...) {
-          errors[i] = std::current_exception();
+    for (int t = 0; t < parallelism_ && static_cast<size_t>(t) < n; ++t) {
+      threads.emplace_back([&] {
+        for (size_t i = next++; i < n; i = next++) {
+          c10::WarningUtils::WarningHandlerGuard guard(&warnings[i]);
+          const absl::Time start = absl::Now();
+          try {
+            traces[i] = Train(std::move(clones[i]), c_.batch, runs[i]);
+          } catch (...) {
+            errors[i] = std::current_exception();
+          }
+          seconds[i] = absl::ToDoubleSeconds(absl::Now() - start);
         }
-        seconds[i] = absl::ToDoubleSeconds(absl::Now() - start);
       });
     }
     for (std::thread& t : threads) t.join();
