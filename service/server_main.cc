@@ -49,6 +49,10 @@ ABSL_FLAG(double, lease_ttl, 30,
           "fleet store: seconds a replica's claim on a running check lasts without renewal "
           "(renewed every third of it); how long other replicas wait before running the check "
           "of a replica that died");
+ABSL_FLAG(double, worker_heartbeat_timeout, 5,
+          "seconds the zygote worker may go without answering the server's heartbeat (pings "
+          "every fifth of it) before it is killed with its jobs and restarted: its checks get "
+          "WORKER_CRASHED and health is NOT_SERVING until the new one is up; 0 disables");
 ABSL_FLAG(bool, require_landlock, false,
           "refuse to start on a kernel without Landlock (jobs would then be confined by "
           "seccomp and rlimits only)");
@@ -148,6 +152,7 @@ int main(int argc, char** argv) {
   config.core.job_memory_bytes = absl::GetFlag(FLAGS_job_memory_mb) << 20;
   config.core.max_job_timeout_seconds = absl::GetFlag(FLAGS_max_job_timeout);
   config.core.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl));
+  config.worker_heartbeat_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_heartbeat_timeout));
 
   // The registry lives here and is injected: no global metrics state.
   auto registry = std::make_shared<prometheus::Registry>();

@@ -1,11 +1,14 @@
 #include "service/engine/batch.h"
 
 #include <optional>
+#include <sstream>
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "service/engine/pickle_guard.h"
 #include "service/engine/report_util.h"
 #include "service/engine/tensor_util.h"
 #include "service/engine/thresholds.h"
@@ -32,10 +35,40 @@ absl::StatusOr<torch::Tensor> AsTensor(const torch::jit::IValue& v, const std::s
   return t;
 }
 
+// The pickle's nesting and declared storage sizes, checked against the
+// archive before LibTorch's unpickler sees them (pickle_guard.h). An archive
+// that cannot even be opened is left to torch::pickle_load, whose error says
+// what it is.
+absl::Status CheckArchive(const std::string& bytes) {
+  std::istringstream in(bytes);  // Read by `reader` until it is gone.
+  std::optional<caffe2::serialize::PyTorchStreamReader> reader;
+  std::string pickle;
+  try {
+    reader.emplace(&in);
+    if (!reader->hasRecord("data.pkl")) return absl::OkStatus();
+    auto [data, size] = reader->getRecord("data.pkl");
+    pickle.assign(static_cast<const char*>(data.get()), size);
+  } catch (const std::exception&) {
+    return absl::OkStatus();
+  }
+  return CheckBatchPickle(pickle, [&](const std::string& name) -> std::optional<uint64_t> {
+    try {
+      if (!reader->hasRecord(name)) return std::nullopt;
+      return reader->getRecordSize(name);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  });
+}
+
 }  // namespace
 
 absl::StatusOr<Batch> LoadBatch(const std::string& bytes, const torch::Device& device) {
   if (bytes.empty()) return absl::InvalidArgumentError("batch file is empty");
+  if (absl::Status s = CheckArchive(bytes); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("batch is not a valid torch.save file (",
+                                                   bytes.size(), " bytes): ", s.message()));
+  }
   torch::jit::IValue root;
   try {
     std::vector<char> data(bytes.begin(), bytes.end());

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -103,13 +104,8 @@ absl::Status PreflightCore::Caller::WhyGone(const char* while_what) const {
   return absl::CancelledError(absl::StrCat("the caller cancelled the request while ", while_what));
 }
 
-bool PreflightCore::Abandoned(InFlight* flight, const Caller& leader, const std::string& digest) {
-  const bool gone = leader.Gone();  // Outside mu_: it may ask gRPC.
+bool PreflightCore::Abandoned(InFlight* flight, const std::string& digest) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (gone && !flight->leader_gone) {
-    flight->leader_gone = true;
-    --flight->waiting;
-  }
   if (flight->waiting > 0) return false;
   // Nobody waits any more: a later identical request starts its own check.
   auto it = in_flight_.find(digest);
@@ -282,120 +278,167 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
     return stored.status();
   }
 
-  // Coalesce with an identical request already running.
+  // Coalesce with an identical request already running, or start it. The
+  // check runs on a thread of its own, not the first caller's: it runs while
+  // any caller still waits for it (up to the job's own timeout), and every
+  // caller, the first one included, waits with its own deadline and leaves
+  // alone when that passes (issue 15: a follower with 60 s used to fail at
+  // the first caller's 3 s).
   std::shared_ptr<InFlight> flight;
+  bool first = false;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = in_flight_.find(digest);
     if (it != in_flight_.end()) {
-      std::shared_ptr<InFlight> other = it->second;
-      ++other->waiting;
-      while (!other->done) {
-        const absl::Duration left = deadline - absl::Now();
-        in_flight_done_.wait_for(lock, absl::ToChronoMilliseconds(std::max(
-                                           absl::Milliseconds(1), std::min(left, kCallerPoll))));
-        if (other->done) break;
-        lock.unlock();
-        const bool gone = caller.Gone();
-        lock.lock();
-        if (gone && !other->done) {
-          --other->waiting;
-          return caller.WhyGone("an identical check was running");
-        }
-      }
-      if (!other->report.ok()) return other->report.status();
-      lock.unlock();
-      metrics_->RecordCache(true);
-      *response.mutable_report() = *other->report;
-      response.set_report_signature(other->report_signature);
-      response.set_signing_key_id(other->signing_key_id);
-      response.set_cached(true);
-      // The check that ran stored its verdict before it finished.
-      if (absl::Status s = bind_job(); !s.ok()) return s;
-      return response;
+      flight = it->second;
+      ++flight->waiting;
+    } else {
+      flight = std::make_shared<InFlight>();
+      flight->phase = leases_->shared() ? "an identical check ran on another replica"
+                                        : "it was queued";
+      in_flight_[digest] = flight;
+      first = true;
+      ++executors_;
     }
-    flight = std::make_shared<InFlight>();
-    in_flight_[digest] = flight;
   }
-  auto finish_flight = [&](absl::StatusOr<v1::Report> r, const std::string& signature = "",
-                           const std::string& key_id = "") {
+  if (first) {
+    Execution e{flight,  digest, config, *model, *batch, request.job_id(), start,
+                stored.ok() ? std::optional<double>(stored->created_unix_seconds) : std::nullopt};
+    try {
+      std::thread([this, e] {
+        Execute(e);
+        std::lock_guard<std::mutex> lock(mu_);
+        --executors_;
+        executors_done_.notify_all();
+      }).detach();
+    } catch (const std::system_error&) {
+      // No thread to be had: run it on the caller's, as a check once did.
+      Execute(e);
+      std::lock_guard<std::mutex> lock(mu_);
+      --executors_;
+      executors_done_.notify_all();
+    }
+  }
+  if (absl::Status s = AwaitFlight(flight.get(), caller, first); !s.ok()) return s;
+  if (!flight->report.ok()) return flight->report.status();
+  if (!first) metrics_->RecordCache(true);
+  *response.mutable_report() = *flight->report;
+  response.set_report_signature(flight->report_signature);
+  response.set_signing_key_id(flight->signing_key_id);
+  response.set_cached(!first || flight->answered_elsewhere);
+  // The check that ran stored its verdict (bound to the first caller's job
+  // id) before it finished.
+  if (!first || flight->answered_elsewhere) {
+    if (absl::Status s = bind_job(); !s.ok()) return s;
+  }
+  return response;
+}
+
+absl::Status PreflightCore::AwaitFlight(InFlight* flight, const Caller& caller, bool first) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!flight->done) {
+    const absl::Duration left = caller.deadline - absl::Now();
+    in_flight_done_.wait_for(lock, absl::ToChronoMilliseconds(std::max(
+                                       absl::Milliseconds(1), std::min(left, kCallerPoll))));
+    if (flight->done) break;
+    lock.unlock();
+    const bool gone = caller.Gone();  // Outside mu_: it may ask gRPC.
+    lock.lock();
+    if (!gone || flight->done) continue;
+    --flight->waiting;
+    const absl::Status why =
+        caller.WhyGone(first ? flight->phase : "an identical check was running");
+    // The last caller to leave waits until the check has noticed (it polls
+    // every kCallerPoll): its queue place or job slot is free, its job
+    // killed, by the time this call returns. Unless an identical request
+    // joined meanwhile: the check then runs on for it.
+    while (flight->waiting == 0 && !flight->done) {
+      in_flight_done_.wait_for(lock, absl::ToChronoMilliseconds(kCallerPoll));
+    }
+    return why;
+  }
+  return absl::OkStatus();
+}
+
+void PreflightCore::Execute(const Execution& e) {
+  InFlight* flight = e.flight.get();
+  const std::string& digest = e.digest;
+  auto finish = [&](absl::StatusOr<v1::Report> r, const std::string& signature = "",
+                    const std::string& key_id = "") {
     std::lock_guard<std::mutex> lock(mu_);
     flight->report = std::move(r);
     flight->report_signature = signature;
     flight->signing_key_id = key_id;
     flight->done = true;
     auto it = in_flight_.find(digest);
-    if (it != in_flight_.end() && it->second == flight) in_flight_.erase(it);
+    if (it != in_flight_.end() && it->second == e.flight) in_flight_.erase(it);
     in_flight_done_.notify_all();
   };
-  // Polled while queued and while running: once the caller and every
-  // coalesced one are gone, the check leaves the queue or its job is killed.
-  auto abandoned = [&] { return Abandoned(flight.get(), caller, digest); };
+  auto set_phase = [&](const char* phase) {
+    std::lock_guard<std::mutex> lock(mu_);
+    flight->phase = phase;
+  };
+  // Polled while queued and while running: once every caller is gone, the
+  // check leaves the queue or its job is killed.
+  auto abandoned = [&] { return Abandoned(flight, digest); };
+  const absl::Status nobody = absl::CancelledError("every caller of the check gave up");
 
   // Fleet-wide: another replica may be running this very check. Its verdict
   // answers this request (and those coalesced onto it) as a cache hit.
   std::optional<LeaseHeartbeat> lease;
   if (leases_->shared()) {
-    std::optional<double> before;
-    if (stored.ok()) before = stored->created_unix_seconds;
-    auto other = ClaimOrAwait(digest, caller, abandoned, before);
-    if (!other.ok()) {
-      finish_flight(other.status());
-      return other.status();
-    }
+    auto other = ClaimOrAwait(digest, abandoned, e.before_created);
+    if (!other.ok()) return finish(other.status());
     if (other->has_value()) {
       metrics_->RecordCache(true);
       const store::StoredVerdict& theirs = **other;
-      finish_flight(theirs.report, theirs.report_signature, theirs.signing_key_id);
-      *response.mutable_report() = theirs.report;
-      response.set_report_signature(theirs.report_signature);
-      response.set_signing_key_id(theirs.signing_key_id);
-      response.set_cached(true);
-      if (absl::Status s = bind_job(); !s.ok()) return s;
-      return response;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        flight->answered_elsewhere = true;
+      }
+      return finish(theirs.report, theirs.report_signature, theirs.signing_key_id);
     }
     lease.emplace(leases_, digest, config_.lease_ttl);
+    set_phase("it was queued");
   }
   metrics_->RecordCache(false);
 
   const absl::Time queued_at = absl::Now();
-  if (absl::Status s = AcquireSlot(caller, abandoned); !s.ok()) {
-    finish_flight(s);
-    return s;
+  if (absl::Status s = AcquireSlot(abandoned); !s.ok()) return finish(s);
+  if (abandoned()) {  // Gone before the slot came (a free one is taken at once).
+    ReleaseSlot();
+    return finish(nobody);
   }
+  set_phase("its check ran");
   const double queue_seconds = absl::ToDoubleSeconds(absl::Now() - queued_at);
   v1::WorkerJob job;
-  *job.mutable_config() = config;
+  *job.mutable_config() = e.config;
   job.set_memory_limit_bytes(config_.job_memory_bytes);
   // The job gets the artifacts as open descriptors, never their store paths.
   worker::JobInputs inputs;
-  for (auto [sha, fd] : {std::pair{&*model, &inputs.model}, std::pair{&*batch, &inputs.batch}}) {
+  for (auto [sha, fd] : {std::pair{&e.model, &inputs.model}, std::pair{&e.batch, &inputs.batch}}) {
     auto opened = TimedStoreOp(metrics_, "blob_get", [&] { return blobs_->OpenForRead(*sha); });
     if (!opened.ok()) {
       ReleaseSlot();
       metrics_->RecordStoreError();
-      finish_flight(opened.status());
-      return opened.status();
+      return finish(opened.status());
     }
     *fd = *std::move(opened);
   }
   v1::WorkerResult result = runner_->Run(job, std::move(inputs), abandoned);
   ReleaseSlot();
   metrics_->RecordWorkerExit(result.exit_reason());
-  if (result.exit_reason() == "cancelled") {
-    // Nobody is left to read it, and it says nothing about the model.
-    const absl::Status why = caller.WhyGone("its check ran");
-    finish_flight(why);
-    return why;
-  }
+  // Nobody is left to read it, and it says nothing about the model.
+  if (result.exit_reason() == "cancelled") return finish(nobody);
   // The verdict is bound to the exact artifacts it was given for.
-  result.mutable_report()->set_model_sha256(*model);
-  result.mutable_report()->set_batch_sha256(*batch);
-  metrics_->RecordCheck(result.report(), queue_seconds, absl::ToDoubleSeconds(absl::Now() - start));
+  result.mutable_report()->set_model_sha256(e.model);
+  result.mutable_report()->set_batch_sha256(e.batch);
+  metrics_->RecordCheck(result.report(), queue_seconds,
+                        absl::ToDoubleSeconds(absl::Now() - e.start));
 
   store::StoredVerdict v;
   v.request_digest = digest;
-  v.job_id = request.job_id();
+  v.job_id = e.job_id;
   v.report = result.report();
   if (signer_ != nullptr) {
     // Signed once, as stored: the signature travels with the stored row, so
@@ -407,14 +450,16 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
   }
   if (absl::Status s = TimedStoreOp(metrics_, "put", [&] { return verdicts_->Put(v); }); !s.ok()) {
     metrics_->RecordStoreError();
-    finish_flight(s);
-    return s;
+    return finish(s);
   }
-  finish_flight(result.report(), v.report_signature, v.signing_key_id);
-  *response.mutable_report() = std::move(*result.mutable_report());
-  response.set_report_signature(v.report_signature);
-  response.set_signing_key_id(v.signing_key_id);
-  return response;
+  finish(std::move(*result.mutable_report()), v.report_signature, v.signing_key_id);
+}
+
+PreflightCore::~PreflightCore() {
+  // Every caller has returned (the server stopped first), and the last one
+  // to leave a check waited for it; this only waits out their last steps.
+  std::unique_lock<std::mutex> lock(mu_);
+  executors_done_.wait(lock, [this] { return executors_ == 0; });
 }
 
 absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
@@ -459,7 +504,7 @@ absl::StatusOr<v1::GetVerdictResponse> PreflightCore::GetVerdict(
 }
 
 absl::StatusOr<std::optional<store::StoredVerdict>> PreflightCore::ClaimOrAwait(
-    const std::string& digest, const Caller& caller, const std::function<bool()>& abandoned,
+    const std::string& digest, const std::function<bool()>& abandoned,
     std::optional<double> before_created) {
   // A verdict another replica stored for this request: a final one, or any
   // stored after this request arrived (a check that ran but did not finish
@@ -498,7 +543,10 @@ absl::StatusOr<std::optional<store::StoredVerdict>> PreflightCore::ClaimOrAwait(
     }
     const absl::Time next = absl::Now() + poll;
     while (absl::Now() < next) {
-      if (abandoned()) return caller.WhyGone("an identical check ran on another replica");
+      if (abandoned()) {
+        return absl::CancelledError(
+            "every caller gave up while an identical check ran on another replica");
+      }
       absl::SleepFor(std::min(kCallerPoll, next - absl::Now()));
     }
     auto done = lookup();
@@ -506,8 +554,7 @@ absl::StatusOr<std::optional<store::StoredVerdict>> PreflightCore::ClaimOrAwait(
   }
 }
 
-absl::Status PreflightCore::AcquireSlot(const Caller& caller,
-                                        const std::function<bool()>& abandoned) {
+absl::Status PreflightCore::AcquireSlot(const std::function<bool()>& abandoned) {
   std::unique_lock<std::mutex> lock(mu_);
   if (running_ < config_.job_slots) {
     ++running_;
@@ -522,9 +569,7 @@ absl::Status PreflightCore::AcquireSlot(const Caller& caller,
   ++queued_;
   metrics_->SetQueueDepth(queued_);
   while (running_ >= config_.job_slots && !draining_) {
-    const absl::Duration left = caller.deadline - absl::Now();
-    slot_freed_.wait_for(lock, absl::ToChronoMilliseconds(
-                                   std::max(absl::Milliseconds(1), std::min(left, kCallerPoll))));
+    slot_freed_.wait_for(lock, absl::ToChronoMilliseconds(kCallerPoll));
     if (running_ < config_.job_slots || draining_) break;
     // A slot freed while unlocked is seen by the loop's own test.
     lock.unlock();
@@ -533,7 +578,7 @@ absl::Status PreflightCore::AcquireSlot(const Caller& caller,
     if (gone) {
       --queued_;
       metrics_->SetQueueDepth(queued_);
-      return caller.WhyGone("it was queued");
+      return absl::CancelledError("every caller gave up while the check was queued");
     }
   }
   --queued_;

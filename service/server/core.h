@@ -56,6 +56,8 @@ class PreflightCore {
   PreflightCore(CoreConfig config, store::BlobStore* blobs, store::VerdictStore* verdicts,
                 worker::JobRunner* runner, ServiceMetrics* metrics,
                 const crypto::Ed25519Signer* signer = nullptr, store::LeaseStore* leases = nullptr);
+  // Waits for the last checks' threads to end (their callers have returned).
+  ~PreflightCore();
 
   // Whether the caller has gone away (its RPC was cancelled). Polled while
   // the check waits or runs, from the calling thread; may be empty.
@@ -63,10 +65,12 @@ class PreflightCore {
 
   // Runs or serves from cache. INVALID_ARGUMENT naming the field for bad
   // requests; NOT_FOUND for an unknown digest; RESOURCE_EXHAUSTED when slots
-  // and queue are full; UNAVAILABLE while draining. A caller that gives up
-  // (`deadline` passes: DEADLINE_EXCEEDED; `cancelled`: CANCELLED) frees its
-  // job slot: once no coalesced caller still waits for the same check, it
-  // leaves the queue, or its running job is killed (and nothing is stored).
+  // and queue are full; UNAVAILABLE while draining. Identical requests in
+  // flight run once, each caller keeping its own deadline: one that gives up
+  // (`deadline` passes: DEADLINE_EXCEEDED; `cancelled`: CANCELLED) returns
+  // at once, alone, while the check runs on for the others; once no caller
+  // waits, the check leaves the queue or its job is killed (and nothing is
+  // stored), and the last caller's return waits for that (its slot is free).
   absl::StatusOr<v1::CheckResponse> Check(const v1::CheckRequest& request, absl::Time deadline,
                                           CancelledFn cancelled = nullptr);
   absl::StatusOr<v1::GetVerdictResponse> GetVerdict(const v1::GetVerdictRequest& request);
@@ -89,14 +93,31 @@ class PreflightCore {
     absl::Status WhyGone(const char* while_what) const;
   };
   struct InFlight;
+  // What a check's own thread needs (copied: its first caller may be gone).
+  struct Execution {
+    std::shared_ptr<InFlight> flight;
+    std::string digest;
+    v1::CheckConfig config;  // Defaults applied, validated.
+    std::string model, batch;  // Blob sha256s.
+    std::string job_id;        // The first caller's; bound by the stored verdict.
+    absl::Time start;          // When the first caller arrived.
+    // The creation time of the verdict stored when it arrived, if any.
+    std::optional<double> before_created;
+  };
 
   absl::StatusOr<std::string> ResolveArtifact(const v1::Artifact& a, const char* field);
+  // The check's own thread: runs it (or takes another replica's verdict)
+  // and finishes `e.flight` on every path.
+  void Execute(const Execution& e);
+  // Waits for `flight` until it is done (OK) or `caller` is gone (its
+  // status, naming the phase the check was in for its first caller).
+  absl::Status AwaitFlight(InFlight* flight, const Caller& caller, bool first);
   // Waits for a slot while `abandoned` is false.
-  absl::Status AcquireSlot(const Caller& caller, const std::function<bool()>& abandoned);
+  absl::Status AcquireSlot(const std::function<bool()>& abandoned);
   void ReleaseSlot();
-  // True (and forever after) once `leader` and every caller coalesced onto
-  // `flight` are gone; the flight then leaves in_flight_.
-  bool Abandoned(InFlight* flight, const Caller& leader, const std::string& digest);
+  // True (and forever after) once every caller of `flight` is gone; the
+  // flight then leaves in_flight_.
+  bool Abandoned(InFlight* flight, const std::string& digest);
   // Claims `digest` fleet-wide, or waits for the verdict of the replica that
   // holds it: nullopt once this replica holds the claim (it runs the check);
   // the other replica's report when it stored one (a final one, or any
@@ -104,7 +125,7 @@ class PreflightCore {
   // stored when this request arrived, if any). Claims again whenever the
   // holder's lease has expired: it died.
   absl::StatusOr<std::optional<store::StoredVerdict>> ClaimOrAwait(
-      const std::string& digest, const Caller& caller, const std::function<bool()>& abandoned,
+      const std::string& digest, const std::function<bool()>& abandoned,
       std::optional<double> before_created);
 
   CoreConfig config_;
@@ -116,16 +137,20 @@ class PreflightCore {
   store::SingleReplicaLeases own_leases_;
   store::LeaseStore* leases_;
 
-  // Identical requests in flight run once; later arrivals wait for the first.
+  // Identical requests in flight run once, on a thread of their own; every
+  // caller waits for it. Guarded by mu_.
   struct InFlight {
     bool done = false;
     absl::StatusOr<v1::Report> report = absl::UnknownError("pending");
     std::string report_signature, signing_key_id;  // Of `report`, when signed.
-    int waiting = 1;                               // Callers still waiting, the leader included.
-    bool leader_gone = false;                      // The leader is no longer among them.
+    bool answered_elsewhere = false;  // Another replica's stored verdict.
+    int waiting = 1;                  // Callers still waiting, the first included.
+    const char* phase = "it was queued";  // For the first caller's WhyGone.
   };
   std::map<std::string, std::shared_ptr<InFlight>> in_flight_;  // Guarded by mu_.
   std::condition_variable in_flight_done_;
+  int executors_ = 0;  // Checks' threads not yet ended; guarded by mu_.
+  std::condition_variable executors_done_;
 
   mutable std::mutex mu_;
   std::condition_variable slot_freed_;

@@ -7,6 +7,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -200,6 +201,36 @@ std::string DefaultWorkerBinary() {
 }  // namespace
 
 struct Server::Impl {
+  // The pool's threads call back into health (Worker), and the core's
+  // checks' threads use the pool: the servers go first, then the core
+  // (waiting for its threads), then the pool, then the rest.
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(health_mu);
+      grpc_server.reset();
+      health_server.reset();
+    }
+    service.reset();
+    core.reset();
+    pool.reset();
+  }
+
+  // Health: SERVING while not draining and a zygote is up. Guards the two
+  // gRPC server pointers too, which the pool's callbacks read.
+  std::mutex health_mu;
+  bool draining = false;
+  bool worker_up = true;
+  void ApplyHealth() {  // Requires health_mu.
+    const bool serving = !draining && worker_up;
+    if (grpc_server) grpc_server->GetHealthCheckService()->SetServingStatus(serving);
+    if (health_server) health_server->GetHealthCheckService()->SetServingStatus(serving);
+  }
+  void Worker(bool up) {
+    std::lock_guard<std::mutex> lock(health_mu);
+    worker_up = up;
+    ApplyHealth();
+  }
+
   std::unique_ptr<ServiceMetrics> metrics;
   std::unique_ptr<TokenTable> tokens;
   std::unique_ptr<crypto::Ed25519Signer> signer;
@@ -243,6 +274,13 @@ absl::Status ServerConfig::Validate() const {
     return absl::InvalidArgumentError(
         "tls_client_ca: mutual TLS needs the server's own --tls-cert and --tls-key");
   }
+  if (worker_heartbeat_timeout != absl::ZeroDuration() &&
+      (worker_heartbeat_timeout < absl::Seconds(1) || worker_heartbeat_timeout > absl::Hours(1))) {
+    // Under a second, a loaded host's scheduling delay could pass for a
+    // stuck zygote.
+    return absl::InvalidArgumentError(
+        "worker_heartbeat_timeout: must be 0 (off) or in [1, 3600] seconds");
+  }
   if (core.lease_ttl < absl::Milliseconds(200) || core.lease_ttl > absl::Hours(1)) {
     return absl::InvalidArgumentError("lease_ttl: must be in [0.2, 3600] seconds");
   }
@@ -281,7 +319,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   impl->store_integrity = impl->stores.verdicts->CheckIntegrity();
   worker::WorkerPoolConfig wc;
   wc.worker_binary = config.worker_binary.empty() ? DefaultWorkerBinary() : config.worker_binary;
-  wc.on_restart = [m = impl->metrics.get()] { m->RecordZygoteRestart(); };
+  wc.heartbeat_timeout = config.worker_heartbeat_timeout;
+  // Down (died, or stopped answering its heartbeat): NOT_SERVING until the
+  // replacement zygote is up.
+  wc.on_down = [i = impl.get()] { i->Worker(false); };
+  wc.on_restart = [i = impl.get()] {
+    i->metrics->RecordZygoteRestart();
+    i->Worker(true);
+  };
   auto pool = worker::WorkerPool::Start(wc);
   if (!pool.ok()) return pool.status();
   impl->pool = *std::move(pool);
@@ -308,7 +353,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
       static_cast<int>(std::min<int64_t>(2 * config.core.max_inline_bytes + (1 << 20), INT32_MAX)));
   builder.SetMaxSendMessageSize(64 << 20);
   builder.RegisterService(impl->service.get());
-  impl->grpc_server = builder.BuildAndStart();
+  {
+    std::lock_guard<std::mutex> lock(impl->health_mu);
+    impl->grpc_server = builder.BuildAndStart();
+  }
   if (!impl->grpc_server || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat(
         "address: cannot listen on ", config.address,
@@ -319,14 +367,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
     grpc::ServerBuilder health;
     health.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
                             &impl->health_port);
+    std::lock_guard<std::mutex> lock(impl->health_mu);
     impl->health_server = health.BuildAndStart();
     if (!impl->health_server || impl->health_port == 0) {
       return absl::UnavailableError(
           absl::StrCat("health_address: cannot listen on ", config.health_address));
     }
-    impl->health_server->GetHealthCheckService()->SetServingStatus(true);
   }
-  impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  {
+    std::lock_guard<std::mutex> lock(impl->health_mu);
+    impl->ApplyHealth();
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -344,12 +395,14 @@ absl::Status Server::store_integrity() const { return impl_->store_integrity; }
 void Server::Shutdown(absl::Duration grace) {
   if (!impl_->grpc_server) return;
   impl_->core->StartDraining();
-  impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
-  if (impl_->health_server) {
-    impl_->health_server->GetHealthCheckService()->SetServingStatus(false);
+  {
+    std::lock_guard<std::mutex> lock(impl_->health_mu);
+    impl_->draining = true;
+    impl_->ApplyHealth();
   }
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->grpc_server->Wait();
+  std::lock_guard<std::mutex> lock(impl_->health_mu);
   impl_->grpc_server.reset();
   if (impl_->health_server) {
     impl_->health_server->Shutdown(absl::ToChronoTime(absl::Now()));

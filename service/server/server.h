@@ -28,6 +28,10 @@ struct ServerConfig {
   // use but its verdict file is missing or empty (otherwise a start-up error).
   bool init_store = false;
   std::string worker_binary;                    // preflight-worker; empty: next to this binary.
+  // The zygote's liveness bound (WorkerPoolConfig::heartbeat_timeout): one
+  // silent for this long is killed and replaced, its checks WORKER_CRASHED,
+  // health NOT_SERVING meanwhile. Zero: no heartbeat.
+  absl::Duration worker_heartbeat_timeout = absl::Seconds(5);
   int64_t max_upload_bytes = int64_t{2} << 30;  // Per uploaded artifact.
   // Refuse to start on a kernel without Landlock instead of running jobs
   // with seccomp and rlimits only.

@@ -4,14 +4,17 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "service/engine/budgets.h"
 #include "service/engine/report_util.h"
 #include "service/worker/framing.h"
@@ -46,6 +49,9 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(const WorkerPoolCo
     if (absl::Status s = pool->Spawn(); !s.ok()) return s;
   }
   pool->reader_ = std::thread([p = pool.get()] { p->ReaderLoop(); });
+  if (config.heartbeat_timeout > absl::ZeroDuration()) {
+    pool->heartbeat_ = std::thread([p = pool.get()] { p->HeartbeatLoop(); });
+  }
   return pool;
 }
 
@@ -64,12 +70,21 @@ absl::Status WorkerPool::Spawn() {
   if (pid == 0) {
     // Only async-signal-safe calls until exec: the server is multi-threaded.
     dup2(sv[1], 3);  // dup2 clears FD_CLOEXEC on the copy.
+    // Its own process group, so a stuck zygote is killed with all of it.
+    setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     const char* argv[] = {config_.worker_binary.c_str(), "--control-fd=3", nullptr};
     execv(argv[0], const_cast<char* const*>(argv));
     _exit(127);
   }
   close(sv[1]);
+  setpgid(pid, pid);  // As the child does: whichever runs first.
+  if (config_.heartbeat_timeout > absl::ZeroDuration()) {
+    // A zygote that stopped reading must not block a writer (who holds mu_)
+    // for longer than the heartbeat takes to find it stuck.
+    const timeval tv = absl::ToTimeval(config_.heartbeat_timeout);
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
   // The hello proves LibTorch loaded and the zygote is ready.
   pollfd p{sv[0], POLLIN, 0};
   const int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(config_.start_timeout)));
@@ -96,6 +111,7 @@ absl::Status WorkerPool::Spawn() {
   torch_version_ = hello.torch_version();
   fd_ = sv[0];
   pid_ = pid;
+  last_heard_ = absl::Now();
   ++generation_;
   return absl::OkStatus();
 }
@@ -122,6 +138,8 @@ void WorkerPool::ReaderLoop() {
     absl::Status s = ReadFrame(fd, &result);
     std::unique_lock<std::mutex> lock(mu_);
     if (s.ok()) {
+      last_heard_ = absl::Now();  // Any frame is a sign of life.
+      if (result.pong() != 0) continue;
       auto it = pending_.find(result.id());
       if (it != pending_.end()) {
         it->second->result = std::move(result);
@@ -132,12 +150,23 @@ void WorkerPool::ReaderLoop() {
       continue;
     }
     if (stopping_) return;
-    // The zygote died (or spoke garbage): fail its jobs, then replace it.
+    // The zygote died, spoke garbage or was found stuck (the heartbeat killed
+    // it and shut the socket): fail its jobs, then replace it. Its jobs die
+    // with it (PR_SET_PDEATHSIG), so none runs on unseen.
     close(fd_);
     fd_ = -1;
+    kill(-pid_, SIGKILL);
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
-    FailAllPending("the worker process (zygote) died while the check ran; it was restarted");
+    FailAllPending(stuck_reason_.empty()
+                       ? "the worker process (zygote) died while the check ran; it was restarted"
+                       : stuck_reason_);
+    stuck_reason_.clear();
+    if (config_.on_down) {
+      lock.unlock();
+      config_.on_down();
+      lock.lock();
+    }
     for (int attempt = 0; !stopping_; ++attempt) {
       if (Spawn().ok()) break;
       lock.unlock();
@@ -145,8 +174,40 @@ void WorkerPool::ReaderLoop() {
           std::chrono::milliseconds(std::min(5000, 100 << std::min(attempt, 6))));
       lock.lock();
     }
+    if (stopping_) return;
     ++restarts_;
+    lock.unlock();
     if (config_.on_restart) config_.on_restart();
+  }
+}
+
+void WorkerPool::HeartbeatLoop() {
+  const absl::Duration timeout = config_.heartbeat_timeout;
+  const absl::Duration interval = std::max(absl::Milliseconds(10), timeout / 5);
+  uint64_t seq = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(interval), [this] { return stopping_; });
+    if (stopping_) return;
+    // Being replaced, or already found stuck: the reader's turn.
+    if (fd_ < 0 || !stuck_reason_.empty()) continue;
+    const absl::Duration silent = absl::Now() - last_heard_;
+    if (silent >= timeout) {
+      stuck_reason_ = absl::StrCat(
+          "the worker process (zygote) stopped answering (no heartbeat for ",
+          absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
+          "; stopped or hung); it and its jobs were killed and it was restarted");
+      kill(-pid_, SIGKILL);
+      kill(pid_, SIGKILL);
+      // The reader sees end of stream even should a job still hold a copy.
+      shutdown(fd_, SHUT_RDWR);
+      continue;
+    }
+    v1::WorkerCommand ping;
+    ping.set_ping(++seq);
+    // A broken socket is the reader's to see; a full one times out
+    // (SO_SNDTIMEO) and the silence is caught on a later round.
+    (void)WriteFrame(fd_, ping);
   }
 }
 
@@ -228,6 +289,8 @@ WorkerPool::~WorkerPool() {
     if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
     FailAllPending("the server is shutting down");
   }
+  stop_cv_.notify_all();
+  if (heartbeat_.joinable()) heartbeat_.join();
   if (reader_.joinable()) reader_.join();
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ >= 0) close(fd_);

@@ -1,7 +1,8 @@
 // The server's handle on its zygote worker process (server side: no
 // LibTorch). Starts the zygote binary, sends jobs, matches results, and
-// restarts a zygote that died: jobs in flight then get an ERROR report
-// (WORKER_CRASHED), never a hang.
+// restarts a zygote that died or stopped answering its heartbeat (stopped,
+// hung): jobs in flight then get an ERROR report (WORKER_CRASHED), never a
+// hang.
 //
 //   auto pool = WorkerPool::Start({"/usr/bin/preflight-worker"});
 //   v1::WorkerResult r = (*pool)->Run(job);  // blocks until the result
@@ -52,7 +53,18 @@ struct WorkerPoolConfig {
   std::string worker_binary;  // Path of preflight-worker.
   // How long Start waits for the zygote's hello (LibTorch load ~1 s).
   absl::Duration start_timeout = absl::Seconds(60);
-  // Called (on the pool's reader thread) after a dead zygote was replaced.
+  // Liveness: the pool pings the zygote every heartbeat_timeout / 5 and
+  // counts any frame from it as an answer. One that has sent nothing for
+  // heartbeat_timeout (SIGSTOPped, or its loop hung) is killed with its
+  // process group and replaced; its jobs, which die with it
+  // (PR_SET_PDEATHSIG), get WORKER_CRASHED. The zygote answers from its
+  // event loop, which never blocks for long (forks, pipe reads), so a few
+  // seconds tell a stuck zygote from a busy host. Zero: no heartbeat.
+  absl::Duration heartbeat_timeout = absl::Seconds(5);
+  // Called (on the pool's reader thread, without the pool's lock) once a
+  // zygote was found dead or stuck and its jobs failed, before the
+  // replacement starts; then `on_restart` once the replacement is up.
+  std::function<void()> on_down;
   std::function<void()> on_restart;
 };
 
@@ -81,6 +93,7 @@ class WorkerPool : public JobRunner {
   explicit WorkerPool(WorkerPoolConfig config) : config_(std::move(config)) {}
   absl::Status Spawn();  // Requires mu_.
   void ReaderLoop();
+  void HeartbeatLoop();
   void FailAllPending(const std::string& why);  // Requires mu_.
 
   struct Pending {
@@ -98,7 +111,14 @@ class WorkerPool : public JobRunner {
   uint64_t generation_ = 0;
   std::map<uint64_t, std::shared_ptr<Pending>> pending_;
   bool stopping_ = false;
+  // When the current zygote last sent a frame (its hello counts).
+  absl::Time last_heard_;
+  // Set by the heartbeat when it killed a stuck zygote: what its jobs are
+  // told. Cleared once the reader has failed them.
+  std::string stuck_reason_;
+  std::condition_variable stop_cv_;  // Wakes the heartbeat when stopping.
   std::thread reader_;
+  std::thread heartbeat_;
   std::atomic<int> restarts_{0};
   std::atomic<double> last_start_seconds_{0};
   std::atomic<int> landlock_abi_{0};

@@ -236,6 +236,12 @@ int RunZygote(int control_fd) {
         r.pid = pid;
         r.fd = pipefd[0];
         running.push_back(std::move(r));
+      } else if (command.has_ping()) {
+        // Answered from this loop, so an answer proves the loop itself runs
+        // (not merely that the process exists): the server's heartbeat.
+        v1::WorkerResult pong;
+        pong.set_pong(command.ping());
+        if (!WriteFrame(control_fd, pong).ok()) return 1;
       } else if (command.has_cancel_id()) {
         for (auto& r : running) {
           if (r.job.id() != command.cancel_id() || r.cancelled) continue;

@@ -2,10 +2,12 @@
 // and hand-made tensors: every bad-input path and each check's trigger.
 #include "service/engine/engine.h"
 
+#include <map>
 #include <sstream>
 #include <string>
 
 #include <gmock/gmock.h>
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -146,6 +148,73 @@ TEST(LoadBatch, RejectsMalformedBatches) {
     EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(b.status().message()), HasSubstr(tc.want));
   }
+}
+
+// A torch.save archive with `pickle` as its data.pkl and these storage
+// records (hand-made, as a malicious batch would be).
+std::string Archive(const std::string& pickle, const std::map<std::string, size_t>& storages) {
+  std::string out;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* p, size_t n) {
+      out.append(static_cast<const char*>(p), n);
+      return n;
+    });
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    for (const auto& [key, bytes] : storages) {
+      const std::string zeros(bytes, '\0');
+      writer.writeRecord("data/" + key, zeros.data(), zeros.size());
+    }
+    writer.writeEndOfFile();
+  }
+  return out;
+}
+
+std::string PickledString(const std::string& s) {  // BINUNICODE
+  std::string out = "X";
+  for (int k = 0; k < 4; ++k) out += static_cast<char>((s.size() >> (8 * k)) & 0xff);
+  return out + s;
+}
+
+// {"inputs": float[4, 2], "targets": float[4]} pickled as torch.save does,
+// the inputs' storage declaring `numel` elements (a pickled integer).
+std::string TwoTensorPickle(const std::string& numel) {
+  using namespace std::string_literals;
+  auto tensor = [](const std::string& key, const std::string& n, const std::string& shape) {
+    return "ctorch._utils\n_rebuild_tensor_v2\n(("s + PickledString("storage") +
+           "ctorch\nFloatStorage\n" + PickledString(key) + PickledString("cpu") + n + "tQ" +
+           "K\x00"s + shape + "\x89" + "ccollections\nOrderedDict\n)R" + "tR";
+  };
+  return "\x80\x02}("s + PickledString("inputs") +
+         tensor("0", numel, "K\x04K\x02\x86K\x02K\x01\x86") + PickledString("targets") +
+         tensor("1", "K\x04", "K\x04\x85K\x01\x85") + "u.";
+}
+
+// Issue 15: LibTorch's unpickler neither bounds nesting (a 15 KB batch nesting
+// 5e6 deep crashed the job with SIGSEGV) nor checks declared storage sizes
+// against the file (1e12 went unnoticed). Both are INVALID_ARGUMENT (the
+// engine's DATA_INVALID) naming the limit, before LibTorch unpickles.
+TEST(LoadBatch, HostilePicklesAreRefusedNamingTheLimit) {
+  const std::map<std::string, size_t> storages = {{"0", 32}, {"1", 16}};
+  // The hand-made archive itself is sound: with honest sizes it loads.
+  auto fine = LoadBatch(Archive(TwoTensorPickle("K\x08"), storages), torch::kCPU);
+  ASSERT_TRUE(fine.ok()) << fine.status();
+  EXPECT_EQ(fine->batch_size, 4);
+
+  const std::string deep = std::string("\x80\x02N", 3) + std::string(5'000'000, '\x85') + ".";
+  auto nested = LoadBatch(Archive(deep, {}), torch::kCPU);
+  ASSERT_FALSE(nested.ok());
+  EXPECT_EQ(nested.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(nested.status().message()),
+              HasSubstr("nests values deeper than 1000 levels (the limit)"));
+
+  // 1e12 elements: LONG1 of 6 bytes, 0x00e8d4a51000 little-endian.
+  const std::string huge("\x8a\x06\x00\x10\xa5\xd4\xe8\x00", 8);
+  auto declared = LoadBatch(Archive(TwoTensorPickle(huge), storages), torch::kCPU);
+  ASSERT_FALSE(declared.ok());
+  EXPECT_EQ(declared.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(declared.status().message()),
+              HasSubstr("declares storage '0' of 1000000000000 elements"));
+  EXPECT_THAT(std::string(declared.status().message()), HasSubstr("holds 32 bytes"));
 }
 
 TEST(LoadBatch, AcceptsDictTupleAndMultiInput) {

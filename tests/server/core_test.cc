@@ -371,17 +371,15 @@ TEST_F(CoreTest, JobRunsOnWhileACoalescedCallerStillWaits) {
   runner_.hold = true;
   const v1::CheckRequest r = Valid();
   std::atomic<bool> a_gone{false}, b_gone{false};
-  std::atomic<int> a_asked_after_gone{0};
   std::atomic<bool> b_waiting{false};
   absl::StatusOr<v1::CheckResponse> a, b;
+  std::atomic<bool> a_returned{false};
   std::thread leader([&] {
-    a = core_->Check(r, Deadline(), [&] {
-      if (a_gone) ++a_asked_after_gone;
-      return a_gone.load();
-    });
+    a = core_->Check(r, Deadline(), [&] { return a_gone.load(); });
+    a_returned = true;
   });
   const bool started = Eventually([&] { return core_->running() >= 1; });
-  // The follower's own question is asked only while it waits on the leader.
+  // The follower's own question is asked only while it waits.
   std::thread follower([&] {
     b = core_->Check(r, Deadline(), [&] {
       b_waiting = true;
@@ -389,24 +387,66 @@ TEST_F(CoreTest, JobRunsOnWhileACoalescedCallerStillWaits) {
     });
   });
   const bool joined = started && Eventually([&] { return b_waiting.load(); });
-  bool kept = false;
+  bool left_alone = false;
   if (joined) {
     a_gone = true;
-    // Two polls after the leader left: the job was seen still wanted.
-    kept = Eventually([&] { return a_asked_after_gone.load() >= 2; });
+    // The first caller returns by itself; the job runs on for the follower.
+    left_alone = Eventually([&] { return a_returned.load(); });
+    absl::SleepFor(absl::Milliseconds(200));  // Several of the runner's polls.
     EXPECT_EQ(runner_.cancelled.load(), 0) << "killed while a coalesced caller waited";
     EXPECT_EQ(core_->running(), 1);
     b_gone = true;
   }
-  if (!joined || !kept) runner_.Release();
+  if (!joined || !left_alone) runner_.Release();
   leader.join();
   follower.join();
-  ASSERT_TRUE(joined && kept) << "the follower never waited, or the leader was never polled";
+  ASSERT_TRUE(joined && left_alone) << "the follower never waited, or the first caller never left";
   EXPECT_EQ(runner_.cancelled.load(), 1) << "killed once the last caller left";
   EXPECT_EQ(a.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(a.status().message()), HasSubstr("while its check ran"));
   EXPECT_EQ(b.status().code(), absl::StatusCode::kCancelled);
   EXPECT_THAT(std::string(b.status().message()), HasSubstr("an identical check was running"));
-  EXPECT_EQ(core_->running(), 0);
+  EXPECT_EQ(core_->running(), 0) << "the last caller returned before its slot was free";
+}
+
+// Issue 15: an identical request with a 60 s deadline failed with
+// DEADLINE_EXCEEDED at 2.7 s because the first caller had 3 s. Each caller
+// keeps its own deadline: the first gets DEADLINE_EXCEEDED alone, when its
+// deadline passes (not when the check ends), and the check runs on to give
+// the follower its verdict, once.
+TEST_F(CoreTest, CoalescedCallersKeepTheirOwnDeadlines) {
+  runner_.hold = true;
+  const v1::CheckRequest r = Valid();
+  absl::StatusOr<v1::CheckResponse> a, b;
+  absl::Time a_returned_at;
+  const absl::Time a_deadline = absl::Now() + absl::Milliseconds(400);
+  std::thread leader([&] {
+    a = core_->Check(r, a_deadline);
+    a_returned_at = absl::Now();
+  });
+  const bool started = Eventually([&] { return core_->running() >= 1; });
+  std::thread follower([&] { b = core_->Check(r, absl::Now() + absl::Seconds(60)); });
+  // Past the first caller's deadline, with the check still running.
+  absl::SleepFor(std::max(absl::Milliseconds(1), a_deadline + absl::Milliseconds(600) - absl::Now()));
+  const int cancelled_while_held = runner_.cancelled.load();
+  const int running_while_held = core_->running();
+  const absl::Time released = absl::Now();
+  runner_.Release();
+  leader.join();
+  follower.join();
+  ASSERT_TRUE(started);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded) << a.status();
+  EXPECT_LT(a_returned_at, released) << "the first caller waited for the check past its deadline";
+  EXPECT_EQ(cancelled_while_held, 0) << "the check was killed with a caller still waiting";
+  EXPECT_EQ(running_while_held, 1);
+  ASSERT_TRUE(b.ok()) << "the follower failed with the first caller's deadline: " << b.status();
+  EXPECT_EQ(b->report().verdict(), v1::PASS);
+  EXPECT_EQ(runner_.runs.load(), 1);
+  // It was stored, and answers the next identical request.
+  auto c = core_->Check(r, Deadline());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->cached());
+  EXPECT_EQ(runner_.runs.load(), 1);
 }
 
 TEST_F(CoreTest, OnlyFinalReportsAreReused) {

@@ -7,6 +7,7 @@
 //            that came with the job, joined by '|';
 //   "hold"   never finishes a job; answers a cancel with exit_reason
 //            "cancelled", as the zygote does after killing the job.
+// Every mode but the first answers the pool's heartbeat pings.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -54,7 +55,9 @@ int main(int argc, char** argv) {
     std::vector<preflight::util::UniqueFd> fds;
     if (!ReadFrame(control, &command, &fds).ok()) return 0;
     preflight::v1::WorkerResult result;
-    if (command.has_run() && mode == "echo") {
+    if (command.has_ping()) {
+      result.set_pong(command.ping());  // Alive, as the zygote answers.
+    } else if (command.has_run() && mode == "echo") {
       result.set_id(command.run().id());
       std::string seen = std::to_string(fds.size()) + " fds";
       if (fds.size() == 2) seen = ReadAll(fds[0].get()) + "|" + ReadAll(fds[1].get());
