@@ -17,7 +17,7 @@ if [ ! -f "$out/build.ninja" ]; then
   cmake -S fuzz -B "$out" -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
 fi
 cmake --build "$out" -j "${PREFLIGHT_JOBS:-2}"
-for t in framing check_config tokens; do
+for t in framing check_config tokens batch_pickle; do
   scratch=$(mktemp -d)
   log="$out/fuzz_$t.log"
   echo "fuzz: $t for ${secs}s"
