@@ -369,11 +369,25 @@ absl::StatusOr<CheckCommand> ParseCheckArgs(const std::vector<std::string>& args
       if (name == "tls") cmd.remote.tls = true;
       continue;
     }
-    static const std::vector<std::string> kValueFlags = {
-        "model", "batch",        "loss",     "optimizer",         "device",       "dtype",
-        "lr",    "weight-decay", "momentum", "timeout",           "target-ratio", "target-loss",
-        "steps", "seed",         "threads",  "determinism-steps", "server",       "job-id",
-        "parallel-experiments"};
+    static const std::vector<std::string> kValueFlags = {"model",
+                                                         "batch",
+                                                         "loss",
+                                                         "optimizer",
+                                                         "device",
+                                                         "dtype",
+                                                         "lr",
+                                                         "weight-decay",
+                                                         "momentum",
+                                                         "timeout",
+                                                         "target-ratio",
+                                                         "target-loss",
+                                                         "steps",
+                                                         "seed",
+                                                         "threads",
+                                                         "determinism-steps",
+                                                         "server",
+                                                         "job-id",
+                                                         "parallel-experiments"};
     if (std::find(kValueFlags.begin(), kValueFlags.end(), name) == kValueFlags.end() &&
         !IsRemoteValueFlag(name)) {
       return absl::InvalidArgumentError(

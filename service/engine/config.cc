@@ -118,10 +118,10 @@ absl::Status ValidateConfig(const v1::CheckConfig& c) {
                                                     "], got ", c.intra_op_threads()));
   }
   if (c.parallel_experiments() < 0 || c.parallel_experiments() > kMaxParallelExperiments) {
-    return Invalid("parallel_experiments",
-                   absl::StrCat("must be in [0, ", kMaxParallelExperiments,
-                                "] (0: as many as the job's CPUs allow), got ",
-                                c.parallel_experiments()));
+    return Invalid(
+        "parallel_experiments",
+        absl::StrCat("must be in [0, ", kMaxParallelExperiments,
+                     "] (0: as many as the job's CPUs allow), got ", c.parallel_experiments()));
   }
   if (!InRange(c.target_ratio(), 0, 1) || c.target_ratio() == 1) {
     return Invalid("target_ratio", absl::StrCat("must be in (0, 1), got ", c.target_ratio()));

@@ -144,8 +144,7 @@ void RunStages(const v1::CheckConfig& config, const CheckInput& input, v1::Repor
   RunOverfit(c);
   report->mutable_timing()->set_overfit_seconds(Seconds(phase));
   for (auto check : {internal::CheckNumerics, internal::CheckGradientFlow,
-                     internal::CheckActivations, internal::CheckCurve,
-                     internal::CheckStructure}) {
+                     internal::CheckActivations, internal::CheckCurve, internal::CheckStructure}) {
     if (check(c) == Next::kStop) return;
   }
   if (config.determinism_steps() > 0) {

@@ -19,8 +19,8 @@ struct Value {
   enum Kind { kOther, kMark, kString, kInt, kBigInt, kGlobal, kTuple } kind = kOther;
   int depth = 0;
   int64_t i = 0;
-  std::string s;              // kString, kGlobal ("module.name").
-  std::vector<Value> items;   // kTuple of at most kKeptTupleItems.
+  std::string s;             // kString, kGlobal ("module.name").
+  std::vector<Value> items;  // kTuple of at most kKeptTupleItems.
 };
 
 // A storage's persistent id is a 5-tuple; longer tuples keep no items.
@@ -30,14 +30,14 @@ constexpr size_t kKeptTupleItems = 8;
 // here (LibTorch decides about it).
 std::optional<int64_t> ElementBytes(const std::string& type) {
   static const std::map<std::string, int64_t> kBytes = {
-      {"torch.DoubleStorage", 8},        {"torch.FloatStorage", 4},
-      {"torch.HalfStorage", 2},          {"torch.BFloat16Storage", 2},
-      {"torch.LongStorage", 8},          {"torch.IntStorage", 4},
-      {"torch.ShortStorage", 2},         {"torch.CharStorage", 1},
-      {"torch.ByteStorage", 1},          {"torch.BoolStorage", 1},
+      {"torch.DoubleStorage", 8},         {"torch.FloatStorage", 4},
+      {"torch.HalfStorage", 2},           {"torch.BFloat16Storage", 2},
+      {"torch.LongStorage", 8},           {"torch.IntStorage", 4},
+      {"torch.ShortStorage", 2},          {"torch.CharStorage", 1},
+      {"torch.ByteStorage", 1},           {"torch.BoolStorage", 1},
       {"torch.ComplexDoubleStorage", 16}, {"torch.ComplexFloatStorage", 8},
-      {"torch.QInt8Storage", 1},         {"torch.QUInt8Storage", 1},
-      {"torch.QInt32Storage", 4},        {"torch.UntypedStorage", 1},
+      {"torch.QInt8Storage", 1},          {"torch.QUInt8Storage", 1},
+      {"torch.QInt32Storage", 4},         {"torch.UntypedStorage", 1},
   };
   auto it = kBytes.find(type);
   if (it == kBytes.end()) return std::nullopt;
@@ -92,8 +92,8 @@ class Pass {
 
   absl::Status Push(Value v) {
     if (v.depth > kMaxPickleDepth) {
-      return Invalid(absl::StrCat("nests values deeper than ", kMaxPickleDepth,
-                                  " levels (the limit)"));
+      return Invalid(
+          absl::StrCat("nests values deeper than ", kMaxPickleDepth, " levels (the limit)"));
     }
     stack_.push_back(std::move(v));
     return absl::OkStatus();
@@ -143,8 +143,8 @@ class Pass {
     Value& c = stack_.back();
     c.depth = std::max(c.depth, items.empty() ? 1 : 1 + MaxDepth(items));
     if (c.depth > kMaxPickleDepth) {
-      return Invalid(absl::StrCat("nests values deeper than ", kMaxPickleDepth,
-                                  " levels (the limit)"));
+      return Invalid(
+          absl::StrCat("nests values deeper than ", kMaxPickleDepth, " levels (the limit)"));
     }
     return absl::OkStatus();
   }
@@ -163,7 +163,8 @@ class Pass {
       return Push(std::move(v));
     }
     uint64_t u = 0;
-    for (size_t k = 0; k < b.size(); ++k) u |= uint64_t{static_cast<unsigned char>(b[k])} << (8 * k);
+    for (size_t k = 0; k < b.size(); ++k)
+      u |= uint64_t{static_cast<unsigned char>(b[k])} << (8 * k);
     if (!b.empty() && b.size() < 8 && (static_cast<unsigned char>(b.back()) & 0x80)) {
       u |= ~uint64_t{0} << (8 * b.size());  // Sign-extend.
     }
@@ -243,7 +244,9 @@ class Pass {
         a = stack_.back();
         return Push(std::move(a));
       // Scalars.
-      case 'N': case 0x88: case 0x89:  // NONE, NEWTRUE, NEWFALSE
+      case 'N':
+      case 0x88:
+      case 0x89:  // NONE, NEWTRUE, NEWFALSE
         return PushOther();
       case 'J':  // BININT
         if (!TakeLe(4, &n)) return truncated();
@@ -260,7 +263,8 @@ class Pass {
       case 0x8b:  // LONG4
         if (!TakeLe(4, &n) || !Take(n, &b)) return truncated();
         return PushLong(b);
-      case 'I': case 'L': {  // INT, LONG (text)
+      case 'I':
+      case 'L': {  // INT, LONG (text)
         if (!TakeLine(&b)) return truncated();
         if (!b.empty() && b.back() == 'L') b.remove_suffix(1);
         int64_t i = 0;
@@ -288,7 +292,8 @@ class Pass {
       case 'U':  // SHORT_BINSTRING
         if (!TakeLe(1, &n) || !Take(n, &b)) return truncated();
         return PushString(b);
-      case 'S': case 'V':  // STRING, UNICODE (text)
+      case 'S':
+      case 'V':  // STRING, UNICODE (text)
         if (!TakeLine(&b)) return truncated();
         return PushString(b);
       case 'B':  // BINBYTES
@@ -297,7 +302,8 @@ class Pass {
       case 'C':  // SHORT_BINBYTES
         if (!TakeLe(1, &n) || !Take(n, &b)) return truncated();
         return PushOther();
-      case 0x8e: case 0x96:  // BINBYTES8, BYTEARRAY8
+      case 0x8e:
+      case 0x96:  // BINBYTES8, BYTEARRAY8
         if (!TakeLe(8, &n) || !Take(n, &b)) return truncated();
         return PushOther();
       case 0x97:  // NEXT_BUFFER
@@ -306,7 +312,8 @@ class Pass {
         return stack_.empty() ? underflow() : absl::OkStatus();
       case 0x82: return Take(1, &b) ? PushOther() : truncated();  // EXT1
       case 0x83: return Take(2, &b) ? PushOther() : truncated();  // EXT2
-      case 0x84: return Take(4, &b) ? PushOther() : truncated();  // EXT4
+      case 0x84:
+        return Take(4, &b) ? PushOther() : truncated();  // EXT4
       // Globals and persistent ids.
       case 'c': {  // GLOBAL module\nname\n
         absl::string_view name;
@@ -357,7 +364,8 @@ class Pass {
         a = it->second;
         return Push(std::move(a));
       }
-      case 'h': case 'j': {  // BINGET, LONG_BINGET
+      case 'h':
+      case 'j': {  // BINGET, LONG_BINGET
         if (!TakeLe(op == 'h' ? 1 : 4, &n)) return truncated();
         auto it = memo_.find(n);
         if (it == memo_.end()) return Invalid("reads a memo entry it never stored");
@@ -365,14 +373,18 @@ class Pass {
         return Push(std::move(a));
       }
       // Containers.
-      case ']': case '}': case 0x8f:  // EMPTY_LIST, EMPTY_DICT, EMPTY_SET
+      case ']':
+      case '}':
+      case 0x8f:  // EMPTY_LIST, EMPTY_DICT, EMPTY_SET
         return PushOther(1);
       case ')':  // EMPTY_TUPLE
         return PushTuple({});
       case 't':  // TUPLE
         if (!PopToMark(&items)) return underflow();
         return PushTuple(std::move(items));
-      case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+      case 0x85:
+      case 0x86:
+      case 0x87: {  // TUPLE1..3
         const size_t k = op - 0x84;
         if (stack_.size() < k) return underflow();
         for (size_t j = stack_.size() - k; j < stack_.size(); ++j) {
@@ -383,14 +395,18 @@ class Pass {
         stack_.resize(stack_.size() - k);
         return PushTuple(std::move(items));
       }
-      case 'l': case 'd': case 0x91:  // LIST, DICT, FROZENSET
+      case 'l':
+      case 'd':
+      case 0x91:  // LIST, DICT, FROZENSET
         if (!PopToMark(&items)) return underflow();
         return PushOther(1 + MaxDepth(items));
       case 'a':  // APPEND
         if (!Pop(&a)) return underflow();
         items.push_back(std::move(a));
         return AddInto(items);
-      case 'e': case 'u': case 0x90:  // APPENDS, SETITEMS, ADDITEMS
+      case 'e':
+      case 'u':
+      case 0x90:  // APPENDS, SETITEMS, ADDITEMS
         if (!PopToMark(&items)) return underflow();
         return AddInto(items);
       case 's':  // SETITEM
@@ -399,7 +415,8 @@ class Pass {
         items.push_back(std::move(c));
         return AddInto(items);
       // Calls: the result is as deep as what it is built from.
-      case 'R': case 0x81: {  // REDUCE, NEWOBJ
+      case 'R':
+      case 0x81: {  // REDUCE, NEWOBJ
         if (!Pop(&a) || !Pop(&c)) return underflow();
         return PushOther(std::max(a.depth, c.depth));
       }
@@ -421,8 +438,7 @@ class Pass {
       case 'o':  // OBJ: class and arguments above the mark
         if (!PopToMark(&items) || items.empty()) return underflow();
         return PushOther(1 + MaxDepth(items));
-      default:
-        return Invalid(absl::StrFormat("has an unknown opcode 0x%02x", op));
+      default: return Invalid(absl::StrFormat("has an unknown opcode 0x%02x", op));
     }
   }
 

@@ -25,12 +25,12 @@ StructureDecision JudgeStructure(const StructureEvidence& e) {
   StructureDecision d;
   if (e.bound_measured && e.at_bound_share >= kAtBoundShare &&
       e.targets_beyond >= kTargetsBeyondShare) {
-    const std::string range =
-        absl::StrFormat("with the inputs x%g the output stays in [%.4g, %.4g] (%.0f%% of its "
-                        "values exactly at a bound), while %.0f%% of the targets lie outside "
-                        "it (targets range over [%.4g, %.4g])",
-                        kProbeGain, e.amplified_min, e.amplified_max, 100 * e.at_bound_share,
-                        100 * e.targets_beyond, e.target_min, e.target_max);
+    const std::string range = absl::StrFormat(
+        "with the inputs x%g the output stays in [%.4g, %.4g] (%.0f%% of its "
+        "values exactly at a bound), while %.0f%% of the targets lie outside "
+        "it (targets range over [%.4g, %.4g])",
+        kProbeGain, e.amplified_min, e.amplified_max, 100 * e.at_bound_share,
+        100 * e.targets_beyond, e.target_min, e.target_max);
     if (e.regression_loss && e.targets_look_like_class_ids) {
       d.class_ids_as_values = true;
       d.mismatch_summary = absl::StrFormat(

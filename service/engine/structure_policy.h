@@ -30,8 +30,8 @@ struct StructureEvidence {
   // floating input, a non-tensor output, a loss without value targets).
   bool bound_measured = false;
   double amplified_min = 0, amplified_max = 0;
-  double at_bound_share = 0;    // Of the amplified output's elements.
-  double targets_beyond = 0;    // Share of target elements outside [min, max].
+  double at_bound_share = 0;  // Of the amplified output's elements.
+  double targets_beyond = 0;  // Share of target elements outside [min, max].
   double target_min = 0, target_max = 0;
   bool regression_loss = false;  // mse / l1 / smooth_l1 (element-wise values).
   // Targets are integral, >= 0, with >= 3 distinct values and a maximum
@@ -75,15 +75,15 @@ struct StructureEvidence {
 };
 
 struct StructureDecision {
-  bool saturated = false;         // OUTPUT_SATURATED
+  bool saturated = false;            // OUTPUT_SATURATED
   bool class_ids_as_values = false;  // TARGET_LOSS_MISMATCH
-  bool low_rank = false;          // OUTPUT_LOW_RANK
-  bool linear = false;            // MODEL_LINEAR (a fault only with a failing curve)
-  bool samples_mixed = false;     // Evidence only (no code of its own).
-  bool input_ignored = false;     // OUTPUT_IGNORES_INPUT for one of several inputs.
-  bool gradient_blocked = false;  // Some, not all, parameters get no gradient.
-  std::string saturated_summary, mismatch_summary, low_rank_summary, linear_summary,
-      mixed_summary, ignored_summary, blocked_summary;
+  bool low_rank = false;             // OUTPUT_LOW_RANK
+  bool linear = false;               // MODEL_LINEAR (a fault only with a failing curve)
+  bool samples_mixed = false;        // Evidence only (no code of its own).
+  bool input_ignored = false;        // OUTPUT_IGNORES_INPUT for one of several inputs.
+  bool gradient_blocked = false;     // Some, not all, parameters get no gradient.
+  std::string saturated_summary, mismatch_summary, low_rank_summary, linear_summary, mixed_summary,
+      ignored_summary, blocked_summary;
   // Where the gradient stops: the last parameter (registration order)
   // without a gradient and the first after it that has one ("" when none).
   std::string blocked_last, blocked_next;

@@ -294,16 +294,19 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
       ++flight->waiting;
     } else {
       flight = std::make_shared<InFlight>();
-      flight->phase = leases_->shared() ? "an identical check ran on another replica"
-                                        : "it was queued";
+      flight->phase =
+          leases_->shared() ? "an identical check ran on another replica" : "it was queued";
       in_flight_[digest] = flight;
       first = true;
       ++executors_;
     }
   }
   if (first) {
-    Execution e{flight,  digest, config, *model, *batch, request.job_id(), start,
-                stored.ok() ? std::optional<double>(stored->created_unix_seconds) : std::nullopt};
+    Execution e{
+        flight, digest,
+        config, *model,
+        *batch, request.job_id(),
+        start,  stored.ok() ? std::optional<double>(stored->created_unix_seconds) : std::nullopt};
     try {
       std::thread([this, e] {
         Execute(e);

@@ -97,7 +97,7 @@ class PreflightCore {
   struct Execution {
     std::shared_ptr<InFlight> flight;
     std::string digest;
-    v1::CheckConfig config;  // Defaults applied, validated.
+    v1::CheckConfig config;    // Defaults applied, validated.
     std::string model, batch;  // Blob sha256s.
     std::string job_id;        // The first caller's; bound by the stored verdict.
     absl::Time start;          // When the first caller arrived.
@@ -143,9 +143,9 @@ class PreflightCore {
     bool done = false;
     absl::StatusOr<v1::Report> report = absl::UnknownError("pending");
     std::string report_signature, signing_key_id;  // Of `report`, when signed.
-    bool answered_elsewhere = false;  // Another replica's stored verdict.
-    int waiting = 1;                  // Callers still waiting, the first included.
-    const char* phase = "it was queued";  // For the first caller's WhyGone.
+    bool answered_elsewhere = false;               // Another replica's stored verdict.
+    int waiting = 1;                               // Callers still waiting, the first included.
+    const char* phase = "it was queued";           // For the first caller's WhyGone.
   };
   std::map<std::string, std::shared_ptr<InFlight>> in_flight_;  // Guarded by mu_.
   std::condition_variable in_flight_done_;

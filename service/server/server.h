@@ -27,7 +27,7 @@ struct ServerConfig {
   // Create a new, empty verdict store even where the store directory is in
   // use but its verdict file is missing or empty (otherwise a start-up error).
   bool init_store = false;
-  std::string worker_binary;                    // preflight-worker; empty: next to this binary.
+  std::string worker_binary;  // preflight-worker; empty: next to this binary.
   // The zygote's liveness bound (WorkerPoolConfig::heartbeat_timeout): one
   // silent for this long is killed and replaced, its checks WORKER_CRASHED,
   // health NOT_SERVING meanwhile. Zero: no heartbeat.

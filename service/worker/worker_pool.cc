@@ -193,10 +193,10 @@ void WorkerPool::HeartbeatLoop() {
     if (fd_ < 0 || !stuck_reason_.empty()) continue;
     const absl::Duration silent = absl::Now() - last_heard_;
     if (silent >= timeout) {
-      stuck_reason_ = absl::StrCat(
-          "the worker process (zygote) stopped answering (no heartbeat for ",
-          absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
-          "; stopped or hung); it and its jobs were killed and it was restarted");
+      stuck_reason_ =
+          absl::StrCat("the worker process (zygote) stopped answering (no heartbeat for ",
+                       absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
+                       "; stopped or hung); it and its jobs were killed and it was restarted");
       kill(-pid_, SIGKILL);
       kill(pid_, SIGKILL);
       // The reader sees end of stream even should a job still hold a copy.

@@ -114,8 +114,8 @@ TEST(JudgeActivations, AGradientLedExplosionNamesTheParameterWithTheLargestGradi
   e.calls_known = true;
   e.calls = {{"embed", 0.8}, {"head", 0.9}};  // No output past the bound.
   // A zero-initialised bias must not win on its ratio to its own norm.
-  e.param_gradients = {{"embed.weight", 6e4, 10.0}, {"head.weight", 30.0, 6.0},
-                       {"head.bias", 2.0, 0.0}};
+  e.param_gradients = {
+      {"embed.weight", 6e4, 10.0}, {"head.weight", 30.0, 6.0}, {"head.bias", 2.0, 0.0}};
   const ActivationDecision d = JudgeActivations(e);
   ASSERT_TRUE(d.gradient_exploding);
   EXPECT_FALSE(d.output_exploding);

@@ -6,8 +6,8 @@
 #include <sstream>
 #include <string>
 
-#include <gmock/gmock.h>
 #include <caffe2/serialize/inline_container.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/script.h>
 #include <torch/torch.h>

@@ -107,8 +107,7 @@ TEST(PickleGuard, StorageLargerThanItsRecordIsRefused) {
   EXPECT_THAT(Msg(Check(Batch(), {{"data/0", 100352}})),
               HasSubstr("declares storage '1' but the file has no record data/1"));
   // A negative size.
-  EXPECT_THAT(Msg(Check(Batch(std::string("\x8a\x01\xff", 3)))),
-              HasSubstr("impossible size"));
+  EXPECT_THAT(Msg(Check(Batch(std::string("\x8a\x01\xff", 3)))), HasSubstr("impossible size"));
 }
 
 TEST(PickleGuard, BrokenStreamsAreRefused) {

@@ -33,8 +33,8 @@ StructureEvidence Healthy() {
 
 TEST(JudgeStructure, HealthyModelHasNoStructuralCause) {
   const StructureDecision d = JudgeStructure(Healthy());
-  EXPECT_FALSE(d.saturated || d.class_ids_as_values || d.low_rank || d.linear ||
-               d.samples_mixed || d.input_ignored || d.gradient_blocked);
+  EXPECT_FALSE(d.saturated || d.class_ids_as_values || d.low_rank || d.linear || d.samples_mixed ||
+               d.input_ignored || d.gradient_blocked);
   EXPECT_EQ(StructuralCauses(d, true), "");
 }
 

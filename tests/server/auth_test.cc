@@ -136,9 +136,9 @@ TEST(IsLoopbackAddress, OnlyLocalAddresses) {
 }
 
 TEST(TokenTable, CertificateCommonNamesAuthenticateWithoutAToken) {
-  auto t = TokenTable::Parse(absl::StrCat(kTokenA, " tenant-a tenant\n",
-                                          "cert-cn:batch-runner-7 tenant-c tenant\n"),
-                             "tokens");
+  auto t = TokenTable::Parse(
+      absl::StrCat(kTokenA, " tenant-a tenant\n", "cert-cn:batch-runner-7 tenant-c tenant\n"),
+      "tokens");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->size(), 2u);
   auto who = Authenticate(*t, "", {"batch-runner-7"});

@@ -427,7 +427,8 @@ TEST_F(CoreTest, CoalescedCallersKeepTheirOwnDeadlines) {
   const bool started = Eventually([&] { return core_->running() >= 1; });
   std::thread follower([&] { b = core_->Check(r, absl::Now() + absl::Seconds(60)); });
   // Past the first caller's deadline, with the check still running.
-  absl::SleepFor(std::max(absl::Milliseconds(1), a_deadline + absl::Milliseconds(600) - absl::Now()));
+  absl::SleepFor(
+      std::max(absl::Milliseconds(1), a_deadline + absl::Milliseconds(600) - absl::Now()));
   const int cancelled_while_held = runner_.cancelled.load();
   const int running_while_held = core_->running();
   const absl::Time released = absl::Now();

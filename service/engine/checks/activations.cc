@@ -56,8 +56,8 @@ Next CheckActivations(CheckContext& c) {
   if (e.target_rms > 0) AddNumber(f, "target_rms", e.target_rms);
   AddNumber(f, "output_to_scale", d.output_ratio);
   if (d.grad_to_param > 0) AddNumber(f, "grad_to_param_norm", d.grad_to_param);
-  AddText(f, "module", d.module.empty() ? (d.parameter.empty() ? "unknown" : "(top level)")
-                                         : d.module);
+  AddText(f, "module",
+          d.module.empty() ? (d.parameter.empty() ? "unknown" : "(top level)") : d.module);
   if (!d.parameter.empty()) {
     AddText(f, "parameter", d.parameter);
     AddNumber(f, "parameter_grad_share", d.parameter_grad_share);

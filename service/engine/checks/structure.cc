@@ -54,7 +54,7 @@ Inputs MapInputs(const CheckContext& c, bool floating_only, F f) {
   for (const torch::Tensor& t : c.pristine_inputs) {
     const bool batched = t.dim() >= 1 && t.size(0) == c.batch.batch_size;
     out.emplace_back(batched && (!floating_only || t.is_floating_point()) ? f(t).clone()
-                                                                           : t.clone());
+                                                                          : t.clone());
   }
   return out;
 }
@@ -159,8 +159,7 @@ void MeasureLinearity(const CheckContext& c, Model& m, const torch::Tensor& out,
                       StructureEvidence& e) {
   if (!AllFloating(c) || c.batch.batch_size < 2) return;
   constexpr double kA = 0.3;
-  const Inputs x2 =
-      MapInputs(c, true, [](const torch::Tensor& t) { return torch::roll(t, 1, 0); });
+  const Inputs x2 = MapInputs(c, true, [](const torch::Tensor& t) { return torch::roll(t, 1, 0); });
   const Inputs mix = MapInputs(
       c, true, [](const torch::Tensor& t) { return kA * t + (1 - kA) * torch::roll(t, 1, 0); });
   auto f2 = Output(m, x2);
@@ -267,9 +266,9 @@ Next CheckStructure(CheckContext& c) {
   // linear classifier that converges with lr x10 is just slow).
   // Only a curve that stalled: a diverging, rising or oscillating one has
   // its own (lr, sign) experiments.
-  const bool stalled = curve != nullptr && (curve->code() == v1::LOSS_PLATEAU ||
-                                            curve->code() == v1::LOSS_FLAT ||
-                                            curve->code() == v1::LOSS_NOISY);
+  const bool stalled =
+      curve != nullptr && (curve->code() == v1::LOSS_PLATEAU || curve->code() == v1::LOSS_FLAT ||
+                           curve->code() == v1::LOSS_NOISY);
   const bool unexplained = stalled && !absl::StartsWith(curve->hint(), "Verified");
 
   if (d.class_ids_as_values) {
@@ -293,15 +292,16 @@ Next CheckStructure(CheckContext& c) {
     AddNumber(f, "needed_rank", e.needed_rank);
   }
   if (d.linear && unexplained) {
-    auto* f = AddFinding(&report, v1::MODEL_LINEAR, v1::Finding::WARN, "structure",
-                         d.linear_summary);
+    auto* f =
+        AddFinding(&report, v1::MODEL_LINEAR, v1::Finding::WARN, "structure", d.linear_summary);
     AddNumber(f, "nonlinearity", e.nonlinearity);
   }
   if (d.input_ignored && !HasCode(report, v1::OUTPUT_IGNORES_INPUT)) {
     auto* f = AddFinding(&report, v1::OUTPUT_IGNORES_INPUT, v1::Finding::WARN, "structure",
                          d.ignored_summary);
-    f->set_hint("Check that forward uses every input it takes (one input passed where another "
-                "was meant).");
+    f->set_hint(
+        "Check that forward uses every input it takes (one input passed where another "
+        "was meant).");
     AddNumber(f, "inputs", e.inputs);
   }
   if (d.gradient_blocked) {
@@ -317,8 +317,8 @@ Next CheckStructure(CheckContext& c) {
   if (unexplained) {
     curve->set_hint(StructuralHint(StructuralCauses(d, true), curve->hint()));
     if (e.nonlinearity >= 0) AddNumber(curve, "probe_nonlinearity", e.nonlinearity);
-    if (e.cross_sample_change >= 0) AddNumber(curve, "probe_cross_sample_change",
-                                              e.cross_sample_change);
+    if (e.cross_sample_change >= 0)
+      AddNumber(curve, "probe_cross_sample_change", e.cross_sample_change);
     if (e.output_rank >= 0) AddNumber(curve, "probe_output_rank", e.output_rank);
   }
   if (std::getenv("PREFLIGHT_DEBUG_PROBES") != nullptr) {
