@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -76,12 +75,6 @@ namespace {
 }
 
 }  // namespace
-
-int UsableCpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
 
 ChildOutcome RunInChild(const std::function<std::string()>& fn, absl::Duration deadline) {
   return RunInChild([&fn](int) { return fn(); }, deadline);

@@ -19,6 +19,7 @@
 
 #include "absl/time/time.h"
 #include "preflight/v1/report.pb.h"
+#include "service/util/usable_cpus.h"
 
 namespace preflight::worker {
 
@@ -49,7 +50,7 @@ ChildOutcome RunInChild(const std::function<std::string(int result_fd)>& fn,
                         absl::Duration deadline);
 
 // CPUs this process may run on (its affinity mask, so cpusets count), >= 1.
-int UsableCpus();
+using util::UsableCpus;
 
 // The child side, for callers that fork themselves (the zygote): runs `fn`
 // and sends its result (or the exception message) on `write_fd`, then _exits.

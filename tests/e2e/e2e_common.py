@@ -144,6 +144,21 @@ def run_cli(cli, *args, timeout=600):
     return subprocess.run([cli, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def health_check(addr):
+    """grpc.health.v1.Health/Check over plaintext: the raw response bytes
+    (08 01 SERVING, 08 02 NOT_SERVING), or None when the call fails."""
+    import grpc
+
+    with grpc.insecure_channel(addr) as channel:
+        call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        try:
+            return call(b"", timeout=10)
+        except grpc.RpcError:
+            return None
+
+
 def check_args(model, batch, *flags, server=None):
     """`preflight check --json` arguments (through `server` when given)."""
     return (["check", "--model", model, "--batch", batch, "--json", *flags]

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from e2e_common import ROOT, Results, Server, Zoo, cli_path
+from e2e_common import ROOT, Results, Server, Zoo, cli_path, health_check
 
 BUILD, ZOO = os.path.abspath(sys.argv[1]), Zoo(sys.argv[2])
 THIN = cli_path(BUILD, thin=True)
@@ -146,21 +146,6 @@ def python_verdict(d, addr, job, verify):
     env = dict(os.environ, PYTHONPATH=f"{BUILD}/python")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
-
-
-def health_check(addr):
-    """grpc.health.v1.Health/Check over plaintext: the raw response bytes
-    (08 01 is SERVING), or None when the call fails."""
-    import grpc
-
-    with grpc.insecure_channel(addr) as channel:
-        call = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                   request_serializer=lambda b: b,
-                                   response_deserializer=lambda b: b)
-        try:
-            return call(b"", timeout=10)
-        except grpc.RpcError:
-            return None
 
 
 def server_flags(d, *extra):

@@ -26,7 +26,8 @@ import threading
 import time
 import urllib.request
 
-from e2e_common import Results, Server, Zoo, check_case, children, cli_path, spawn_check, wait_for
+from e2e_common import (Results, Server, Zoo, check_case, children, cli_path, health_check,
+                        spawn_check, wait_for)
 
 BUILD, ZOO = sys.argv[1], Zoo(sys.argv[2])
 CLI = cli_path(BUILD)
@@ -38,21 +39,6 @@ HEARTBEAT_SECONDS = 2
 # the server's own latency on a loaded machine.
 FOUND_WITHIN_SECONDS = HEARTBEAT_SECONDS + 10
 SERVING, NOT_SERVING = b"\x08\x01", b"\x08\x02"
-
-
-def health(addr):
-    """grpc.health.v1.Health/Check: the raw response (08 01 SERVING, 08 02
-    NOT_SERVING), or None when the call fails."""
-    import grpc  # noqa: PLC0415
-
-    with grpc.insecure_channel(addr) as channel:
-        call = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                   request_serializer=lambda b: b,
-                                   response_deserializer=lambda b: b)
-        try:
-            return call(b"", timeout=10)
-        except grpc.RpcError:
-            return None
 
 
 def gone(pid):
@@ -82,7 +68,7 @@ def main():
     with Server(BUILD, store, "--worker-heartbeat-timeout", str(HEARTBEAT_SECONDS),
                 metrics=True) as server:
         addr = server.addr
-        expect("health SERVING at start", health(addr) == SERVING)
+        expect("health SERVING at start", health_check(addr) == SERVING)
         # An idle zygote answers its pings: several timeouts pass, no restart.
         first = zygotes(server)
         time.sleep(3 * HEARTBEAT_SECONDS)
@@ -104,7 +90,7 @@ def main():
 
         def watch():
             while watching.is_set():
-                seen.append(health(addr))
+                seen.append(health_check(addr))
                 time.sleep(0.02)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -147,7 +133,7 @@ def main():
         p, r = check_case(CLI, ZOO["mlp"], server=addr)
         expect("the next check PASSes on the new zygote",
                r is not None and r["report"]["verdict"] == "PASS", p.stderr[-500:])
-        expect("health SERVING after", health(addr) == SERVING)
+        expect("health SERVING after", health_check(addr) == SERVING)
     sys.exit(R.finish())
 
 

@@ -4,8 +4,6 @@
 // that are not plain convergence: an irreducible minimum (PASS with
 // CONVERGED_TO_FLOOR) and a target reached through a blow-up
 // (UNSTABLE_CONVERGENCE).
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -27,6 +25,7 @@
 #include "service/engine/diagnosis_policy.h"
 #include "service/engine/report_util.h"
 #include "service/engine/thresholds.h"
+#include "service/util/usable_cpus.h"
 
 namespace preflight::engine::internal {
 namespace {
@@ -187,16 +186,10 @@ bool InputsMutated(const CheckContext& c) {
   return false;
 }
 
-int UsableCpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
-
 int ParallelismFor(const CheckContext& c, size_t planned) {
   ParallelismInputs in;
   in.requested = c.config.parallel_experiments();
-  in.usable_cpus = UsableCpus();
+  in.usable_cpus = util::UsableCpus();
   in.intra_op_threads = c.config.intra_op_threads();
   in.cuda = c.device.is_cuda();
   in.draws_random = c.main_run->drew_random;
