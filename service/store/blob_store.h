@@ -59,6 +59,12 @@ class BlobStore {
   virtual absl::StatusOr<std::string> ReadHead(const std::string& sha256, size_t n) const = 0;
   // The cap on one blob, bytes.
   virtual int64_t max_blob_bytes() const = 0;
+  // Deletes a stored blob; OK when it is absent. Only the retention sweep
+  // (blob_retention.h) calls it, for a blob no tenant references. A reader
+  // that already opened the blob keeps reading it (the file store unlinks;
+  // the PostgreSQL store deletes in one transaction, and OpenForRead reads
+  // the blob into its own memory before returning).
+  virtual absl::Status Remove(const std::string& sha256) = 0;
 };
 
 }  // namespace preflight::store

@@ -177,6 +177,15 @@ absl::StatusOr<std::string> FileBlobStore::ReadHead(const std::string& sha256, s
   return head;
 }
 
+absl::Status FileBlobStore::Remove(const std::string& sha256) {
+  if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
+  // An open descriptor (a running job's) keeps the unlinked file readable.
+  if (unlink(PathOf(sha256).c_str()) != 0 && errno != ENOENT) {
+    return IoError(dir_, "unlink", errno);
+  }
+  return absl::OkStatus();
+}
+
 std::string FileBlobStore::PathOf(const std::string& sha256) const {
   return absl::StrCat(dir_, "/", sha256);
 }

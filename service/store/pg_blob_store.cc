@@ -214,4 +214,20 @@ absl::StatusOr<std::string> PgBlobStore::ReadHead(const std::string& sha256, siz
   return head;
 }
 
+absl::Status PgBlobStore::Remove(const std::string& sha256) {
+  if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
+  return db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
+    if (auto r = c.Exec("BEGIN"); !r.ok()) return r.status();
+    for (const char* sql :
+         {"DELETE FROM blobs WHERE sha256 = $1", "DELETE FROM blob_chunks WHERE blob_key = $1"}) {
+      if (auto r = c.Exec(sql, {sha256}); !r.ok()) {
+        c.Exec("ROLLBACK").IgnoreError();
+        return r.status();
+      }
+    }
+    if (auto r = c.Exec("COMMIT"); !r.ok()) return r.status();
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace preflight::store

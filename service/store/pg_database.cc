@@ -18,7 +18,8 @@ constexpr size_t kMaxIdle = 8;
 
 // The schema this code writes, in the `schema_version` table (one row per
 // migration applied). 1: verdicts, job_bindings, blobs, blob_chunks, leases.
-constexpr int kSchemaVersion = 1;
+// 2: blob_refs (who uses which blob: quotas and retention, blob_ledger.h).
+constexpr int kSchemaVersion = 2;
 
 // pg_advisory_xact_lock(kLockSpace, kSchemaLock) serializes migrations.
 constexpr int kLockSpace = 0x70726566;  // "pref"
@@ -62,6 +63,17 @@ constexpr const char* kSchemaV1[] = {
     "  digest text PRIMARY KEY,"
     "  owner text NOT NULL,"
     "  expires_at timestamptz NOT NULL)",
+};
+
+constexpr const char* kSchemaV2[] = {
+    "CREATE TABLE blob_refs ("
+    "  tenant text NOT NULL,"
+    "  sha256 text NOT NULL,"
+    "  bytes bigint NOT NULL,"
+    "  last_used_us bigint NOT NULL,"
+    "  PRIMARY KEY (tenant, sha256))",
+    "CREATE INDEX blob_refs_by_sha ON blob_refs (sha256)",
+    "CREATE INDEX blob_refs_by_last_used ON blob_refs (last_used_us)",
 };
 
 // libpq's messages end in a newline and may span lines.
@@ -325,6 +337,14 @@ absl::Status PgDatabase::Migrate() {
           if (auto r = c.Exec(ddl); !r.ok()) return r.status();
         }
         if (auto r = c.Exec("INSERT INTO schema_version (version) VALUES (1)"); !r.ok()) {
+          return r.status();
+        }
+      }
+      if (version < 2) {
+        for (const char* ddl : kSchemaV2) {
+          if (auto r = c.Exec(ddl); !r.ok()) return r.status();
+        }
+        if (auto r = c.Exec("INSERT INTO schema_version (version) VALUES (2)"); !r.ok()) {
           return r.status();
         }
       }
