@@ -18,6 +18,8 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 
 #include "service/server/auth.h"
 #include "service/server/host_memory.h"
@@ -73,6 +75,15 @@ ABSL_FLAG(std::string, health_address, "",
           "HOST:PORT of a plaintext listener serving only the gRPC health service, for probes "
           "that cannot speak TLS (the kubelet's); port 0 picks one (printed at start); empty: "
           "none");
+ABSL_FLAG(int64_t, tenant_quota_mb, 0,
+          "blob bytes each tenant may hold (uploads and inline artifacts it used within the "
+          "retention; a blob shared by tenants counts against each), MiB; 0 = unlimited");
+ABSL_FLAG(std::string, tenant_quotas, "",
+          "per-tenant overrides of --tenant-quota-mb: TENANT=MB[,TENANT=MB...] (0 = unlimited)");
+ABSL_FLAG(double, blob_retention_days, 0,
+          "delete blobs no tenant used for this many days (verdicts stay); 0 = keep forever");
+ABSL_FLAG(double, blob_sweep_interval, 3600,
+          "seconds between retention sweeps (one also runs at start-up)");
 
 namespace {
 
@@ -144,6 +155,19 @@ int main(int argc, char** argv) {
   config.tokens_file = absl::GetFlag(FLAGS_tokens);
   config.signing_key_file = absl::GetFlag(FLAGS_signing_key);
   config.health_address = absl::GetFlag(FLAGS_health_address);
+  config.tenant_quota_bytes = absl::GetFlag(FLAGS_tenant_quota_mb) << 20;
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_tenant_quotas), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    int64_t mb = -1;
+    if (kv.first.empty() || !absl::SimpleAtoi(kv.second, &mb) || mb < 0) {
+      std::cerr << "preflight-server: --tenant-quotas: expected TENANT=MB, got '" << item << "'\n";
+      return 1;
+    }
+    config.tenant_quota_overrides[kv.first] = mb << 20;
+  }
+  config.blob_retention = absl::Seconds(absl::GetFlag(FLAGS_blob_retention_days) * 86400);
+  config.blob_sweep_interval = absl::Seconds(absl::GetFlag(FLAGS_blob_sweep_interval));
   config.core.job_slots = absl::GetFlag(FLAGS_job_slots);
   config.core.job_cpus = preflight::worker::UsableCpus();
   if (config.core.job_slots == 0) config.core.job_slots = config.core.job_cpus;

@@ -6,6 +6,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -154,8 +155,9 @@ absl::Status CheckZipHead(absl::string_view head, const std::string& field) {
 
 }  // namespace
 
-absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a,
-                                                           const char* field) {
+absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a, const char* field,
+                                                           bool* stored_now) {
+  *stored_now = false;
   switch (a.source_case()) {
     case v1::Artifact::kInline: {
       if (a.inline_().empty()) {
@@ -174,6 +176,7 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
         metrics_->RecordStoreError();
         return info.status();
       }
+      *stored_now = !info->already_present;
       return info->sha256;
     }
     case v1::Artifact::kSha256: {
@@ -204,7 +207,8 @@ absl::StatusOr<std::string> PreflightCore::ResolveArtifact(const v1::Artifact& a
 }
 
 absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& request,
-                                                       absl::Time deadline, CancelledFn cancelled) {
+                                                       absl::Time deadline, CancelledFn cancelled,
+                                                       const std::string& tenant) {
   const Caller caller{deadline, std::move(cancelled)};
   const absl::Time start = absl::Now();
   {
@@ -231,10 +235,30 @@ absl::StatusOr<v1::CheckResponse> PreflightCore::Check(const v1::CheckRequest& r
         "config.intra_op_threads: at most ", max_threads,
         " on this server (the CPUs a job may run on), got ", config.intra_op_threads()));
   }
-  auto model = ResolveArtifact(request.model(), "model");
+  bool model_stored_now = false, batch_stored_now = false;
+  auto model = ResolveArtifact(request.model(), "model", &model_stored_now);
   if (!model.ok()) return model.status();
-  auto batch = ResolveArtifact(request.batch(), "batch");
+  auto batch = ResolveArtifact(request.batch(), "batch", &batch_stored_now);
   if (!batch.ok()) return batch.status();
+  // Held until this caller returns: its check's blobs outlive any sweep.
+  store::BlobRetention::Pin model_pin, batch_pin;
+  if (retention_ != nullptr) {
+    const std::string who = tenant.empty() ? "anonymous" : tenant;
+    for (auto [field, sha, stored_now, pin] :
+         {std::tuple{"model", &*model, model_stored_now, &model_pin},
+          std::tuple{"batch", &*batch, batch_stored_now, &batch_pin}}) {
+      auto p = retention_->Use(field, who, *sha);
+      if (!p.ok()) {
+        if (absl::IsResourceExhausted(p.status())) {
+          metrics_->RecordQuotaRefusal();
+          // Inline bytes this request stored and nobody holds go again.
+          retention_->DiscardRefused(*sha, !stored_now).IgnoreError();
+        }
+        return p.status();
+      }
+      *pin = *std::move(p);
+    }
+  }
 
   // The cache key: everything that determines the report. How many
   // experiments train at once changes only the report's timing.

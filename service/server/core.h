@@ -20,6 +20,7 @@
 #include "preflight/v1/preflight.pb.h"
 #include "service/crypto/signature.h"
 #include "service/server/metrics.h"
+#include "service/store/blob_retention.h"
 #include "service/store/blob_store.h"
 #include "service/store/lease_store.h"
 #include "service/store/verdict_store.h"
@@ -71,14 +72,24 @@ class PreflightCore {
   // at once, alone, while the check runs on for the others; once no caller
   // waits, the check leaves the queue or its job is killed (and nothing is
   // stored), and the last caller's return waits for that (its slot is free).
+  //
+  // With retention set, the model and batch blobs are charged to `tenant`
+  // (empty: "anonymous", a server without --tokens) and pinned until Check
+  // returns, so no retention sweep deletes them meanwhile; an artifact over
+  // the tenant's quota is RESOURCE_EXHAUSTED naming the field.
   absl::StatusOr<v1::CheckResponse> Check(const v1::CheckRequest& request, absl::Time deadline,
-                                          CancelledFn cancelled = nullptr);
+                                          CancelledFn cancelled = nullptr,
+                                          const std::string& tenant = "");
   absl::StatusOr<v1::GetVerdictResponse> GetVerdict(const v1::GetVerdictRequest& request);
 
   // New Checks get UNAVAILABLE; running ones finish.
   void StartDraining();
 
   store::BlobStore* blobs() { return blobs_; }
+  // Quotas and retention (store/blob_retention.h); null (the default): no
+  // accounting. Set before the first Check; must outlive the core.
+  void set_retention(store::BlobRetention* retention) { retention_ = retention; }
+  store::BlobRetention* retention() { return retention_; }
 
   // For metrics and tests.
   int running() const;
@@ -105,7 +116,10 @@ class PreflightCore {
     std::optional<double> before_created;
   };
 
-  absl::StatusOr<std::string> ResolveArtifact(const v1::Artifact& a, const char* field);
+  // The artifact's blob sha256, storing inline bytes; `stored_now`: whether
+  // this call stored them (they were not stored before).
+  absl::StatusOr<std::string> ResolveArtifact(const v1::Artifact& a, const char* field,
+                                              bool* stored_now);
   // The check's own thread: runs it (or takes another replica's verdict)
   // and finishes `e.flight` on every path.
   void Execute(const Execution& e);
@@ -136,6 +150,7 @@ class PreflightCore {
   const crypto::Ed25519Signer* signer_;
   store::SingleReplicaLeases own_leases_;
   store::LeaseStore* leases_;
+  store::BlobRetention* retention_ = nullptr;
 
   // Identical requests in flight run once, on a thread of their own; every
   // caller waits for it. Guarded by mu_.

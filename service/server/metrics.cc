@@ -48,6 +48,10 @@ struct ServiceMetrics::Impl {
   prometheus::Family<prometheus::Gauge>& build_info;
   prometheus::Family<prometheus::Histogram>& store_ops;
   prometheus::Counter& lease_takeovers;
+  prometheus::Counter& blobs_collected;
+  prometheus::Counter& blob_bytes_collected;
+  prometheus::Gauge& blob_bytes_stored;
+  prometheus::Counter& quota_refusals;
 };
 
 ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
@@ -122,6 +126,27 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r) {
                 "lease expired).")
           .Register(r)
           .Add({}),
+      BuildCounter()
+          .Name("preflight_blobs_collected_total")
+          .Help("Blobs the retention sweep deleted (no tenant used them within the retention).")
+          .Register(r)
+          .Add({}),
+      BuildCounter()
+          .Name("preflight_blob_bytes_collected_total")
+          .Help("Bytes of the blobs the retention sweep deleted.")
+          .Register(r)
+          .Add({}),
+      BuildGauge()
+          .Name("preflight_blob_bytes_stored")
+          .Help("Bytes of the distinct blobs some tenant references (a shared blob once), as of "
+                "the last retention sweep.")
+          .Register(r)
+          .Add({}),
+      BuildCounter()
+          .Name("preflight_quota_refusals_total")
+          .Help("Uploads and inline artifacts refused because their tenant's blob quota is full.")
+          .Register(r)
+          .Add({}),
   });
   for (const char* op : kStoreOps) impl_->store_ops.Add({{"op", op}}, StoreBuckets());
   // Pre-create bounded label sets so every series exists from the start
@@ -191,6 +216,14 @@ void ServiceMetrics::RecordStoreOperation(const std::string& op, double seconds)
 }
 
 void ServiceMetrics::RecordLeaseTakeover() { impl_->lease_takeovers.Increment(); }
+
+void ServiceMetrics::RecordBlobSweep(int blobs, int64_t bytes, int64_t stored_bytes) {
+  impl_->blobs_collected.Increment(blobs);
+  impl_->blob_bytes_collected.Increment(static_cast<double>(bytes));
+  impl_->blob_bytes_stored.Set(static_cast<double>(stored_bytes));
+}
+
+void ServiceMetrics::RecordQuotaRefusal() { impl_->quota_refusals.Increment(); }
 
 void ServiceMetrics::SetBuildInfo(const std::string& version, const std::string& torch_version,
                                   const std::string& device) {

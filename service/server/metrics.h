@@ -47,6 +47,11 @@ class ServiceMetrics {
   // This replica ran a check whose lease another replica held and let
   // expire (it died mid-check).
   void RecordLeaseTakeover();
+  // A retention sweep deleted `blobs` blobs of `bytes` bytes; `stored_bytes`:
+  // the distinct blobs still referenced afterwards.
+  void RecordBlobSweep(int blobs, int64_t bytes, int64_t stored_bytes);
+  // An upload or inline artifact refused by its tenant's quota.
+  void RecordQuotaRefusal();
   void SetBuildInfo(const std::string& version, const std::string& torch_version,
                     const std::string& device);
 

@@ -6,9 +6,13 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -16,6 +20,7 @@
 #include "service/crypto/signature.h"
 #include "service/rpc/grpc_status.h"
 #include "service/server/auth.h"
+#include "service/store/blob_retention.h"
 #include "service/store/store_factory.h"
 
 namespace preflight::server {
@@ -40,8 +45,9 @@ class Service final : public v1::Preflight::Service {
       if (*who != nullptr) {
         if (absl::Status s = AuthorizeCheck(**who, req->job_id()); !s.ok()) return ToGrpcStatus(s);
       }
-      auto r = core_->Check(*req, absl::FromChrono(ctx->deadline()),
-                            [ctx] { return ctx->IsCancelled(); });
+      auto r = core_->Check(
+          *req, absl::FromChrono(ctx->deadline()), [ctx] { return ctx->IsCancelled(); },
+          *who != nullptr ? (*who)->tenant : "");
       if (!r.ok()) return ToGrpcStatus(r.status());
       *resp = *std::move(r);
       return grpc::Status::OK;
@@ -56,7 +62,7 @@ class Service final : public v1::Preflight::Service {
       if (*who != nullptr) {
         if (absl::Status s = AuthorizeCheck(**who, ""); !s.ok()) return ToGrpcStatus(s);
       }
-      return DoUpload(reader, resp);
+      return DoUpload(reader, resp, *who != nullptr ? (*who)->tenant : "anonymous");
     });
   }
 
@@ -111,7 +117,8 @@ class Service final : public v1::Preflight::Service {
     return s;
   }
 
-  grpc::Status DoUpload(grpc::ServerReader<v1::UploadRequest>* reader, v1::UploadResponse* resp) {
+  grpc::Status DoUpload(grpc::ServerReader<v1::UploadRequest>* reader, v1::UploadResponse* resp,
+                        const std::string& tenant) {
     auto writer = core_->blobs()->NewWriter();
     v1::UploadRequest req;
     int64_t expected = -1, total = 0;
@@ -145,6 +152,18 @@ class Service final : public v1::Preflight::Service {
     if (!info.ok()) {
       metrics_->RecordStoreError();
       return ToGrpcStatus(info.status());
+    }
+    if (store::BlobRetention* retention = core_->retention(); retention != nullptr) {
+      // Charged once stored (the sha256 is known only now); refused, the
+      // bytes this upload added go again, and nothing stored before is lost.
+      auto pin = retention->Use("upload", tenant, info->sha256);
+      if (!pin.ok()) {
+        if (absl::IsResourceExhausted(pin.status())) {
+          metrics_->RecordQuotaRefusal();
+          retention->DiscardRefused(info->sha256, info->already_present).IgnoreError();
+        }
+        return ToGrpcStatus(pin.status());
+      }
     }
     resp->set_sha256(info->sha256);
     resp->set_size_bytes(info->size);
@@ -205,6 +224,7 @@ struct Server::Impl {
   // checks' threads use the pool: the servers go first, then the core
   // (waiting for its threads), then the pool, then the rest.
   ~Impl() {
+    StopSweeps();
     {
       std::lock_guard<std::mutex> lock(health_mu);
       grpc_server.reset();
@@ -237,6 +257,7 @@ struct Server::Impl {
   absl::Status store_integrity;
   bool tls = false;
   store::Stores stores;
+  std::unique_ptr<store::BlobRetention> retention;
   std::unique_ptr<worker::WorkerPool> pool;
   std::unique_ptr<PreflightCore> core;
   std::unique_ptr<Service> service;
@@ -245,6 +266,54 @@ struct Server::Impl {
   // Plaintext, health service only (ServerConfig::health_address).
   std::unique_ptr<grpc::Server> health_server;
   int health_port = 0;
+
+  // The retention sweep: once now, then every `interval` until StopSweeps.
+  std::mutex sweep_mu;
+  std::condition_variable sweep_cv;
+  bool sweep_stop = false;
+  std::thread sweeper;
+  void SweepOnce() {
+    const absl::Time start = absl::Now();
+    auto r = retention->Sweep();
+    if (!r.ok()) {
+      metrics->RecordStoreError();
+      std::fprintf(stderr, "preflight-server: blob sweep failed: %s\n",
+                   std::string(r.status().message()).c_str());
+      return;
+    }
+    const int64_t stored = retention->StoredBytes().value_or(-1);
+    metrics->RecordBlobSweep(r->blobs_removed, r->bytes_removed, std::max<int64_t>(stored, 0));
+    std::fprintf(stderr,
+                 "preflight-server: blob sweep: removed %d blobs (%lld bytes) unused for %s, "
+                 "%lld bytes referenced, %d not removable%s%s, %.3f s\n",
+                 r->blobs_removed, static_cast<long long>(r->bytes_removed),
+                 retention->options().retention > absl::ZeroDuration()
+                     ? absl::FormatDuration(retention->options().retention).c_str()
+                     : "ever (no retention)",
+                 static_cast<long long>(stored), r->remove_failures,
+                 r->first_error.ok() ? "" : ": ",
+                 r->first_error.ok() ? "" : std::string(r->first_error.message()).c_str(),
+                 absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  void StartSweeps(absl::Duration interval) {
+    sweeper = std::thread([this, interval] {
+      std::unique_lock<std::mutex> lock(sweep_mu);
+      while (!sweep_stop) {
+        lock.unlock();
+        SweepOnce();
+        lock.lock();
+        sweep_cv.wait_for(lock, absl::ToChronoMilliseconds(interval), [&] { return sweep_stop; });
+      }
+    });
+  }
+  void StopSweeps() {
+    {
+      std::lock_guard<std::mutex> lock(sweep_mu);
+      sweep_stop = true;
+    }
+    sweep_cv.notify_all();
+    if (sweeper.joinable()) sweeper.join();
+  }
 };
 
 absl::Status ServerConfig::Validate() const {
@@ -280,6 +349,19 @@ absl::Status ServerConfig::Validate() const {
     // stuck zygote.
     return absl::InvalidArgumentError(
         "worker_heartbeat_timeout: must be 0 (off) or in [1, 3600] seconds");
+  }
+  if (tenant_quota_bytes < 0) return absl::InvalidArgumentError("tenant_quota: must be >= 0");
+  for (const auto& [tenant, bytes] : tenant_quota_overrides) {
+    if (tenant.empty() || bytes < 0) {
+      return absl::InvalidArgumentError(
+          "tenant_quota_overrides: expected TENANT=MB with a tenant name and MB >= 0");
+    }
+  }
+  if (blob_retention < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("blob_retention: must be >= 0 (0: keep forever)");
+  }
+  if (blob_sweep_interval < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("blob_sweep_interval: must be at least 1 second");
   }
   if (core.lease_ttl < absl::Milliseconds(200) || core.lease_ttl > absl::Hours(1)) {
     return absl::InvalidArgumentError("lease_ttl: must be in [0.2, 3600] seconds");
@@ -341,6 +423,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   impl->core = std::make_unique<PreflightCore>(
       config.core, impl->stores.blobs.get(), impl->stores.verdicts.get(), impl->pool.get(),
       impl->metrics.get(), impl->signer.get(), impl->stores.leases.get());
+  {
+    store::RetentionOptions ro;
+    ro.default_quota_bytes = config.tenant_quota_bytes;
+    ro.tenant_quota_bytes = config.tenant_quota_overrides;
+    ro.retention = config.blob_retention;
+    impl->retention = std::make_unique<store::BlobRetention>(
+        std::move(ro), impl->stores.ledger.get(), impl->stores.blobs.get(),
+        [] { return absl::Now(); });
+    impl->core->set_retention(impl->retention.get());
+  }
   impl->service = std::make_unique<Service>(impl->core.get(), config.max_upload_bytes,
                                             impl->metrics.get(), impl->tokens.get());
 
@@ -378,6 +470,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
     std::lock_guard<std::mutex> lock(impl->health_mu);
     impl->ApplyHealth();
   }
+  // At start-up, then periodically; without a retention it only refreshes
+  // the stored-bytes gauge.
+  impl->StartSweeps(config.blob_sweep_interval);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "service/server/core.h"
@@ -52,6 +53,15 @@ struct ServerConfig {
   // (port 0 picks one): the kubelet's native gRPC probes cannot speak TLS.
   // Empty: none.
   std::string health_address;
+  // Blob quotas and retention (store/blob_retention.h): bytes a tenant may
+  // hold (0: unlimited), per-tenant overrides, and how long a blob nobody
+  // uses is kept (zero: forever). A server without --tokens is one tenant,
+  // "anonymous".
+  int64_t tenant_quota_bytes = 0;
+  absl::flat_hash_map<std::string, int64_t> tenant_quota_overrides;
+  absl::Duration blob_retention = absl::ZeroDuration();
+  // How often the retention sweep runs (also once at start-up).
+  absl::Duration blob_sweep_interval = absl::Hours(1);
   CoreConfig core;
 
   // INVALID_ARGUMENT naming the field.

@@ -62,6 +62,8 @@ class BlobLedger {
   // more, so the blob store may delete them.
   virtual absl::StatusOr<std::vector<OrphanBlob>> DropUnusedSince(
       absl::Time cutoff, const absl::flat_hash_set<std::string>& keep) = 0;
+  // Bytes of the distinct blobs any tenant references (a shared blob once).
+  virtual absl::StatusOr<int64_t> StoredBytes() = 0;
   // Whether any tenant references the blob (the sweep's last check before
   // deleting, under the retention lock).
   virtual absl::StatusOr<bool> Referenced(const std::string& sha256) = 0;

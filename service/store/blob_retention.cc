@@ -31,14 +31,17 @@ int64_t BlobRetention::QuotaFor(const std::string& tenant) const {
   return it != options_.tenant_quota_bytes.end() ? it->second : options_.default_quota_bytes;
 }
 
-absl::StatusOr<BlobRetention::Pin> BlobRetention::Use(const BlobUse& use) {
+absl::StatusOr<BlobRetention::Pin> BlobRetention::Use(const std::string& field,
+                                                      const std::string& tenant,
+                                                      const std::string& sha256) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto has = blobs_->Has(use.sha256);
-  if (!has.ok()) return has.status();
-  if (!*has) {
+  auto size = blobs_->SizeOf(sha256);
+  if (absl::IsNotFound(size.status())) {
     return absl::NotFoundError(
-        absl::StrCat(use.field, ": no stored artifact ", use.sha256, "; Upload it again"));
+        absl::StrCat(field, ": no stored artifact ", sha256, "; Upload it again"));
   }
+  if (!size.ok()) return size.status();
+  const BlobUse use{field, tenant, sha256, *size};
   if (absl::Status s = ledger_->Charge(use, clock_(), QuotaFor(use.tenant)); !s.ok()) return s;
   std::lock_guard<std::mutex> pins(pin_mu_);
   ++pins_[use.sha256];

@@ -76,9 +76,11 @@ class BlobRetention {
                 std::function<absl::Time()> clock);
 
   int64_t QuotaFor(const std::string& tenant) const;
-  // Charges and pins a stored blob. NOT_FOUND when it is not (or no longer)
+  // Charges `tenant` the stored size of blob `sha256` (carried by request
+  // field `field`) and pins it. NOT_FOUND when it is not (or no longer)
   // stored; RESOURCE_EXHAUSTED past the tenant's quota.
-  absl::StatusOr<Pin> Use(const BlobUse& use);
+  absl::StatusOr<Pin> Use(const std::string& field, const std::string& tenant,
+                          const std::string& sha256);
   // For an upload that Use() refused: deletes the blob it just stored unless
   // it was already stored, someone references it or it is pinned, so a
   // refused upload leaves nothing uncharged behind.
@@ -90,6 +92,9 @@ class BlobRetention {
   absl::StatusOr<int64_t> UsageBytes(const std::string& tenant) {
     return ledger_->UsageBytes(tenant);
   }
+  // Bytes of the distinct blobs someone references (the stored-bytes metric).
+  absl::StatusOr<int64_t> StoredBytes() { return ledger_->StoredBytes(); }
+  const RetentionOptions& options() const { return options_; }
 
  private:
   void Unpin(const std::string& sha256);

@@ -55,6 +55,8 @@ class BlobStore {
   // bytes reach a job, which never learns where the store is. NOT_FOUND when
   // absent.
   virtual absl::StatusOr<util::UniqueFd> OpenForRead(const std::string& sha256) const = 0;
+  // The size of a stored blob, bytes; NOT_FOUND when absent.
+  virtual absl::StatusOr<int64_t> SizeOf(const std::string& sha256) const = 0;
   // Up to `n` leading bytes of a stored blob; NOT_FOUND when absent.
   virtual absl::StatusOr<std::string> ReadHead(const std::string& sha256, size_t n) const = 0;
   // The cap on one blob, bytes.

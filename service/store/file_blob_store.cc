@@ -177,6 +177,14 @@ absl::StatusOr<std::string> FileBlobStore::ReadHead(const std::string& sha256, s
   return head;
 }
 
+absl::StatusOr<int64_t> FileBlobStore::SizeOf(const std::string& sha256) const {
+  struct stat st;
+  if (!IsSha256Hex(sha256) || stat(PathOf(sha256).c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("blob ", sha256, " is absent"));
+  }
+  return static_cast<int64_t>(st.st_size);
+}
+
 absl::Status FileBlobStore::Remove(const std::string& sha256) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
   // An open descriptor (a running job's) keeps the unlinked file readable.

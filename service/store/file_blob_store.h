@@ -36,6 +36,7 @@ class FileBlobStore : public BlobStore {
   absl::StatusOr<std::string> ReadHead(const std::string& sha256, size_t n) const override;
   int64_t max_blob_bytes() const override { return max_blob_bytes_; }
   absl::Status Remove(const std::string& sha256) override;
+  absl::StatusOr<int64_t> SizeOf(const std::string& sha256) const override;
 
   // Path of a stored blob (whether or not it exists). For the store itself
   // and its tests: nothing outside service/store passes it on.

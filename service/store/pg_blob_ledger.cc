@@ -81,6 +81,20 @@ absl::StatusOr<std::vector<OrphanBlob>> PgBlobLedger::DropUnusedSince(
   return orphans;
 }
 
+absl::StatusOr<int64_t> PgBlobLedger::StoredBytes() {
+  int64_t out = 0;
+  absl::Status s = db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
+    auto r = c.Exec(
+        "SELECT coalesce(sum(b), 0) FROM (SELECT max(bytes) AS b FROM blob_refs GROUP BY sha256) "
+        "t");
+    if (!r.ok()) return r.status();
+    out = r->Int(0, 0);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
 absl::StatusOr<bool> PgBlobLedger::Referenced(const std::string& sha256) {
   bool found = false;
   absl::Status s = db_->Run([&](PgDatabase::Conn& c) -> absl::Status {

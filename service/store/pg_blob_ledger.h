@@ -24,6 +24,7 @@ class PgBlobLedger : public BlobLedger {
   absl::StatusOr<std::vector<OrphanBlob>> DropUnusedSince(
       absl::Time cutoff, const absl::flat_hash_set<std::string>& keep) override;
   absl::StatusOr<bool> Referenced(const std::string& sha256) override;
+  absl::StatusOr<int64_t> StoredBytes() override;
 
  private:
   std::shared_ptr<PgDatabase> db_;

@@ -214,6 +214,20 @@ absl::StatusOr<std::string> PgBlobStore::ReadHead(const std::string& sha256, siz
   return head;
 }
 
+absl::StatusOr<int64_t> PgBlobStore::SizeOf(const std::string& sha256) const {
+  if (!IsSha256Hex(sha256)) return absl::NotFoundError(absl::StrCat("blob ", sha256, " is absent"));
+  int64_t size = -1;
+  absl::Status s = db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
+    auto r = c.Exec("SELECT size FROM blobs WHERE sha256 = $1", {sha256});
+    if (!r.ok()) return r.status();
+    if (r->rows() == 0) return absl::NotFoundError(absl::StrCat("blob ", sha256, " is absent"));
+    size = r->Int(0, 0);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return size;
+}
+
 absl::Status PgBlobStore::Remove(const std::string& sha256) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("blob: not a sha256");
   return db_->Run([&](PgDatabase::Conn& c) -> absl::Status {

@@ -33,6 +33,7 @@ class PgBlobStore : public BlobStore {
   absl::StatusOr<std::string> ReadHead(const std::string& sha256, size_t n) const override;
   int64_t max_blob_bytes() const override { return max_blob_bytes_; }
   absl::Status Remove(const std::string& sha256) override;
+  absl::StatusOr<int64_t> SizeOf(const std::string& sha256) const override;
 
   // Bytes per chunk row.
   static constexpr size_t kChunkBytes = 1 << 20;

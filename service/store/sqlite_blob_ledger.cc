@@ -202,6 +202,22 @@ absl::StatusOr<std::vector<OrphanBlob>> SqliteBlobLedger::DropUnusedSince(
   return orphans;
 }
 
+absl::StatusOr<int64_t> SqliteBlobLedger::StoredBytes() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Stmt st;
+  if (absl::Status s = Prepare(impl_->db,
+                               "SELECT COALESCE(SUM(b), 0) FROM"
+                               " (SELECT MAX(bytes) AS b FROM blob_refs GROUP BY sha256)",
+                               &st);
+      !s.ok()) {
+    return s;
+  }
+  if (const int rc = sqlite3_step(st.s); rc != SQLITE_ROW) {
+    return LedgerError(impl_->db, rc, "stored bytes");
+  }
+  return sqlite3_column_int64(st.s, 0);
+}
+
 absl::StatusOr<bool> SqliteBlobLedger::Referenced(const std::string& sha256) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   Stmt st;

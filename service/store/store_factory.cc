@@ -8,10 +8,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "service/store/file_blob_store.h"
+#include "service/store/pg_blob_ledger.h"
 #include "service/store/pg_blob_store.h"
 #include "service/store/pg_database.h"
 #include "service/store/pg_lease_store.h"
 #include "service/store/pg_verdict_store.h"
+#include "service/store/sqlite_blob_ledger.h"
 #include "service/store/sqlite_verdict_store.h"
 
 namespace preflight::store {
@@ -52,7 +54,8 @@ absl::Status CheckVerdictFile(const std::string& dir, const std::string& db, boo
     return absl::FailedPreconditionError(
         absl::StrCat("store: ", db, " is empty (zero bytes): its verdicts are lost", hint));
   }
-  for (const std::string used : {dir + "/blobs", db + "-wal", db + "-shm", db + "-journal"}) {
+  for (const std::string used :
+       {dir + "/blobs", dir + "/blob_refs.db", db + "-wal", db + "-shm", db + "-journal"}) {
     if (Exists(used)) {
       return absl::FailedPreconditionError(absl::StrCat("store: ", db, " is missing, but ", dir,
                                                         " holds a used store (", used, ")", hint));
@@ -76,6 +79,9 @@ absl::StatusOr<Stores> OpenDirectory(const std::string& dir, int64_t max_blob_by
   auto blobs = FileBlobStore::Open(dir + "/blobs", max_blob_bytes);
   if (!blobs.ok()) return blobs.status();
   stores.blobs = *std::move(blobs);
+  auto ledger = SqliteBlobLedger::Open(dir + "/blob_refs.db");
+  if (!ledger.ok()) return ledger.status();
+  stores.ledger = *std::move(ledger);
   stores.leases = std::make_unique<SingleReplicaLeases>();
   stores.name = dir;
   return stores;
@@ -88,6 +94,7 @@ absl::StatusOr<Stores> OpenPostgres(const std::string& url, int64_t max_blob_byt
   stores.verdicts = std::make_unique<PgVerdictStore>(*db);
   stores.blobs = std::make_unique<PgBlobStore>(*db, max_blob_bytes);
   stores.leases = std::make_unique<PgLeaseStore>(*db, PgLeaseStore::NewOwnerId());
+  stores.ledger = std::make_unique<PgBlobLedger>(*db);
   stores.name = (*db)->name();
   return stores;
 }

@@ -29,6 +29,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "service/store/blob_ledger.h"
 #include "service/store/blob_store.h"
 #include "service/store/lease_store.h"
 #include "service/store/verdict_store.h"
@@ -41,6 +42,9 @@ struct Stores {
   // Claims on running checks: shared by the fleet for PostgreSQL; for a
   // directory, SingleReplicaLeases (one process uses it).
   std::unique_ptr<LeaseStore> leases;
+  // Who uses which blob (quotas, retention): DIR/blob_refs.db for a
+  // directory, the blob_refs table for PostgreSQL.
+  std::unique_ptr<BlobLedger> ledger;
   // The store as logs name it: the directory, or postgresql://USER@HOST:PORT/DB
   // (no password).
   std::string name;

@@ -56,8 +56,8 @@ TEST_P(BlobRetentionConformance, OverQuotaIsRefusedNamingFieldTenantUsageAndQuot
   Fixture f(GetParam(), {.default_quota_bytes = 100});
   ASSERT_TRUE(f.ok());
   const std::string a = f.Store(60, 'a'), b = f.Store(60, 'b');
-  ASSERT_TRUE(f.r().Use({"model", "tenant-a", a, 60}).ok());
-  auto refused = f.r().Use({"batch", "tenant-a", b, 60});
+  ASSERT_TRUE(f.r().Use("model", "tenant-a", a).ok());
+  auto refused = f.r().Use("batch", "tenant-a", b);
   ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_THAT(refused.status().message(),
               AllOf(HasSubstr("batch"), HasSubstr("tenant-a"), HasSubstr("60 of 100")));
@@ -66,19 +66,18 @@ TEST_P(BlobRetentionConformance, OverQuotaIsRefusedNamingFieldTenantUsageAndQuot
   EXPECT_TRUE(f.Has(b));
   EXPECT_EQ(f.r().UsageBytes("tenant-a").value_or(-1), 60);
   // Using a blob the tenant already holds is never charged twice.
-  EXPECT_TRUE(f.r().Use({"model", "tenant-a", a, 60}).ok());
+  EXPECT_TRUE(f.r().Use("model", "tenant-a", a).ok());
   EXPECT_EQ(f.r().UsageBytes("tenant-a").value_or(-1), 60);
   // Another tenant is not affected by tenant-a's usage.
-  EXPECT_TRUE(f.r().Use({"batch", "tenant-b", b, 60}).ok());
+  EXPECT_TRUE(f.r().Use("batch", "tenant-b", b).ok());
 }
 
 TEST_P(BlobRetentionConformance, PerTenantQuotaOverridesTheDefault) {
   Fixture f(GetParam(), {.default_quota_bytes = 10, .tenant_quota_bytes = {{"big", 0}}});
   ASSERT_TRUE(f.ok());
   const std::string a = f.Store(50, 'a');
-  EXPECT_EQ(f.r().Use({"model", "small", a, 50}).status().code(),
-            absl::StatusCode::kResourceExhausted);
-  EXPECT_TRUE(f.r().Use({"model", "big", a, 50}).ok()) << "0 overrides to unlimited";
+  EXPECT_EQ(f.r().Use("model", "small", a).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(f.r().Use("model", "big", a).ok()) << "0 overrides to unlimited";
 }
 
 TEST_P(BlobRetentionConformance,
@@ -86,11 +85,12 @@ TEST_P(BlobRetentionConformance,
   Fixture f(GetParam(), {.retention = 30 * kDay});
   ASSERT_TRUE(f.ok());
   const std::string shared = f.Store(40, 's');
-  ASSERT_TRUE(f.r().Use({"model", "t1", shared, 40}).ok());
+  ASSERT_TRUE(f.r().Use("model", "t1", shared).ok());
   f.clock.now += 20 * kDay;
-  ASSERT_TRUE(f.r().Use({"model", "t2", shared, 40}).ok());
+  ASSERT_TRUE(f.r().Use("model", "t2", shared).ok());
   EXPECT_EQ(f.r().UsageBytes("t1").value_or(-1), 40);
   EXPECT_EQ(f.r().UsageBytes("t2").value_or(-1), 40);
+  EXPECT_EQ(f.r().StoredBytes().value_or(-1), 40) << "stored once";
   f.clock.now += 15 * kDay;  // t1's use is 35 days old, t2's 15
   auto swept = f.r().Sweep();
   ASSERT_TRUE(swept.ok()) << swept.status();
@@ -104,17 +104,18 @@ TEST_P(BlobRetentionConformance,
   EXPECT_EQ(swept->blobs_removed, 1);
   EXPECT_EQ(swept->bytes_removed, 40);
   EXPECT_FALSE(f.Has(shared));
+  EXPECT_EQ(f.r().StoredBytes().value_or(-1), 0);
 }
 
 TEST_P(BlobRetentionConformance, SweepRemovesExpiredBlobsAndKeepsFreshAndInUseOnes) {
   Fixture f(GetParam(), {.retention = 30 * kDay});
   ASSERT_TRUE(f.ok());
   const std::string old = f.Store(10, 'o'), fresh = f.Store(20, 'f'), busy = f.Store(30, 'b');
-  ASSERT_TRUE(f.r().Use({"model", "t", old, 10}).ok());
-  auto pin = f.r().Use({"model", "t", busy, 30});  // a check that is still running
+  ASSERT_TRUE(f.r().Use("model", "t", old).ok());
+  auto pin = f.r().Use("model", "t", busy);  // a check that is still running
   ASSERT_TRUE(pin.ok());
   f.clock.now += 29 * kDay;
-  ASSERT_TRUE(f.r().Use({"batch", "t", fresh, 20}).ok());
+  ASSERT_TRUE(f.r().Use("batch", "t", fresh).ok());
   f.clock.now += 2 * kDay;
   auto swept = f.r().Sweep();
   ASSERT_TRUE(swept.ok()) << swept.status();
@@ -137,20 +138,20 @@ TEST_P(BlobRetentionConformance, ASweptBlobIsNotFoundAndAReUploadWorksAgain) {
   Fixture f(GetParam(), {.retention = kDay});
   ASSERT_TRUE(f.ok());
   const std::string a = f.Store(10, 'a');
-  ASSERT_TRUE(f.r().Use({"model", "t", a, 10}).ok());
+  ASSERT_TRUE(f.r().Use("model", "t", a).ok());
   f.clock.now += 2 * kDay;
   ASSERT_TRUE(f.r().Sweep().ok());
-  auto gone = f.r().Use({"model", "t", a, 10});
+  auto gone = f.r().Use("model", "t", a);
   EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound) << gone.status();
   EXPECT_EQ(f.Store(10, 'a'), a);
-  EXPECT_TRUE(f.r().Use({"model", "t", a, 10}).ok());
+  EXPECT_TRUE(f.r().Use("model", "t", a).ok());
 }
 
 TEST_P(BlobRetentionConformance, ZeroRetentionKeepsEverything) {
   Fixture f(GetParam(), {});
   ASSERT_TRUE(f.ok());
   const std::string a = f.Store(10, 'a');
-  ASSERT_TRUE(f.r().Use({"model", "t", a, 10}).ok());
+  ASSERT_TRUE(f.r().Use("model", "t", a).ok());
   f.clock.now += 10000 * kDay;
   auto swept = f.r().Sweep();
   ASSERT_TRUE(swept.ok());
@@ -162,15 +163,15 @@ TEST_P(BlobRetentionConformance, ARefusedNewUploadIsDiscardedButASharedOneIsKept
   Fixture f(GetParam(), {.default_quota_bytes = 15});
   ASSERT_TRUE(f.ok());
   const std::string a = f.Store(10, 'a');
-  ASSERT_TRUE(f.r().Use({"upload", "t", a, 10}).ok());
+  ASSERT_TRUE(f.r().Use("upload", "t", a).ok());
   const std::string b = f.Store(10, 'b');  // t's second upload: over quota
-  ASSERT_FALSE(f.r().Use({"upload", "t", b, 10}).ok());
+  ASSERT_FALSE(f.r().Use("upload", "t", b).ok());
   ASSERT_TRUE(f.r().DiscardRefused(b, /*was_already_present=*/false).ok());
   EXPECT_FALSE(f.Has(b)) << "a refused upload leaves nothing uncharged behind";
   // u holds c; t's refused upload of the same bytes must not delete it.
   const std::string c = f.Store(10, 'c');
-  ASSERT_TRUE(f.r().Use({"upload", "u", c, 10}).ok());
-  ASSERT_FALSE(f.r().Use({"upload", "t", c, 10}).ok());
+  ASSERT_TRUE(f.r().Use("upload", "u", c).ok());
+  ASSERT_FALSE(f.r().Use("upload", "t", c).ok());
   ASSERT_TRUE(f.r().DiscardRefused(c, /*was_already_present=*/false).ok());
   EXPECT_TRUE(f.Has(c));
   EXPECT_TRUE(f.Has(a));
