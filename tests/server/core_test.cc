@@ -16,11 +16,14 @@
 #include <prometheus/registry.h>
 
 #include "absl/time/clock.h"
+#include "service/store/blob_retention.h"
+#include "service/store/sha256.h"
 #include "service/store/store_factory.h"
 
 namespace preflight::server {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 class FakeRunner : public worker::JobRunner {
@@ -86,6 +89,7 @@ class CoreTest : public ::testing::Test {
     ASSERT_TRUE(stores.ok()) << stores.status();
     blobs_ = std::move(stores->blobs);
     verdicts_ = std::move(stores->verdicts);
+    ledger_ = std::move(stores->ledger);
     CoreConfig c;
     c.job_slots = 1;
     c.queue_size = 1;
@@ -139,8 +143,39 @@ class CoreTest : public ::testing::Test {
   FakeRunner runner_;
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<store::VerdictStore> verdicts_;
+  std::unique_ptr<store::BlobLedger> ledger_;
   std::unique_ptr<PreflightCore> core_;
 };
+
+// A tenant's Check artifacts are charged to it; one that would pass its quota
+// is RESOURCE_EXHAUSTED naming the field before anything runs, the new inline
+// bytes are not left behind, and another tenant is unaffected.
+TEST_F(CoreTest, AnArtifactOverTheTenantsQuotaIsRefusedBeforeAnythingRuns) {
+  store::RetentionOptions o;
+  o.default_quota_bytes = 40;  // The model and batch of Valid() are 15 bytes each.
+  store::BlobRetention retention(o, ledger_.get(), blobs_.get(), [] { return absl::Now(); });
+  core_->set_retention(&retention);
+  ASSERT_TRUE(core_->Check(Valid(), Deadline(), nullptr, "tenant-a").ok());
+  EXPECT_EQ(retention.UsageBytes("tenant-a").value_or(-1), 30);
+  ASSERT_TRUE(core_->Check(Valid(), Deadline(), nullptr, "tenant-a").ok()) << "held: not charged";
+  EXPECT_EQ(retention.UsageBytes("tenant-a").value_or(-1), 30);
+  const int runs = runner_.runs.load();
+  v1::CheckRequest bigger = Valid();
+  const std::string batch(std::string("PK\x03\x04", 4) + std::string(16, 'n'));
+  bigger.mutable_batch()->set_inline_(batch);
+  auto refused = core_->Check(bigger, Deadline(), nullptr, "tenant-a");
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              AllOf(HasSubstr("batch"), HasSubstr("tenant-a"), HasSubstr("30 of 40")));
+  EXPECT_EQ(runner_.runs.load(), runs) << "nothing ran";
+  EXPECT_FALSE(blobs_->Has(store::Sha256Hex(batch)).value_or(true)) << "its new bytes went again";
+  EXPECT_EQ(Metric("preflight_quota_refusals_total", {}), 1);
+  EXPECT_TRUE(core_->Check(bigger, Deadline(), nullptr, "tenant-b").ok());
+  // Without --tokens every caller is one tenant, "anonymous".
+  ASSERT_TRUE(core_->Check(Valid(), Deadline()).ok());
+  EXPECT_EQ(retention.UsageBytes("anonymous").value_or(-1), 30);
+  core_->set_retention(nullptr);  // `retention` goes before the core
+}
 
 TEST_F(CoreTest, MalformedRequestsNameTheField) {
   struct Case {
