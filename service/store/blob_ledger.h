@@ -51,9 +51,12 @@ class BlobLedger {
   // Records that use.tenant used use.sha256 at `now`. A blob new to the
   // tenant is first checked with CheckQuota against the tenant's current
   // usage; when refused nothing is recorded (and nothing stored is touched).
-  // A blob the tenant already references only gets last_used = now.
+  // A blob the tenant already references only gets last_used = now, and
+  // only when its last_used is older than `refresh_after`: a repeat of a
+  // stored request writes nothing here (it then also works on a full disk).
   // Atomic against concurrent Charges of the same tenant.
-  virtual absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes) = 0;
+  virtual absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes,
+                              absl::Duration refresh_after) = 0;
   // Bytes the tenant is charged for now (0 for an unknown tenant).
   virtual absl::StatusOr<int64_t> UsageBytes(const std::string& tenant) = 0;
   // Drops every reference last used before `cutoff`, except references to a

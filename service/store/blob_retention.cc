@@ -1,5 +1,6 @@
 #include "service/store/blob_retention.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -26,6 +27,15 @@ BlobRetention::BlobRetention(RetentionOptions options, BlobLedger* ledger, BlobS
                              std::function<absl::Time()> clock)
     : options_(std::move(options)), ledger_(ledger), blobs_(blobs), clock_(std::move(clock)) {}
 
+absl::Duration BlobRetention::RefreshAfter() const {
+  // A held blob's last_used is rewritten at most this often: a hundredth of
+  // the retention (so a blob used within 99% of it is always kept), at most a
+  // minute (so a retention switched on later sees recent uses).
+  constexpr absl::Duration kMax = absl::Minutes(1);
+  if (options_.retention <= absl::ZeroDuration()) return kMax;
+  return std::min(kMax, options_.retention / 100);
+}
+
 int64_t BlobRetention::QuotaFor(const std::string& tenant) const {
   auto it = options_.tenant_quota_bytes.find(tenant);
   return it != options_.tenant_quota_bytes.end() ? it->second : options_.default_quota_bytes;
@@ -42,7 +52,10 @@ absl::StatusOr<BlobRetention::Pin> BlobRetention::Use(const std::string& field,
   }
   if (!size.ok()) return size.status();
   const BlobUse use{field, tenant, sha256, *size};
-  if (absl::Status s = ledger_->Charge(use, clock_(), QuotaFor(use.tenant)); !s.ok()) return s;
+  if (absl::Status s = ledger_->Charge(use, clock_(), QuotaFor(use.tenant), RefreshAfter());
+      !s.ok()) {
+    return s;
+  }
   std::lock_guard<std::mutex> pins(pin_mu_);
   ++pins_[use.sha256];
   return Pin(this, use.sha256);

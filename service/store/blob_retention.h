@@ -76,6 +76,8 @@ class BlobRetention {
                 std::function<absl::Time()> clock);
 
   int64_t QuotaFor(const std::string& tenant) const;
+  // How stale a held blob's last_used may get before a use rewrites it.
+  absl::Duration RefreshAfter() const;
   // Charges `tenant` the stored size of blob `sha256` (carried by request
   // field `field`) and pins it. NOT_FOUND when it is not (or no longer)
   // stored; RESOURCE_EXHAUSTED past the tenant's quota.

@@ -12,9 +12,17 @@ constexpr int kLockSpace = 0x70726567;  // "preg"
 
 }  // namespace
 
-absl::Status PgBlobLedger::Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes) {
+absl::Status PgBlobLedger::Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes,
+                                  absl::Duration refresh_after) {
   const std::string now_us = absl::StrCat(absl::ToUnixMicros(now));
+  const std::string fresh_us = absl::StrCat(absl::ToUnixMicros(now - refresh_after));
   return db_->Run([&](PgDatabase::Conn& c) -> absl::Status {
+    // Held and recently refreshed: nothing to write, no lock to take.
+    auto fresh = c.Exec(
+        "SELECT 1 FROM blob_refs WHERE tenant = $1 AND sha256 = $2 AND last_used_us >= $3::bigint",
+        {use.tenant, use.sha256, fresh_us});
+    if (!fresh.ok()) return fresh.status();
+    if (fresh->rows() > 0) return absl::OkStatus();
     return c.Transaction([&]() -> absl::Status {
       if (auto r = c.Exec("SELECT pg_advisory_xact_lock($1, hashtext($2))",
                           {absl::StrCat(kLockSpace), use.tenant});

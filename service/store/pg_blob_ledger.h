@@ -19,7 +19,8 @@ class PgBlobLedger : public BlobLedger {
  public:
   explicit PgBlobLedger(std::shared_ptr<PgDatabase> db) : db_(std::move(db)) {}
 
-  absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes) override;
+  absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes,
+                      absl::Duration refresh_after) override;
   absl::StatusOr<int64_t> UsageBytes(const std::string& tenant) override;
   absl::StatusOr<std::vector<OrphanBlob>> DropUnusedSince(
       absl::Time cutoff, const absl::flat_hash_set<std::string>& keep) override;

@@ -103,9 +103,27 @@ absl::StatusOr<std::unique_ptr<SqliteBlobLedger>> SqliteBlobLedger::Open(const s
   return std::unique_ptr<SqliteBlobLedger>(new SqliteBlobLedger(std::move(impl)));
 }
 
-absl::Status SqliteBlobLedger::Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes) {
+absl::Status SqliteBlobLedger::Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes,
+                                      absl::Duration refresh_after) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   sqlite3* db = impl_->db;
+  {
+    // Held and recently refreshed: nothing to write.
+    Stmt fresh;
+    if (absl::Status s = Prepare(db,
+                                 "SELECT 1 FROM blob_refs WHERE tenant = ?1 AND sha256 = ?2"
+                                 " AND last_used_us >= ?3",
+                                 &fresh);
+        !s.ok()) {
+      return s;
+    }
+    BindText(fresh, 1, use.tenant);
+    BindText(fresh, 2, use.sha256);
+    sqlite3_bind_int64(fresh.s, 3, absl::ToUnixMicros(now - refresh_after));
+    const int rc = sqlite3_step(fresh.s);
+    if (rc == SQLITE_ROW) return absl::OkStatus();
+    if (rc != SQLITE_DONE) return LedgerError(db, rc, "lookup");
+  }
   return InTransaction(db, [&]() -> absl::Status {
     Stmt touch;
     if (absl::Status s = Prepare(db,

@@ -20,7 +20,8 @@ class SqliteBlobLedger : public BlobLedger {
   static absl::StatusOr<std::unique_ptr<SqliteBlobLedger>> Open(const std::string& path);
   ~SqliteBlobLedger() override;
 
-  absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes) override;
+  absl::Status Charge(const BlobUse& use, absl::Time now, int64_t quota_bytes,
+                      absl::Duration refresh_after) override;
   absl::StatusOr<int64_t> UsageBytes(const std::string& tenant) override;
   absl::StatusOr<std::vector<OrphanBlob>> DropUnusedSince(
       absl::Time cutoff, const absl::flat_hash_set<std::string>& keep) override;

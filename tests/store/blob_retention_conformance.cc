@@ -134,6 +134,26 @@ TEST_P(BlobRetentionConformance, SweepRemovesExpiredBlobsAndKeepsFreshAndInUseOn
   EXPECT_EQ(f.r().UsageBytes("t").value_or(-1), 20);
 }
 
+// Uses refresh last_used at most every hundredth of the retention: a blob used
+// within 99% of the retention is always kept, one unused for longer goes.
+TEST_P(BlobRetentionConformance, ABlobUsedWithinTheRetentionIsKeptThoughRefreshesAreSparse) {
+  Fixture f(GetParam(), {.retention = absl::Minutes(100)});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f.r().RefreshAfter(), absl::Minutes(1));
+  const std::string a = f.Store(10, 'a');
+  ASSERT_TRUE(f.r().Use("model", "t", a).ok());
+  f.clock.now += absl::Seconds(30);
+  ASSERT_TRUE(f.r().Use("model", "t", a).ok());  // within a minute: not rewritten
+  f.clock.now += absl::Seconds(90);
+  ASSERT_TRUE(f.r().Use("model", "t", a).ok());  // 2 min after the first: rewritten
+  f.clock.now += absl::Minutes(99);              // 99 min after the last use
+  ASSERT_TRUE(f.r().Sweep().ok());
+  EXPECT_TRUE(f.Has(a));
+  f.clock.now += absl::Minutes(2);  // 101 min
+  ASSERT_TRUE(f.r().Sweep().ok());
+  EXPECT_FALSE(f.Has(a));
+}
+
 TEST_P(BlobRetentionConformance, ASweptBlobIsNotFoundAndAReUploadWorksAgain) {
   Fixture f(GetParam(), {.retention = kDay});
   ASSERT_TRUE(f.ok());

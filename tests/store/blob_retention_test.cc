@@ -55,7 +55,7 @@ TEST(SqliteBlobLedger, ReferencesSurviveAReopen) {
   {
     auto ledger = SqliteBlobLedger::Open(path);
     ASSERT_TRUE(ledger.ok()) << ledger.status();
-    ASSERT_TRUE((*ledger)->Charge({"model", "t", "abc", 7}, absl::Now(), 0).ok());
+    ASSERT_TRUE((*ledger)->Charge({"model", "t", "abc", 7}, absl::Now(), 0, absl::Minutes(1)).ok());
   }
   auto ledger = SqliteBlobLedger::Open(path);
   ASSERT_TRUE(ledger.ok()) << ledger.status();
