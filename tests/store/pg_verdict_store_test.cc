@@ -126,6 +126,30 @@ TEST(PgDatabase, ReplicasStartingAtOnceMigrateTheSchemaOnce) {
   EXPECT_TRUE(s.ok()) << s;
 }
 
+// A database of schema 1 (before blob_refs) is migrated to 2 at start, its
+// blobs kept, and its ledger then works.
+TEST(PgDatabase, ASchemaOneDatabaseGainsTheBlobLedger) {
+  const std::string url = NewDatabase();
+  std::string sha;
+  {
+    auto db = PgDatabase::Open(url);
+    ASSERT_TRUE(db.ok()) << db.status();
+    auto put = PgBlobStore(*db, 1 << 20).Put("PK\x03\x04 schema one");
+    ASSERT_TRUE(put.ok()) << put.status();
+    sha = put->sha256;
+  }
+  // Back to what schema 1 wrote.
+  ASSERT_TRUE(PgTestCluster::Sql(url, "DROP TABLE blob_refs").ok());
+  ASSERT_TRUE(PgTestCluster::Sql(url, "DELETE FROM schema_version WHERE version = 2").ok());
+  auto db = PgDatabase::Open(url);
+  ASSERT_TRUE(db.ok()) << db.status();
+  PgBlobStore blobs(*db, 1 << 20);
+  EXPECT_TRUE(blobs.Has(sha).value_or(false));
+  PgBlobLedger ledger(*db);
+  EXPECT_TRUE(ledger.Charge({"model", "t", sha, 16}, absl::Now(), 0, absl::Minutes(1)).ok());
+  EXPECT_EQ(ledger.UsageBytes("t").value_or(-1), 16);
+}
+
 TEST(PgDatabase, ASchemaFromANewerPreflightIsRefused) {
   const std::string url = NewDatabase();
   ASSERT_TRUE(PgDatabase::Open(url).ok());
