@@ -327,7 +327,10 @@ class Pass {
         if (!Pop(&c) || !Pop(&a)) return underflow();
         Value g;
         g.kind = Value::kGlobal;
-        g.s = absl::StrCat(a.s, ".", c.s);
+        // Operands may be globals themselves: without the cut, DUP +
+        // STACK_GLOBAL doubles the name each time (found by the fuzzer).
+        g.s = absl::StrCat(absl::string_view(a.s).substr(0, 128), ".",
+                           absl::string_view(c.s).substr(0, 128));
         return Push(std::move(g));
       }
       case 'P':  // PERSID (text)
