@@ -33,15 +33,31 @@ const v1::JobIncident* FirstRaised(const v1::JobRecord& record, v1::JobIncident:
   return nullptr;
 }
 
+// The first refused open that asked to write, raised or not.
+const v1::JobIncident* FirstDeniedWrite(const v1::JobRecord& record) {
+  for (const auto& i : record.incidents()) {
+    if (i.kind() == v1::JobIncident::FILE_ACCESS_DENIED && i.write()) return &i;
+  }
+  return nullptr;
+}
+
+void AddIncidentEvidence(v1::Finding* f, const v1::JobIncident& i) {
+  engine::AddText(f, "path", i.path());
+  engine::AddText(f, "call", i.call());
+  engine::AddNumber(f, "errno", i.errno_value());
+  engine::AddText(f, "access", i.write() ? "write" : "read");
+}
+
 // Replaces `report` by one ERROR finding of `code`, keeping config,
-// environment and timing, and the finding it replaces as evidence.
+// environment and timing, and the code of the finding it replaces as
+// evidence.
 void Reclassify(v1::Report* report, v1::FindingCode code, const std::string& message,
-                const v1::Finding& original, v1::Completion completion) {
+                v1::FindingCode original, v1::Completion completion) {
   v1::Report mapped;
   *mapped.mutable_config() = report->config();
   *mapped.mutable_environment() = report->environment();
   v1::Finding* f = engine::AddFinding(&mapped, code, v1::Finding::ERROR, "worker", message);
-  engine::AddText(f, "original_code", v1::FindingCode_Name(original.code()));
+  engine::AddText(f, "original_code", v1::FindingCode_Name(original));
   mapped.set_verdict(engine::ComputeVerdict(mapped));
   *mapped.mutable_timing() = report->timing();
   mapped.set_completion(completion);
@@ -83,28 +99,45 @@ v1::Report FromRecord(v1::JobRecord record, const ChildOutcome& o, const v1::Che
       break;
     }
   }
-  if (stopped == nullptr) return report;
-  const v1::Finding original = *stopped;
-  if (const v1::JobIncident* a = FirstRaised(record, v1::JobIncident::ALLOCATION_FAILED)) {
-    Reclassify(
-        &report, v1::WORKER_OOM,
-        absl::StrCat("the check exceeded its memory limit of ", memory_limit >> 20, " MiB (",
-                     a->call(), a->bytes() > 0 ? absl::StrCat(" of ", a->bytes(), " bytes") : "",
-                     " failed): ", original.message()),
-        original, v1::COMPLETION_TRANSIENT);
-    v1::Finding* f = report.mutable_findings(0);
-    engine::AddNumber(f, "memory_limit_bytes", static_cast<double>(memory_limit));
-    if (a->bytes() > 0) engine::AddNumber(f, "requested_bytes", static_cast<double>(a->bytes()));
-    return report;
+  if (stopped != nullptr) {
+    const v1::Finding original = *stopped;
+    if (const v1::JobIncident* a = FirstRaised(record, v1::JobIncident::ALLOCATION_FAILED)) {
+      Reclassify(
+          &report, v1::WORKER_OOM,
+          absl::StrCat("the check exceeded its memory limit of ", memory_limit >> 20, " MiB (",
+                       a->call(), a->bytes() > 0 ? absl::StrCat(" of ", a->bytes(), " bytes") : "",
+                       " failed): ", original.message()),
+          original.code(), v1::COMPLETION_TRANSIENT);
+      v1::Finding* f = report.mutable_findings(0);
+      engine::AddNumber(f, "memory_limit_bytes", static_cast<double>(memory_limit));
+      if (a->bytes() > 0) engine::AddNumber(f, "requested_bytes", static_cast<double>(a->bytes()));
+      return report;
+    }
+    if (const v1::JobIncident* d = FirstRaised(record, v1::JobIncident::FILE_ACCESS_DENIED)) {
+      Reclassify(&report, v1::SANDBOX_VIOLATION,
+                 absl::StrCat("the model tried to ", d->write() ? "write" : "access",
+                              " a file outside its inputs (", d->path(),
+                              "), which the sandbox refused: ", original.message()),
+                 original.code(), v1::COMPLETION_FINAL);
+      AddIncidentEvidence(report.mutable_findings(0), *d);
+      return report;
+    }
   }
-  if (const v1::JobIncident* d = FirstRaised(record, v1::JobIncident::FILE_ACCESS_DENIED)) {
+  if (const v1::JobIncident* w = FirstDeniedWrite(record)) {
+    // The model carried on after the refusal (or failed for another reason):
+    // its verdict was reached by code that meant to leave a file behind.
+    const std::string withheld = v1::Verdict_Name(report.verdict());
+    const v1::FindingCode first = stopped != nullptr
+                                      ? stopped->code()
+                                      : (report.findings_size() > 0 ? report.findings(0).code()
+                                                                    : v1::FINDING_CODE_UNSPECIFIED);
     Reclassify(&report, v1::SANDBOX_VIOLATION,
-               absl::StrCat("the model tried to access a file outside its inputs (", d->path(),
-                            "), which the sandbox refused: ", original.message()),
-               original, v1::COMPLETION_FINAL);
-    engine::AddText(report.mutable_findings(0), "path", d->path());
-    engine::AddNumber(report.mutable_findings(0), "errno", d->errno_value());
-    return report;
+               absl::StrCat("the model tried to write ", w->path(), " (", w->call(),
+                            "), which the sandbox refused: a check may write no file; the ",
+                            withheld, " verdict the check reached is withheld"),
+               first, v1::COMPLETION_FINAL);
+    AddIncidentEvidence(report.mutable_findings(0), *w);
+    engine::AddText(report.mutable_findings(0), "withheld_verdict", withheld);
   }
   return report;
 }

@@ -14,7 +14,10 @@
 //     shows a failed allocation that raised an exception -> WORKER_OOM; else
 //     a refused file open that raised one -> SANDBOX_VIOLATION. The original
 //     finding is kept as evidence;
-//   - otherwise the check's own report. A refusal that raised nothing
+//   - a refused open that asked to WRITE, raised or not -> SANDBOX_VIOLATION
+//     (TorchScript's torch.save ignores a failed open and the check would
+//     pass; the verdict it would have had is kept as evidence);
+//   - otherwise the check's own report. A refused read that raised nothing
 //     (LibTorch probing /proc/cpuinfo and carrying on) changes nothing.
 // Completion: WORKER_OOM, crashes, timeouts and internal errors are
 // COMPLETION_TRANSIENT (not reused from the cache); SANDBOX_VIOLATION and a

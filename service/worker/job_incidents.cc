@@ -23,6 +23,7 @@ struct Slot {
   int errno_value;
   int64_t bytes;
   const char* call;  // A string literal.
+  bool write;
   char path[kPathBytes];
 };
 
@@ -39,8 +40,8 @@ void NoteSuccess() {
   if (g_armed.load(std::memory_order_relaxed)) t_last_failure = -1;
 }
 
-void Record(v1::JobIncident::Kind kind, int err, int64_t bytes, const char* call,
-            const char* path) {
+void Record(v1::JobIncident::Kind kind, int err, int64_t bytes, const char* call, const char* path,
+            bool write = false) {
   if (!g_armed.load(std::memory_order_relaxed)) return;
   const int i = g_next.fetch_add(1, std::memory_order_relaxed);
   t_last_failure = i < kCapacity ? i : -1;
@@ -50,6 +51,7 @@ void Record(v1::JobIncident::Kind kind, int err, int64_t bytes, const char* call
   s.errno_value = err;
   s.bytes = bytes;
   s.call = call;
+  s.write = write;
   s.path[0] = '\0';
   if (path != nullptr) {
     std::strncpy(s.path, path, kPathBytes - 1);
@@ -59,14 +61,14 @@ void Record(v1::JobIncident::Kind kind, int err, int64_t bytes, const char* call
 }
 
 // After EACCES/EPERM from an open: the sandbox (Landlock) refused the path.
-void NoteOpen(int result, const char* call, const char* path) {
+void NoteOpen(int result, const char* call, const char* path, bool write) {
   if (result >= 0) {
     NoteSuccess();
     return;
   }
   const int err = errno;
   if (err == EACCES || err == EPERM) {
-    Record(v1::JobIncident::FILE_ACCESS_DENIED, err, 0, call, path);
+    Record(v1::JobIncident::FILE_ACCESS_DENIED, err, 0, call, path, write);
   } else {
     NoteSuccess();  // Not the sandbox's doing (ENOENT, ...).
   }
@@ -79,6 +81,15 @@ Fn Next(const char* name) {
 }
 
 bool NeedsMode(int flags) { return (flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE; }
+
+bool OpensForWrite(int flags) {
+  return (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)) != 0 ||
+         (flags & O_TMPFILE) == O_TMPFILE;
+}
+
+bool FopenForWrite(const char* how) {
+  return how != nullptr && std::strpbrk(how, "wa+") != nullptr;
+}
 
 void NewHandler() {
   Record(v1::JobIncident::ALLOCATION_FAILED, ENOMEM, 0, "operator new", nullptr);
@@ -114,6 +125,7 @@ void TakeIncidents(v1::JobRecord* record) {
     incident->set_bytes(s.bytes);
     incident->set_call(s.call);
     incident->set_path(s.path);
+    if (s.kind == v1::JobIncident::FILE_ACCESS_DENIED) incident->set_write(s.write);
     incident->set_raised(g_raised[i].load(std::memory_order_relaxed) != 0);
   }
   record->set_incidents_dropped(n > kCapacity ? n - kCapacity : 0);
@@ -123,9 +135,11 @@ void TakeIncidents(v1::JobRecord* record) {
 
 // The interposers. Each forwards to the next definition (libc's) and notes a
 // refusal; errno is preserved for the caller.
+using preflight::worker::FopenForWrite;
 using preflight::worker::NeedsMode;
 using preflight::worker::Next;
 using preflight::worker::NoteOpen;
+using preflight::worker::OpensForWrite;
 
 // The optional mode argument of the open family: present only when the
 // flags create a file. A macro because va_start must run in the variadic
@@ -145,7 +159,7 @@ int open(const char* path, int flags, ...) {
   static auto real = Next<int (*)(const char*, int, ...)>("open");
   PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(path, flags, mode);
-  NoteOpen(fd, "open", path);
+  NoteOpen(fd, "open", path, OpensForWrite(flags));
   return fd;
 }
 
@@ -153,7 +167,7 @@ int open64(const char* path, int flags, ...) {
   static auto real = Next<int (*)(const char*, int, ...)>("open64");
   PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(path, flags, mode);
-  NoteOpen(fd, "open64", path);
+  NoteOpen(fd, "open64", path, OpensForWrite(flags));
   return fd;
 }
 
@@ -161,7 +175,7 @@ int openat(int dirfd, const char* path, int flags, ...) {
   static auto real = Next<int (*)(int, const char*, int, ...)>("openat");
   PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(dirfd, path, flags, mode);
-  NoteOpen(fd, "openat", path);
+  NoteOpen(fd, "openat", path, OpensForWrite(flags));
   return fd;
 }
 
@@ -169,21 +183,21 @@ int openat64(int dirfd, const char* path, int flags, ...) {
   static auto real = Next<int (*)(int, const char*, int, ...)>("openat64");
   PREFLIGHT_READ_MODE(flags, mode);
   const int fd = real(dirfd, path, flags, mode);
-  NoteOpen(fd, "openat64", path);
+  NoteOpen(fd, "openat64", path, OpensForWrite(flags));
   return fd;
 }
 
 FILE* fopen(const char* path, const char* how) {
   static auto real = Next<FILE* (*)(const char*, const char*)>("fopen");
   FILE* f = real(path, how);
-  NoteOpen(f != nullptr ? 0 : -1, "fopen", path);
+  NoteOpen(f != nullptr ? 0 : -1, "fopen", path, FopenForWrite(how));
   return f;
 }
 
 FILE* fopen64(const char* path, const char* how) {
   static auto real = Next<FILE* (*)(const char*, const char*)>("fopen64");
   FILE* f = real(path, how);
-  NoteOpen(f != nullptr ? 0 : -1, "fopen64", path);
+  NoteOpen(f != nullptr ? 0 : -1, "fopen64", path, FopenForWrite(how));
   return f;
 }
 

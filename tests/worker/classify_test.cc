@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <signal.h>
 
+#include <map>
+#include <string>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -143,6 +146,51 @@ TEST(ReportFromJob, ViolationNamesThePathAndKeepsTheOriginalFinding) {
   bool original = false;
   for (const auto& e : f.evidence()) {
     if (e.name() == "original_code") original = e.text() == "FORWARD_ERROR";
+  }
+  EXPECT_TRUE(original);
+}
+
+// TorchScript's torch.save (aten::save) opens its file with std::fstream and
+// ignores the failure: the check goes on and would PASS. A refused write is
+// the model's, raised or not; a refused read that raised nothing is LibTorch
+// probing the host and changes nothing.
+TEST(ReportFromJob, ARefusedWriteIsAViolationEvenWhenNothingRaised) {
+  v1::JobRecord passed;
+  passed.mutable_report()->set_verdict(v1::PASS);
+  passed.mutable_report()->set_completion(v1::COMPLETION_FINAL);
+  *passed.add_incidents() = Tolerated(Denied("/proc/cpuinfo"));
+  v1::JobIncident write = Tolerated(Denied("/tmp/preflight-hostile-save"));
+  write.set_write(true);
+  write.set_call("fopen64");
+
+  v1::Report r = ReportFromJob(Returned(passed), v1::CheckConfig(), kLimit);
+  EXPECT_EQ(r.verdict(), v1::PASS) << "a tolerated read refusal changes nothing";
+
+  *passed.add_incidents() = write;
+  r = ReportFromJob(Returned(passed), v1::CheckConfig(), kLimit);
+  EXPECT_EQ(r.verdict(), v1::ERROR);
+  EXPECT_EQ(r.completion(), v1::COMPLETION_FINAL);
+  ASSERT_EQ(r.findings_size(), 1);
+  const v1::Finding& f = r.findings(0);
+  EXPECT_EQ(f.code(), v1::SANDBOX_VIOLATION);
+  EXPECT_THAT(f.message(), HasSubstr("write /tmp/preflight-hostile-save (fopen64)"));
+  EXPECT_THAT(f.message(), HasSubstr("PASS verdict the check reached is withheld"));
+  std::map<std::string, std::string> text;
+  for (const auto& e : f.evidence()) text[e.name()] = e.text();
+  EXPECT_EQ(text["access"], "write");
+  EXPECT_EQ(text["withheld_verdict"], "PASS");
+  EXPECT_EQ(text["path"], "/tmp/preflight-hostile-save");
+
+  // A write refusal also wins over the unrelated error that ended the check.
+  v1::JobRecord failed;
+  *failed.mutable_report() = ReportWith(v1::LOSS_ERROR, v1::Finding::FAIL, "bad loss");
+  *failed.add_incidents() = write;
+  r = ReportFromJob(Returned(failed), v1::CheckConfig(), kLimit);
+  ASSERT_EQ(r.findings_size(), 1);
+  EXPECT_EQ(r.findings(0).code(), v1::SANDBOX_VIOLATION);
+  bool original = false;
+  for (const auto& e : r.findings(0).evidence()) {
+    if (e.name() == "original_code") original = e.text() == "LOSS_ERROR";
   }
   EXPECT_TRUE(original);
 }

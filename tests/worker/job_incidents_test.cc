@@ -109,6 +109,34 @@ TEST(JobIncidents, OpensTheSandboxRefusesAreRecordedOthersAreNot) {
   EXPECT_FALSE(r.incidents(0).raised());
   EXPECT_FALSE(r.incidents(1).raised());
   EXPECT_TRUE(r.incidents(2).raised());
+  EXPECT_FALSE(r.incidents(0).write());
+  EXPECT_FALSE(r.incidents(1).write());
+  EXPECT_TRUE(r.incidents(2).write()) << "O_WRONLY | O_CREAT";
+}
+
+// How a refused open's intent is read: any open that could change a file.
+TEST(JobIncidents, RefusedOpensSayWhetherTheyAskedToWrite) {
+  const v1::JobRecord r = InChild([](int result_fd) {
+    SandboxPolicy policy;
+    policy.readable_dirs = LoadedLibraryDirs();
+    policy.keep_fd = result_fd;
+    policy.seccomp = false;
+    int abi = 0;
+    ASSERT_TRUE(EnterSandbox(policy, &abi).ok());
+    if (abi == 0) GTEST_SKIP() << "no Landlock on this kernel";
+    ArmIncidentRecording();
+    EXPECT_LT(open("/etc/passwd", O_RDWR), 0);
+    EXPECT_LT(open("/etc/passwd", O_RDONLY | O_TRUNC), 0);
+    EXPECT_EQ(fopen("/tmp/preflight-planted", "wb"), nullptr);
+    EXPECT_EQ(fopen("/etc/passwd", "r+"), nullptr);
+    EXPECT_EQ(fopen("/etc/passwd", "rb"), nullptr);
+  });
+  ASSERT_EQ(r.incidents_size(), 5);
+  EXPECT_TRUE(r.incidents(0).write()) << "O_RDWR";
+  EXPECT_TRUE(r.incidents(1).write()) << "O_TRUNC";
+  EXPECT_TRUE(r.incidents(2).write()) << "fopen wb";
+  EXPECT_TRUE(r.incidents(3).write()) << "fopen r+";
+  EXPECT_FALSE(r.incidents(4).write()) << "fopen rb";
 }
 
 TEST(JobIncidents, ExtraIncidentsAreCountedNotKept) {
