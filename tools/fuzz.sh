@@ -17,12 +17,14 @@ if [ ! -f "$out/build.ninja" ]; then
   cmake -S fuzz -B "$out" -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
 fi
 cmake --build "$out" -j "${PREFLIGHT_JOBS:-2}"
-for t in framing check_config tokens batch_pickle; do
+for t in framing check_config tokens batch_pickle model_archive; do
   scratch=$(mktemp -d)
   log="$out/fuzz_$t.log"
   echo "fuzz: $t for ${secs}s"
   status=0
-  "$out/fuzz_$t" -max_total_time="$secs" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+  max_len=4096
+  [ "$t" = model_archive ] && max_len=16384  # Its seeds are whole (tiny) model files.
+  "$out/fuzz_$t" -max_total_time="$secs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$out/crash-$t-" "$scratch" "fuzz/corpus/$t" \
     >"$log" 2>&1 || status=$?
   rm -rf "$scratch"

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service/engine/exported/exported_model.h"
+#include "service/engine/model_archive_guard.h"
 #include "service/engine/torchscript/torchscript_model.h"
 
 namespace preflight::engine::internal {
@@ -44,6 +45,11 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& bytes,
                                                  const torch::Device& device,
                                                  v1::ArtifactFormat declared) {
   if (bytes.empty()) return absl::InvalidArgumentError("model file is empty");
+  // Before any LibTorch reader or unpickler sees the bytes.
+  if (absl::Status s = CheckModelArchive(bytes); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model is not a loadable archive (", bytes.size(), " bytes): ", s.message()));
+  }
   const v1::ArtifactFormat detected = DetectFormat(bytes);
   if (declared != v1::ARTIFACT_FORMAT_UNSPECIFIED && declared != detected) {
     return absl::InvalidArgumentError(absl::StrCat("declared as ", FormatName(declared),

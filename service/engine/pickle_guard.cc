@@ -46,7 +46,8 @@ std::optional<int64_t> ElementBytes(const std::string& type) {
 
 class Pass {
  public:
-  Pass(absl::string_view p, const RecordSizeFn& record_size) : p_(p), record_size_(record_size) {}
+  Pass(absl::string_view p, const RecordSizeFn& record_size, absl::string_view subject)
+      : p_(p), record_size_(record_size), subject_(subject) {}
 
   absl::Status Run() {
     while (pos_ < p_.size()) {
@@ -64,8 +65,7 @@ class Pass {
 
  private:
   absl::Status Invalid(const std::string& what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the batch's pickle ", what, ", at byte ", op_at_));
+    return absl::InvalidArgumentError(absl::StrCat(subject_, " ", what, ", at byte ", op_at_));
   }
 
   // Bounds-checked reads of an opcode's argument.
@@ -447,6 +447,7 @@ class Pass {
 
   absl::string_view p_;
   const RecordSizeFn& record_size_;
+  absl::string_view subject_;
   size_t pos_ = 0;
   size_t op_at_ = 0;
   std::vector<Value> stack_;
@@ -456,8 +457,13 @@ class Pass {
 
 }  // namespace
 
+absl::Status CheckPickle(absl::string_view pickle, const RecordSizeFn& record_size,
+                         absl::string_view subject) {
+  return Pass(pickle, record_size, subject).Run();
+}
+
 absl::Status CheckBatchPickle(absl::string_view pickle, const RecordSizeFn& record_size) {
-  return Pass(pickle, record_size).Run();
+  return CheckPickle(pickle, record_size, "the batch's pickle");
 }
 
 }  // namespace preflight::engine

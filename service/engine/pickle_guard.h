@@ -44,4 +44,9 @@ using RecordSizeFn = std::function<std::optional<uint64_t>(const std::string& na
 // (truncated, unknown opcode, stack underflow).
 absl::Status CheckBatchPickle(absl::string_view pickle, const RecordSizeFn& record_size);
 
+// The same pass for any archive pickle (a model's data.pkl); `subject`
+// starts the error message ("the model's data.pkl").
+absl::Status CheckPickle(absl::string_view pickle, const RecordSizeFn& record_size,
+                         absl::string_view subject);
+
 }  // namespace preflight::engine
