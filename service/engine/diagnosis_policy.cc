@@ -165,22 +165,52 @@ std::string DescribeResult(const ExperimentResult& r) {
   return s;
 }
 
+void MeasureTail(const std::vector<double>& losses, FloorEvidence* e) {
+  const size_t n = losses.size();
+  const size_t w = std::max<size_t>(1, n / 10);
+  if (n < 10) return;
+  // A window's mean and its step-to-step variance: half the mean squared
+  // successive difference, which a slow trend barely adds to.
+  auto stats = [&](size_t begin) {
+    double sum = 0, sq = 0;
+    for (size_t i = begin; i < begin + w; ++i) {
+      sum += losses[i];
+      if (i > begin) sq += (losses[i] - losses[i - 1]) * (losses[i] - losses[i - 1]);
+    }
+    return std::pair(sum / static_cast<double>(w),
+                     w > 1 ? sq / (2.0 * static_cast<double>(w - 1)) : 0.0);
+  };
+  const auto [before, var_before] = stats(n - n / 5 - w / 2);
+  const auto [last, var_last] = stats(n - w);
+  const double level = std::max(std::fabs(last), 1e-12);
+  e->tail_move = std::fabs(before - last) / level;
+  e->tail_noise = std::sqrt((var_before + var_last) / static_cast<double>(w)) / level;
+}
+
 FloorDecision JudgeFloor(const CurveAnalysis& a, const FloorEvidence& e) {
   FloorDecision d;
   if (!(e.grad_norm_initial > 0) || !(e.param_norm_final > 0)) return d;
   d.grad_collapse = e.grad_norm_final / e.grad_norm_initial;
   d.grad_to_param = e.grad_norm_final / e.param_norm_final;
-  if (a.curve_class != CurveClass::kPlateau || a.still_falling) return d;
-  d.stationary = std::fabs(a.tail_drop) <= kFloorTailMove &&
+  const bool settling = (a.curve_class == CurveClass::kPlateau && !a.still_falling) ||
+                        a.curve_class == CurveClass::kNoisy;
+  if (!settling) return d;
+  const double tail = e.tail_move >= 0 ? e.tail_move : std::fabs(a.tail_drop);
+  d.stationary = tail <= kFloorTailMove + 2 * e.tail_noise &&
                  d.grad_collapse <= kFloorGradCollapse && d.grad_to_param <= kFloorGradToParam;
   std::string memorised =
       e.memorised_share < 0
           ? std::string("memorisation not measurable for this loss and target")
           : absl::StrFormat("%.0f%% of samples memorised", 100 * e.memorised_share);
+  d.tail_move = tail;
   d.summary = absl::StrFormat(
-      "the gradient norm fell to %.2g of its start and %.2g of the parameter norm, the last "
-      "20%% of steps moved the loss %.2f%%; %s",
-      d.grad_collapse, d.grad_to_param, 100 * std::fabs(a.tail_drop), memorised);
+      "the %sgradient norm fell to %.2g of its start and %.2g of the parameter norm, the last "
+      "20%% of steps moved the loss %.2f%%%s; %s",
+      a.curve_class == CurveClass::kNoisy ? "averaged " : "", d.grad_collapse, d.grad_to_param,
+      100 * tail,
+      e.tail_noise > 0.001 ? absl::StrFormat(" (step-to-step jitter %.2f%%)", 100 * e.tail_noise)
+                           : "",
+      memorised);
   d.converged_to_floor = d.stationary && e.memorised_share >= 1.0 && e.clean;
   return d;
 }

@@ -115,25 +115,45 @@ double EarlyStopLevel(const CurveAnalysis& original);
 // What the floor judgement needs from the main run.
 struct FloorEvidence {
   double grad_norm_initial = 0;  // Global gradient norm at step 0.
-  double grad_norm_final = 0;    // Its mean over the curve's last window.
-  double param_norm_final = 0;   // Global parameter norm after the run.
-  double memorised_share = -1;   // Share of samples fitted; -1: not measurable.
-  bool clean = true;             // No WARN-or-worse finding before the curve check.
+  // The norm of the gradient averaged over the budget's last window
+  // (RunTrace::grad_window_mean_norm), or the mean of the last norms.
+  double grad_norm_final = 0;
+  double param_norm_final = 0;  // Global parameter norm after the run.
+  double memorised_share = -1;  // Share of samples fitted; -1: not measurable.
+  // Regression: the worst sample's RMS error / the targets' standard
+  // deviation (memorised up to kFloorRegressionError); -1 for other losses.
+  double worst_regression_error = -1;
+  // The loss level's movement over the curve's last fifth (mean of the last
+  // tenth vs the tenth centred at the fifth's start) relative to the level,
+  // and the standard error of that difference from step-to-step jitter; -1:
+  // the curve is too short.
+  double tail_move = -1;
+  double tail_noise = 0;
+  bool clean = true;  // No WARN-or-worse finding before the curve check.
 };
+
+// Sets evidence->tail_move and tail_noise from the curve: window means
+// rather than two single steps, since a stochastic objective's loss jitters
+// from step to step, and the standard error of their difference (what the
+// jitter alone explains). Leaves them for curves under 10 steps.
+void MeasureTail(const std::vector<double>& losses, FloorEvidence* evidence);
 
 struct FloorDecision {
   bool stationary = false;          // Stopped moving with a collapsed gradient.
   bool converged_to_floor = false;  // Stationary, memorised and clean.
   double grad_collapse = 0;         // grad_norm_final / grad_norm_initial.
   double grad_to_param = 0;         // grad_norm_final / param_norm_final.
+  double tail_move = 0;             // The tail movement judged.
   std::string summary;              // The numbers, in words.
 };
 
-// A non-converged curve is at an irreducible minimum when it is a plateau
-// that stopped moving (tail movement <= kFloorTailMove) with the gradient
-// norm collapsed (kFloorGradCollapse of its start, kFloorGradToParam of the
-// parameter norm), every sample memorised, and no earlier finding that
-// could hold the loss up (a softmax before the loss also gives a floor).
+// A non-converged curve is at an irreducible minimum when it is a plateau,
+// or a noisy curve (a stochastic objective), that stopped moving (tail
+// movement <= kFloorTailMove plus twice what its jitter explains) with the
+// averaged gradient collapsed (kFloorGradCollapse of its start,
+// kFloorGradToParam of the parameter norm), every sample memorised, and no
+// earlier finding that could hold the loss up (a softmax before the loss
+// also gives a floor).
 FloorDecision JudgeFloor(const CurveAnalysis& curve, const FloorEvidence& evidence);
 
 // --- Unstable convergence ----------------------------------------------------

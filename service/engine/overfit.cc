@@ -206,6 +206,10 @@ RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOption
       trace.params.push_back(std::move(t));
     }
   }
+  // The gradient summed over the budget's last window (RunTrace::
+  // grad_window_mean_norm); a parameter without a gradient adds nothing.
+  const int window_begin = o.max_steps - std::max(5, o.max_steps / 10);
+  std::vector<torch::Tensor> grad_window_sum(o.collect_stats ? tensors.size() : 0);
   const std::vector<UnitPair> unit_pairs =
       o.collect_stats ? FindUnitPairs(params) : std::vector<UnitPair>{};
   std::vector<torch::Tensor> dead_first(unit_pairs.size());
@@ -347,6 +351,19 @@ RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOption
     double total_sq = 0;
     for (double n : grad_norms) total_sq += n > 0 ? n * n : 0;
     trace.grad_norm_total.push_back(std::sqrt(total_sq));
+    if (o.collect_stats && step >= window_begin) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const torch::Tensor& g = tensors[i].grad();
+        if (!g.defined()) continue;
+        if (grad_window_sum[i].defined()) {
+          grad_window_sum[i].add_(g);
+        } else {
+          grad_window_sum[i] = g.detach().to(torch::kFloat64);
+        }
+      }
+      ++trace.grad_window_updates;
+    }
     if (o.collect_stats) {
       for (size_t i = 0; i < grad_norms.size(); ++i) {
         ParamTrack& t = trace.params[i];
@@ -405,6 +422,13 @@ RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOption
     trace.converged = true;
   }
   trace.param_norm_final = GlobalNorm(tensors);
+  if (trace.grad_window_updates > 0) {
+    double sq = 0;
+    for (const auto& g : grad_window_sum) {
+      if (g.defined()) sq += g.pow(2).sum().item<double>();
+    }
+    trace.grad_window_mean_norm = std::sqrt(sq) / trace.grad_window_updates;
+  }
 
   for (size_t k = 0; k < unit_pairs.size(); ++k) {
     if (!dead_first[k].defined()) continue;

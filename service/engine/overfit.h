@@ -78,6 +78,13 @@ struct RunTrace {
   std::vector<double> output_abs_max;   // Per step; only with track_output_range.
   double param_norm_initial = 0;        // Global L2 norm of the trainable parameters.
   double param_norm_final = 0;          // The same after the last update.
+  // Norm of the gradient AVERAGED over the budget's last max(5, max_steps /
+  // 10) updates, only with collect_stats; -1 when the run ended before that
+  // window. A stochastic objective (a VAE's sampled latent, dropout) has
+  // per-step gradients whose norms stay large at its minimum while their
+  // mean vanishes: this is the stationarity measure, not grad_norm_total.
+  double grad_window_mean_norm = -1;
+  int grad_window_updates = 0;  // Updates averaged into it.
   // The first output tensor (the output, or a tuple's first tensor) of the
   // last recorded step, detached; only with collect_stats.
   torch::Tensor last_output;

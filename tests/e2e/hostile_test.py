@@ -4,9 +4,10 @@ to the real server, whose job children run in the real sandbox.
 
   infinite loop, segfault, abort, 512 GiB allocation, fork bomb (native fork
   and TorchScript's torch.jit.fork), read of a file outside the inputs, write
-  of a file, network socket, exec, killing the zygote, io_uring; and, against
-  the store itself, reading another submitter's model blob and planting a
-  file among the blobs.
+  of a file (and torch.save, whose refused open raises nothing), network
+  socket, exec, killing the zygote, io_uring, a data.pkl nested 5e6 deep;
+  and, against the store itself, reading another submitter's model blob and
+  planting a file among the blobs.
 
 For each: the exact finding (and the signal behind it), the server still up,
 and a healthy check (a fresh seed, so not a cache hit) passing right after.
@@ -39,7 +40,8 @@ expect = R.expect
 
 SIGSEGV, SIGABRT, SIGSYS = int(signal.SIGSEGV), int(signal.SIGABRT), int(signal.SIGSYS)
 # Files the hostile models try to create; none may exist afterwards.
-WRITE_TARGETS = ["/tmp/preflight-hostile-write", "/tmp/preflight-hostile-exec"]
+WRITE_TARGETS = ["/tmp/preflight-hostile-write", "/tmp/preflight-hostile-exec",
+                 "/tmp/preflight-hostile-save"]
 
 
 def make_native_models(out_dir):
@@ -95,6 +97,21 @@ def make_store_models(out_dir, store, victim_sha):
         models[name] = os.path.join(out_dir, f"store_{name}.model.pt")
         torch.jit.script(FromFile(path, shared)).save(models[name])
     return models
+
+
+def make_deep_pickle_model(out_dir, source):
+    """The zoo's model with its data.pkl replaced by None wrapped in 5e6
+    1-tuples (5 MB): LibTorch's recursive unpickler would overflow the job's
+    stack; the loader's archive pass (model_archive_guard.h) refuses it."""
+    import zipfile  # noqa: PLC0415
+    path = os.path.join(out_dir, "deep_pickle.model.pt")
+    with zipfile.ZipFile(source) as z, zipfile.ZipFile(path, "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                data = b"\x80\x02N" + b"\x85" * 5_000_000 + b"."
+            out.writestr(info, data)
+    return path
 
 
 def check(addr, model, batch, *flags):
@@ -172,6 +189,11 @@ def main():
          None),
         ("read /etc/passwd", zoo("hostile_read_file"), "SANDBOX_VIOLATION", None),
         ("write a file", zoo("hostile_write_file"), "SANDBOX_VIOLATION", None),
+        ("model pickle nested 5e6 deep", (make_deep_pickle_model(work, mlp["model"]), batch, []),
+         "ARTIFACT_INVALID", None),
+        # std::fstream ignores the refused open: nothing raises, and the
+        # check would PASS but for the recorded write.
+        ("torch.save to /tmp", zoo("hostile_torch_save"), "SANDBOX_VIOLATION", None),
         ("network socket", (native["inet_socket"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
         ("exec a shell", (native["exec_shell"], batch, []), "SANDBOX_VIOLATION", SIGSYS),
         ("kill the zygote (and every other job)", (native["kill_zygote"], batch, []),

@@ -179,6 +179,70 @@ TEST(JudgeFloor, OnlyAStoppedPlateauQualifies) {
   EXPECT_FALSE(JudgeFloor(Classify(Geometric(2.3, 0.9, 100)), Stationary()).converged_to_floor);
 }
 
+// A plateau with deterministic step-to-step jitter of +-`jitter` (relative),
+// as a stochastic objective (a VAE's sampled latent) gives.
+std::vector<double> JitteryFloor(double start, double floor, double jitter, int n) {
+  std::vector<double> v;
+  uint32_t state = 12345;
+  for (int i = 0; i < n; ++i) {
+    state = state * 1664525u + 1013904223u;  // LCG: the same curve every run.
+    const double u = static_cast<double>(state >> 8) / static_cast<double>(1u << 24) - 0.5;
+    const double level = floor + (start - floor) * std::exp(-i / 20.0);
+    v.push_back(level * (1 + 2 * jitter * u));
+  }
+  return v;
+}
+
+TEST(MeasureTail, WindowMeansAndTheJitterTheyCarry) {
+  FloorEvidence flat;
+  MeasureTail(std::vector<double>(500, 0.45), &flat);
+  EXPECT_DOUBLE_EQ(flat.tail_move, 0);
+  EXPECT_DOUBLE_EQ(flat.tail_noise, 0);
+
+  // A slow steady fall: moves, and the trend is not taken for jitter.
+  std::vector<double> creeping;
+  for (int i = 0; i < 500; ++i) creeping.push_back(2.0 - 0.003 * i);
+  FloorEvidence creep;
+  MeasureTail(creeping, &creep);
+  EXPECT_NEAR(creep.tail_move, 0.225 / 0.5765, 0.01);  // Window centres 75 steps apart.
+  EXPECT_LT(creep.tail_noise, 1e-3);
+
+  FloorEvidence jittery;
+  MeasureTail(JitteryFloor(1.0, 0.05, 0.1, 500), &jittery);
+  EXPECT_LT(jittery.tail_move, 0.03);
+  EXPECT_GT(jittery.tail_noise, 0.005);
+  EXPECT_LT(jittery.tail_noise, 0.03);
+
+  FloorEvidence short_curve;
+  MeasureTail({1.0, 0.5, 0.4}, &short_curve);
+  EXPECT_EQ(short_curve.tail_move, -1);
+}
+
+// A stochastic objective's curve is noisy, not a plateau: at its floor the
+// averaged gradient has collapsed and the level no longer moves beyond its
+// jitter. The same jitter with a live averaged gradient (heavy dropout still
+// pushing the logits) is no floor.
+TEST(JudgeFloor, ANoisyCurveAtItsFloorQualifiesByItsAveragedGradient) {
+  const std::vector<double> losses = JitteryFloor(1.0, 0.05, 0.3, 500);
+  const CurveAnalysis noisy = Classify(losses);
+  ASSERT_EQ(noisy.curve_class, CurveClass::kNoisy);
+  FloorEvidence e = Stationary();
+  MeasureTail(losses, &e);
+  FloorDecision d = JudgeFloor(noisy, e);
+  EXPECT_TRUE(d.stationary) << d.summary;
+  EXPECT_TRUE(d.converged_to_floor);
+  EXPECT_THAT(d.summary, HasSubstr("averaged gradient"));
+  EXPECT_THAT(d.summary, HasSubstr("jitter"));
+
+  FloorEvidence live = e;
+  live.grad_norm_final = 0.2;
+  EXPECT_FALSE(JudgeFloor(noisy, live).stationary);
+  // Moving beyond what the jitter explains.
+  FloorEvidence moving = e;
+  moving.tail_move = kFloorTailMove + 2 * e.tail_noise + 0.01;
+  EXPECT_FALSE(JudgeFloor(noisy, moving).stationary);
+}
+
 TEST(GradeStabilityExperiment, ConfirmedOnlyWithoutTheSpike) {
   Stability original;
   original.first_target_step = 6;

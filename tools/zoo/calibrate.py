@@ -7,7 +7,8 @@ RMS at step 0), gnorm_grow (peak/initial global gradient norm), dead (largest
 dead-unit share), steps; for a curve that did not converge: gcoll (final /
 initial global gradient norm), g/p (final gradient norm / parameter norm),
 tail (relative movement over the last 20% of steps, plateaus only), mem
-(share of samples memorised, -1 unmeasurable); for UNSTABLE_CONVERGENCE the
+(share of samples memorised, -1 unmeasurable), werr (regression: the worst
+sample's RMS error / the targets' spread); for UNSTABLE_CONVERGENCE the
 peak/initial |loss| (peak); for exploding forwards out/scale (output RMS
 at init over max(1, input RMS, regression-target RMS)) and g0/p (global
 gradient norm at step 0 over the parameter norm); and each experiment's
@@ -84,7 +85,7 @@ def main():
     cases = json.load(open(f"{zoo}/manifest.json"))
     print(f"{'case':<28} {'verdict':<7} {'init/expect':>11} {'rms1/rmsL':>10} "
           f"{'gnorm_grow':>10} {'dead':>5} {'steps':>5} {'gcoll':>8} {'g/p':>8} {'tail':>7} "
-          f"{'mem':>5} {'peak':>8} {'out/scale':>9} {'g0/p':>8}  experiments")
+          f"{'mem':>5} {'werr':>6} {'peak':>8} {'out/scale':>9} {'g0/p':>8}  experiments")
     for c in cases:
         if c.get("service_only"):
             continue
@@ -114,7 +115,8 @@ def main():
               f"{gf.get('firstLastGradRmsRatio', 0):>10.3g} {gf.get('gradNormGrowth', 0):>10.3g} "
               f"{gf.get('maxDeadUnitShare', 0):>5.2f} {r.get('stepsRun', 0):>5} "
               f"{fmt(ev.get('grad_norm_collapse')):>8} {fmt(ev.get('grad_to_param_norm')):>8} "
-              f"{fmt(tail):>7} {fmt(ev.get('memorised_share')):>5} {fmt(ev.get('peak_ratio')):>8} "
+              f"{fmt(tail):>7} {fmt(ev.get('memorised_share')):>5} "
+              f"{fmt(ev.get('worst_sample_error_to_spread')):>6} {fmt(ev.get('peak_ratio')):>8} "
               f"{fmt(out_ratio):>9} {fmt(g0p):>8}  "
               f"{exps}")
 

@@ -343,7 +343,11 @@ Next CheckCurve(CheckContext& c) {
     AddNumber(f, "grad_norm_collapse", floor.grad_collapse);
     AddNumber(f, "grad_to_param_norm", floor.grad_to_param);
     AddNumber(f, "memorised_share", evidence.memorised_share);
-    AddNumber(f, "tail_move", std::fabs(a.tail_drop));
+    if (evidence.worst_regression_error >= 0) {
+      AddNumber(f, "worst_sample_error_to_spread", evidence.worst_regression_error);
+    }
+    AddNumber(f, "tail_move", floor.tail_move);
+    if (evidence.tail_noise > 0) AddNumber(f, "tail_noise", evidence.tail_noise);
     AddNumber(f, "steps", static_cast<double>(run.losses.size()));
     return Next::kContinue;
   }
@@ -365,7 +369,13 @@ Next CheckCurve(CheckContext& c) {
     AddNumber(f, "grad_to_param_norm", floor.grad_to_param);
   }
   AddNumber(f, "memorised_share", evidence.memorised_share);
-  if (a.curve_class == CurveClass::kPlateau) AddNumber(f, "tail_move", std::fabs(a.tail_drop));
+  if (evidence.worst_regression_error >= 0) {
+    AddNumber(f, "worst_sample_error_to_spread", evidence.worst_regression_error);
+  }
+  if (a.curve_class == CurveClass::kPlateau || a.curve_class == CurveClass::kNoisy) {
+    AddNumber(f, "tail_move",
+              evidence.tail_move >= 0 ? evidence.tail_move : std::fabs(a.tail_drop));
+  }
   if (floor.stationary) {
     // Why this floor is not accepted as an irreducible minimum.
     AddText(f, "stationary_point",

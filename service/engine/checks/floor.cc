@@ -35,17 +35,19 @@ double BinaryShare(const torch::Tensor& out, const torch::Tensor& tg, double thr
 }
 
 // Share of samples whose RMS error is below kFloorRegressionError x the
-// targets' standard deviation.
-double RegressionShare(const torch::Tensor& out, const torch::Tensor& tg) {
+// targets' standard deviation; `worst` gets the largest sample's ratio.
+double RegressionShare(const torch::Tensor& out, const torch::Tensor& tg, double* worst) {
   const torch::Tensor o = out.to(torch::kFloat64);
   const torch::Tensor t = tg.to(torch::kFloat64);
   const double spread = t.numel() > 1 ? t.std().item<double>() : 0;
   if (!(spread > 0)) return -1;
   const torch::Tensor rms = (o - t).pow(2).reshape({o.size(0), -1}).mean(1).sqrt();
+  *worst = rms.max().item<double>() / spread;
   return (rms <= kFloorRegressionError * spread).to(torch::kFloat64).mean().item<double>();
 }
 
-double MemorisedShare(const std::string& loss, const torch::Tensor& out, const torch::Tensor& tg) {
+double MemorisedShare(const std::string& loss, const torch::Tensor& out, const torch::Tensor& tg,
+                      double* worst_regression_error) {
   if (!out.defined() || out.dim() < 1 || out.size(0) != tg.size(0)) return -1;
   torch::NoGradGuard no_grad;
   if (!tg.is_floating_point()) return ClassIndexShare(out, tg);
@@ -59,7 +61,7 @@ double MemorisedShare(const std::string& loss, const torch::Tensor& out, const t
   if (info != nullptr && info->family == LossFamily::kBinary) {
     return BinaryShare(out, tg, info->takes_logits ? 0.0 : 0.5);
   }
-  return RegressionShare(out, tg);
+  return RegressionShare(out, tg, worst_regression_error);
 }
 
 }  // namespace
@@ -70,14 +72,21 @@ FloorEvidence FloorEvidenceOf(const CheckContext& c) {
   if (!run.grad_norm_total.empty()) {
     const std::vector<double>& g = run.grad_norm_total;
     e.grad_norm_initial = g.front();
-    const size_t w = std::max<size_t>(5, g.size() / 10);
-    const size_t begin = g.size() > w ? g.size() - w : 0;
-    double sum = 0;
-    for (size_t i = begin; i < g.size(); ++i) sum += g[i];
-    e.grad_norm_final = sum / static_cast<double>(g.size() - begin);
+    if (run.grad_window_mean_norm >= 0) {
+      e.grad_norm_final = run.grad_window_mean_norm;
+    } else {
+      // The run ended before the budget's window: the mean of its last norms.
+      const size_t w = std::max<size_t>(5, g.size() / 10);
+      const size_t begin = g.size() > w ? g.size() - w : 0;
+      double sum = 0;
+      for (size_t i = begin; i < g.size(); ++i) sum += g[i];
+      e.grad_norm_final = sum / static_cast<double>(g.size() - begin);
+    }
   }
+  MeasureTail(run.losses, &e);
   e.param_norm_final = run.param_norm_final;
-  e.memorised_share = MemorisedShare(c.loss, run.last_output, c.batch.targets);
+  e.memorised_share =
+      MemorisedShare(c.loss, run.last_output, c.batch.targets, &e.worst_regression_error);
   for (const auto& f : c.report->findings()) {
     if (f.severity() == v1::Finding::WARN || f.severity() == v1::Finding::FAIL ||
         f.severity() == v1::Finding::ERROR) {
