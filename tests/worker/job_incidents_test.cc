@@ -37,6 +37,19 @@ v1::JobRecord InChild(const std::function<void(int result_fd)>& body) {
 
 void* volatile g_sink;
 
+// Enters the job sandbox but for seccomp (the probes below are plain file
+// opens); Landlock's ABI, 0 when the kernel has none or entering failed.
+int EnterLandlockOnly(int result_fd) {
+  SandboxPolicy policy;
+  policy.readable_dirs = LoadedLibraryDirs();
+  policy.keep_fd = result_fd;
+  policy.seccomp = false;
+  int abi = 0;
+  const absl::Status s = EnterSandbox(policy, &abi);
+  EXPECT_TRUE(s.ok()) << s;
+  return s.ok() ? abi : 0;
+}
+
 TEST(JobIncidents, NothingIsRecordedBeforeArming) {
   const v1::JobRecord r = InChild([](int) {
     void* p = nullptr;
@@ -70,13 +83,7 @@ TEST(JobIncidents, FailedAllocationsAreRecordedWithTheirSize) {
 
 TEST(JobIncidents, OpensTheSandboxRefusesAreRecordedOthersAreNot) {
   const v1::JobRecord r = InChild([](int result_fd) {
-    SandboxPolicy policy;
-    policy.readable_dirs = LoadedLibraryDirs();
-    policy.keep_fd = result_fd;
-    policy.seccomp = false;
-    int abi = 0;
-    ASSERT_TRUE(EnterSandbox(policy, &abi).ok());
-    if (abi == 0) GTEST_SKIP() << "no Landlock on this kernel";
+    if (EnterLandlockOnly(result_fd) == 0) GTEST_SKIP() << "no Landlock on this kernel";
     ArmIncidentRecording();
     EXPECT_LT(open("/nonexistent/preflight", O_RDONLY), 0);  // ENOENT: not the sandbox.
     const int fd = open("/etc/passwd", O_RDONLY);
@@ -117,13 +124,7 @@ TEST(JobIncidents, OpensTheSandboxRefusesAreRecordedOthersAreNot) {
 // How a refused open's intent is read: any open that could change a file.
 TEST(JobIncidents, RefusedOpensSayWhetherTheyAskedToWrite) {
   const v1::JobRecord r = InChild([](int result_fd) {
-    SandboxPolicy policy;
-    policy.readable_dirs = LoadedLibraryDirs();
-    policy.keep_fd = result_fd;
-    policy.seccomp = false;
-    int abi = 0;
-    ASSERT_TRUE(EnterSandbox(policy, &abi).ok());
-    if (abi == 0) GTEST_SKIP() << "no Landlock on this kernel";
+    if (EnterLandlockOnly(result_fd) == 0) GTEST_SKIP() << "no Landlock on this kernel";
     ArmIncidentRecording();
     EXPECT_LT(open("/etc/passwd", O_RDWR), 0);
     EXPECT_LT(open("/etc/passwd", O_RDONLY | O_TRUNC), 0);
