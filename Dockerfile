@@ -21,7 +21,7 @@ COPY . .
 # gives; tests/e2e/dockerfile_test.py holds this stage to it.
 RUN tools/setup.sh --profile build \
  && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPREFLIGHT_PYTHON=python3 \
-      -DPREFLIGHT_FUZZ=OFF >/dev/null \
+      -DPREFLIGHT_FUZZ=OFF -DPREFLIGHT_TESTS=OFF >/dev/null \
  && cmake --build build -j 2 --target preflight-server preflight-worker preflight preflight-thin \
       preflight_python_client \
  && TORCH_DIR=$(python3 -c "import os, torch; print(os.path.dirname(torch.__file__))") \

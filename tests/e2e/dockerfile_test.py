@@ -7,7 +7,8 @@ script fails under buildah's chroot isolation. A full `tools/image.sh` needs
 
   1. the Dockerfile parses into stages; the build stage runs
      `tools/setup.sh --profile build` (never the default test profile) and
-     configures CMake with -DPREFLIGHT_FUZZ=OFF (the build profile has no clang);
+     configures CMake with -DPREFLIGHT_FUZZ=OFF and -DPREFLIGHT_TESTS=OFF (the
+     build profile has neither clang nor clang-format);
   2. `tools/setup.sh --profile build --dry-run` lists the stage's Debian
      packages: none is test-only, and their whole dependency closure
      (apt-cache depends --recurse, no recommends: the stage installs with
@@ -96,6 +97,10 @@ def main():
                                               setup_runs[0]), setup_runs)
     expect("the build stage configures without the fuzz test (no clang there)",
            any("-DPREFLIGHT_FUZZ=OFF" in r for r in build_runs), build_runs)
+    # The tests' CMake needs clang-format, which only the test profile has:
+    # configuring them there failed the image build (found by tools/image.sh).
+    expect("the build stage configures without the tests (no clang-format there)",
+           any("-DPREFLIGHT_TESTS=OFF" in r for r in build_runs), build_runs)
 
     rc, build_pkgs = setup_packages("build")
     expect("setup --profile build --dry-run lists packages", rc == 0 and build_pkgs, rc)
