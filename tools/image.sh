@@ -15,6 +15,9 @@ for p in buildah podman debootstrap runc; do
 done
 if ! podman "${STORAGE[@]}" image exists "$BASE"; then
   ROOTFS=$(mktemp -d /tmp/preflight-rootfs-XXXXXX)
+  # mktemp makes the directory 0700, and it becomes the image's "/": the
+  # non-root server could not reach /opt/preflight/bin (exec: permission denied).
+  chmod 755 "$ROOTFS"
   debootstrap --variant=minbase bookworm "$ROOTFS" http://deb.debian.org/debian >/dev/null
   tar -C "$ROOTFS" -c . | podman "${STORAGE[@]}" import - "$BASE" >/dev/null
   rm -rf "$ROOTFS"
