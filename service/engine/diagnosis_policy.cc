@@ -189,20 +189,20 @@ void MeasureTail(const std::vector<double>& losses, FloorEvidence* e) {
 
 FloorDecision JudgeFloor(const CurveAnalysis& a, const FloorEvidence& e) {
   FloorDecision d;
+  const double tail = e.tail_move >= 0 ? e.tail_move : std::fabs(a.tail_drop);
+  d.tail_move = tail;
   if (!(e.grad_norm_initial > 0) || !(e.param_norm_final > 0)) return d;
   d.grad_collapse = e.grad_norm_final / e.grad_norm_initial;
   d.grad_to_param = e.grad_norm_final / e.param_norm_final;
   const bool settling = (a.curve_class == CurveClass::kPlateau && !a.still_falling) ||
                         a.curve_class == CurveClass::kNoisy;
   if (!settling) return d;
-  const double tail = e.tail_move >= 0 ? e.tail_move : std::fabs(a.tail_drop);
   d.stationary = tail <= kFloorTailMove + 2 * e.tail_noise &&
                  d.grad_collapse <= kFloorGradCollapse && d.grad_to_param <= kFloorGradToParam;
   std::string memorised =
       e.memorised_share < 0
           ? std::string("memorisation not measurable for this loss and target")
           : absl::StrFormat("%.0f%% of samples memorised", 100 * e.memorised_share);
-  d.tail_move = tail;
   d.summary = absl::StrFormat(
       "the %sgradient norm fell to %.2g of its start and %.2g of the parameter norm, the last "
       "20%% of steps moved the loss %.2f%%%s; %s",

@@ -143,7 +143,7 @@ struct FloorDecision {
   bool converged_to_floor = false;  // Stationary, memorised and clean.
   double grad_collapse = 0;         // grad_norm_final / grad_norm_initial.
   double grad_to_param = 0;         // grad_norm_final / param_norm_final.
-  double tail_move = 0;             // The tail movement judged.
+  double tail_move = 0;             // Tail movement (window means; else two steps).
   std::string summary;              // The numbers, in words.
 };
 

@@ -423,11 +423,11 @@ RunTrace Train(std::unique_ptr<Model> model, const Batch& batch, const RunOption
   }
   trace.param_norm_final = GlobalNorm(tensors);
   if (trace.grad_window_updates > 0) {
-    double sq = 0;
+    std::vector<torch::Tensor> sums;
     for (const auto& g : grad_window_sum) {
-      if (g.defined()) sq += g.pow(2).sum().item<double>();
+      if (g.defined()) sums.push_back(g);
     }
-    trace.grad_window_mean_norm = std::sqrt(sq) / trace.grad_window_updates;
+    trace.grad_window_mean_norm = GlobalNorm(sums) / trace.grad_window_updates;
   }
 
   for (size_t k = 0; k < unit_pairs.size(); ++k) {

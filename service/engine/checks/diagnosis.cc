@@ -373,8 +373,7 @@ Next CheckCurve(CheckContext& c) {
     AddNumber(f, "worst_sample_error_to_spread", evidence.worst_regression_error);
   }
   if (a.curve_class == CurveClass::kPlateau || a.curve_class == CurveClass::kNoisy) {
-    AddNumber(f, "tail_move",
-              evidence.tail_move >= 0 ? evidence.tail_move : std::fabs(a.tail_drop));
+    AddNumber(f, "tail_move", floor.tail_move);
   }
   if (floor.stationary) {
     // Why this floor is not accepted as an irreducible minimum.
