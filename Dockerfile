@@ -34,7 +34,7 @@ FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libabsl20220623 libsqlite3-0 libssl3 libseccomp2 \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libgomp1 ca-certificates \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libpq5 libgomp1 ca-certificates \
       python3 >/dev/null \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin preflight \

@@ -43,10 +43,21 @@ podman "${STORAGE[@]}" run -d --name "$NAME" --runtime runc \
   --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
   -p "127.0.0.1:$PORT:50051" "$IMAGE" >/dev/null
 trap 'podman "${STORAGE[@]}" rm -f "$NAME" >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 150); do
-  podman "${STORAGE[@]}" logs "$NAME" 2>/dev/null | grep -q "listening on port" && break
+# Up to 60 s; a server that exits (a missing library, a bad flag) fails at once
+# with its log, rather than after the wait with a misleading "ready" line.
+ready=0
+for _ in $(seq 300); do
+  if podman "${STORAGE[@]}" logs "$NAME" 2>/dev/null | grep -q "listening on port"; then
+    ready=1; break
+  fi
+  [ "$(podman "${STORAGE[@]}" inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = true ] || break
   sleep 0.2
 done
+if [ "$ready" != 1 ]; then
+  echo "FAIL: the server in the image did not start listening; its log:"
+  podman "${STORAGE[@]}" logs "$NAME" 2>&1 | tail -20
+  exit 1
+fi
 echo "image: server ready in $(python3 -c "import time; print(round(time.time() - $t0, 2))") s"
 # The zygote's start-up probe entered the job sandbox inside the container.
 if podman "${STORAGE[@]}" logs "$NAME" 2>&1 | grep -q "job sandbox: Landlock ABI"; then

@@ -16,13 +16,18 @@ script fails under buildah's chroot isolation. A full `tools/image.sh` needs
   3. every Debian package any stage names exists in the package index, and
      every `apt-get install` in the Dockerfile uses --no-install-recommends;
   4. the test profile is a superset of the build profile and does hold
-     Slurm and munge (the real-Slurm test needs them).
+     Slurm and munge (the real-Slurm test needs them);
+  5. with BUILD_DIR given: every shared library the shipped binaries load
+     (ldd, transitively) outside the torch wheel comes from a package in the
+     runtime stage's dependency closure. The image once built and then could
+     not start its server (libpq.so.5 missing: the PostgreSQL store had added
+     a library the runtime list never got); this finds that in seconds.
 
 What it does not prove: that the image builds, runs or is small; that a
 package's post-install works in a chroot (only that munge's is not run);
 the COPY paths. Those are tools/image.sh's (run before a release).
 
-Usage: dockerfile_test.py
+Usage: dockerfile_test.py [BUILD_DIR]
 """
 import os
 import re
@@ -35,6 +40,9 @@ from e2e_common import ROOT, Results
 R = Results()
 expect = R.expect
 TEST_ONLY = {"slurm-wlm", "munge", "prometheus", "clang", "clang-format"}
+# What the runtime stage copies to /opt/preflight/bin (paths under BUILD_DIR).
+SHIPPED = ["service/preflight-server", "service/preflight-worker", "client/preflight",
+           "client/preflight-thin"]
 
 
 def stages(path):
@@ -85,6 +93,69 @@ def closure(packages):
     return p.returncode, names
 
 
+def shared_libraries(binary):
+    """{soname: resolved path or None} of everything `binary` loads (ldd is
+    transitive), leaving out the torch wheel's own libraries (the image copies
+    the wheel's lib and nvidia directories whole) and the vDSO."""
+    p = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=60)
+    libs = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
+        if m:
+            path = None if m.group(2) == "not found" else m.group(2)
+            if path is None or "-packages/" not in path:
+                libs[m.group(1)] = path
+        elif line.strip().startswith("/"):
+            libs[line.split()[0]] = line.split()[0]  # The dynamic loader itself.
+    return p.returncode, libs
+
+
+def spellings(path):
+    """usrmerge: dpkg may know a library under /usr or through a symbolic
+    link, so each spelling of `path` is asked for."""
+    out = [path, os.path.realpath(path)]
+    return list(dict.fromkeys(out + ["/usr" + c for c in out if c.startswith(("/lib", "/bin"))]))
+
+
+def owning_packages(paths):
+    """{path: the Debian package that installed it} for those dpkg knows, in
+    one dpkg -S call (it answers the paths it knows and exits 1 for the rest)."""
+    asked = sorted({c for path in paths for c in spellings(path)})
+    p = subprocess.run(["dpkg", "-S", *asked], capture_output=True, text=True, timeout=120)
+    known = {}
+    for line in p.stdout.splitlines():
+        pkgs, sep, path = line.partition(": ")
+        if sep:
+            known[path.strip()] = pkgs.split(",")[0].split(":")[0].strip()
+    return {path: next((known[c] for c in spellings(path) if c in known), None)
+            for path in paths}
+
+
+def check_runtime_libraries(build, runtime_pkgs):
+    rc, deps = closure(runtime_pkgs)
+    expect(f"the runtime stage's dependency closure resolves ({len(deps)} packages)",
+           rc == 0 and len(deps) > len(runtime_pkgs), rc)
+    for rel in SHIPPED:
+        binary = os.path.join(build, rel)
+        if not os.path.exists(binary):
+            expect(f"{rel} is built (the image ships it)", False, binary)
+            continue
+        rc, libs = shared_libraries(binary)
+        unresolved = sorted(n for n, path in libs.items() if path is None)
+        expect(f"{rel}: ldd resolves every library here", rc == 0 and not unresolved,
+               (rc, unresolved))
+        owners = owning_packages([path for path in libs.values() if path])
+        missing = {}
+        for name, path in sorted(libs.items()):
+            pkg = owners.get(path) if path else None
+            if pkg is None or pkg not in deps:
+                missing[name] = pkg
+        expect(f"{rel}: its {len(libs)} system libraries all come from the runtime stage's "
+               "packages", not missing,
+               {n: (f"from {p}, not in the runtime stage's closure" if p else "no package owns it")
+                for n, p in missing.items()})
+
+
 def main():
     st = stages(os.environ.get('DOCKERFILE', f'{ROOT}/Dockerfile'))
     names = [n for n, _ in st]
@@ -129,6 +200,10 @@ def main():
     found = set(re.findall(r"^Package: (\S+)$", p.stdout, re.M))
     expect(f"every Debian package the image names exists in the index ({len(named)})",
            set(named) <= found, sorted(set(named) - found))
+    runtime_runs = st[-1][1] if len(st) == 2 else []
+    runtime_pkgs = [p for r in runtime_runs for p in apt_installs(r)[0]]
+    if len(sys.argv) > 1:
+        check_runtime_libraries(sys.argv[1], runtime_pkgs)
     return R.finish()
 
 

@@ -10,11 +10,12 @@ site-packages, and imported from elsewhere. Offline: no build isolation
 (setuptools and grpcio-tools are the pinned ones, tools/requirements.txt) and
 no dependency resolution (grpcio and protobuf are already installed). The
 installed metadata must require grpcio and protobuf as the stubs' generator
-does.
+does, and its version must be the project's (CMakeLists.txt).
 
 Usage: pip_install_check.py   (exit 0 when every check passed)
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ print(json.dumps({
     "check": callable(preflight.check),
     "code": report_pb2.FindingCode.Name(report_pb2.ARTIFACT_UNSUPPORTED),
     "requires": metadata.requires("preflight-client"),
+    "version": metadata.version("preflight-client"),
 }))
 """
 
@@ -71,6 +73,10 @@ def main():
         R.expect("preflight.check is there", info.get("check") is True, info)
         R.expect("the stubs are this proto's (ARTIFACT_UNSUPPORTED)",
                  info.get("code") == "ARTIFACT_UNSUPPORTED", info)
+        with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+            project = re.search(r"^project\(preflight VERSION ([0-9.]+)", f.read(), re.M).group(1)
+        R.expect(f"the package's version is the project's ({project})",
+                 info.get("version") == project, info.get("version"))
         requires = info.get("requires") or []
         R.expect("requires grpcio and protobuf",
                  any(r.startswith("grpcio>=") for r in requires)
