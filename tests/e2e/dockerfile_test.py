@@ -17,7 +17,8 @@ script fails under buildah's chroot isolation. A full `tools/image.sh` needs
      every `apt-get install` in the Dockerfile uses --no-install-recommends;
   4. the test profile is a superset of the build profile and does hold
      Slurm and munge (the real-Slurm test needs them);
-  5. with BUILD_DIR given: every shared library the shipped binaries load
+  5. with BUILD_DIR given: every shared library the binaries the build
+     stage copies to /out/bin load
      (ldd, transitively) outside the torch wheel comes from a package in the
      runtime stage's dependency closure. The image once built and then could
      not start its server (libpq.so.5 missing: the PostgreSQL store had added
@@ -40,9 +41,6 @@ from e2e_common import ROOT, Results
 R = Results()
 expect = R.expect
 TEST_ONLY = {"slurm-wlm", "munge", "prometheus", "clang", "clang-format"}
-# What the runtime stage copies to /opt/preflight/bin (paths under BUILD_DIR).
-SHIPPED = ["service/preflight-server", "service/preflight-worker", "client/preflight",
-           "client/preflight-thin"]
 
 
 def stages(path):
@@ -131,11 +129,22 @@ def owning_packages(paths):
             for path in paths}
 
 
-def check_runtime_libraries(build, runtime_pkgs):
+def shipped_binaries(build_runs):
+    """What the build stage copies to /out/bin (the runtime stage's
+    /opt/preflight/bin), as paths under the CMake build tree."""
+    text = " ".join(build_runs)
+    m = re.search(r"\bcp\s+((?:build/\S+\s+)+)/out/bin/?", text)
+    return [w[len("build/"):] for w in m.group(1).split()] if m else []
+
+
+def check_runtime_libraries(build, runtime_pkgs, shipped):
+    expect(f"the build stage copies the binaries it ships ({len(shipped)})",
+           "service/preflight-server" in shipped and "service/preflight-worker" in shipped,
+           shipped)
     rc, deps = closure(runtime_pkgs)
     expect(f"the runtime stage's dependency closure resolves ({len(deps)} packages)",
            rc == 0 and len(deps) > len(runtime_pkgs), rc)
-    for rel in SHIPPED:
+    for rel in shipped:
         binary = os.path.join(build, rel)
         if not os.path.exists(binary):
             expect(f"{rel} is built (the image ships it)", False, binary)
@@ -203,7 +212,7 @@ def main():
     runtime_runs = st[-1][1] if len(st) == 2 else []
     runtime_pkgs = [p for r in runtime_runs for p in apt_installs(r)[0]]
     if len(sys.argv) > 1:
-        check_runtime_libraries(sys.argv[1], runtime_pkgs)
+        check_runtime_libraries(sys.argv[1], runtime_pkgs, shipped_binaries(build_runs))
     return R.finish()
 
 
